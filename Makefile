@@ -1,0 +1,47 @@
+# Two commands: `make demo` and `make test`. Each sets up .venv itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test install dev browser lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+# torch first and pinned: pip finds these wheels on local disk, a bare `torch` could pull gigabytes.
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install $(TORCH)
+	$(BIN)/pip install -e . $(TORCH)
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
+	$(BIN)/pip install -e '.[dev]' $(TORCH)
+	touch $@
+
+install: $(VENV)/.installed
+dev: $(VENV)/.installed-dev
+
+# The report tests drive Debian's chromium through Playwright; install it when it is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium (needed by the report tests)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+demo: install
+	$(BIN)/bias-audit case-study nurse-doctor --out runs/nurse-doctor $(DEMO_ARGS)
+
+test: dev browser
+	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+
+lint: dev
+	$(BIN)/ruff check bias_audit tests benchmarks
+
+bench: dev
+	$(BIN)/python benchmarks/explain_bench.py
+	$(BIN)/python benchmarks/metrics_bench.py
+	$(BIN)/python benchmarks/audit_bench.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -74,7 +74,9 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+            df = pd.read_csv(
+                path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig"
+            )
         elif suffix == ".parquet":
             df = pd.read_parquet(path)
         elif suffix in (".jsonl", ".ndjson"):
@@ -210,7 +212,7 @@ class AuditDataset(Dataset):
             raise DataError(
                 f"{r.image}: row {r.row}: image size changed since the manifest was loaded"
             )
-        image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
+        image = torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W) uint8, a view
         geometry = plan_geometry(
             r.width, r.height, self.image_size, self.resize, generator=generator
         )
@@ -369,7 +371,9 @@ def load_manifest(
     )  # fmt: skip
     manifest = Path(path)
     df = read_table(manifest)
-    root = manifest.resolve().parent
+    # The folder the manifest appears in (even if the manifest itself is a symlink), resolved
+    # so that it compares with resolved image paths.
+    root = Path(os.path.abspath(manifest)).parent.resolve()
     if df.empty:
         raise DataError(f"{manifest}: the manifest has no rows")
 

@@ -144,3 +144,17 @@ def test_augmentation_is_reproducible(small_manifest):
     state = torch.get_rng_state()
     ds[0]
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_uint8_fast_path_matches_float_resize(gen):
+    from bias_audit.data._transform import plan_geometry, transform_image
+
+    image = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8, generator=gen)
+    mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3])
+    for resize in ("crop", "letterbox"):
+        g = plan_geometry(53, 37, 16, resize)
+        fast = transform_image(image, g, mean, std)
+        ref = transform_image(image.float() / 255, g, mean, std)
+        assert fast.dtype == torch.float32
+        # uint8 rounding: at most one level, i.e. 1/255 before dividing by std
+        assert (fast - ref).abs().max() <= 1.0 / 255 / 0.2 + 1e-6

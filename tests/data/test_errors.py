@@ -221,3 +221,9 @@ def test_skip_mode_with_every_row_bad(tmp_path):
     path = write_manifest(tmp_path, [{**good, "image": "a.png"}, {**good, "image": "b.png"}])
     with pytest.raises(DataError, match=r"all 2 rows skipped; first: row 1, column 'image'"):
         load_manifest(path, on_error="skip")
+
+
+def test_csv_with_byte_order_mark(tmp_path):
+    _good_row(tmp_path)
+    (tmp_path / "m.csv").write_bytes("\ufeffimage,label\nok.png,doctor\n".encode())
+    assert load_manifest(tmp_path / "m.csv").table.columns.tolist() == ["image", "label", "id"]

@@ -191,6 +191,15 @@ class AuditDataset(Dataset):
         """Sample ids in dataset order."""
         return [r.id for r in self._rows]
 
+    @property
+    def labels(self) -> list[int]:
+        """Class indices in dataset order, without decoding any image."""
+        return [self._class_index[r.label] for r in self._rows]
+
+    def sample_cells(self) -> list[str]:
+        """Each sample's group cell name (as in :meth:`cells`), in dataset order."""
+        return [cell_name([*r.attrs, r.label]) for r in self._rows]
+
     def set_epoch(self, epoch: int) -> None:
         """Choose the augmentation of this epoch. Call it before creating the epoch's iterator
         (DataLoader workers copy the dataset then; with ``persistent_workers`` they would not)."""
@@ -199,7 +208,7 @@ class AuditDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        index %= len(self)
+        index = int(index) % len(self)  # samplers may hand numpy or tensor integers
         r = self._rows[index]
         generator = None
         if self.augment:

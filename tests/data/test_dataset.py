@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 import bias_audit.data as data
@@ -190,3 +191,15 @@ def test_letterbox_pads_with_the_mean(tmp_path):
     white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     assert torch.allclose(s.image[:, 3:7], white[:, None, None].expand(3, 4, 10), atol=1e-5)
     assert (s.image[:, :2] == 0).all() and (s.image[:, 8:] == 0).all()
+
+
+def test_labels_and_sample_cells_without_decoding(small_manifest):
+    ds = load_manifest(small_manifest, groups=["gender"], image_size=8)
+    assert ds.labels == [ds[i].label for i in range(len(ds))]
+    cells = ds.sample_cells()
+    assert cells == [f"{ds[i].attrs['gender']} / {ds.classes[ds[i].label]}" for i in range(6)]
+    counts = ds.cells().set_index("cell")["n"]
+    assert all(counts[c] == cells.count(c) for c in set(cells))
+    assert ds[np.int64(2)].index == 2 and ds[-1].index == 5
+    with pytest.raises(IndexError, match="index 6"):
+        ds[6]

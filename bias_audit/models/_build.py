@@ -1,4 +1,4 @@
-"""Build an untrained classifier from a name: torchvision, a "pkg.module:factory" path, or smallcnn."""
+"""Build an untrained classifier by name: torchvision, "pkg.module:factory" or smallcnn."""
 
 from __future__ import annotations
 

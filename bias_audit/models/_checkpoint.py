@@ -104,15 +104,21 @@ def _load_raw(path: Path) -> Any:
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"checkpoint {str(path)!r}: not a readable safetensors file: {err}") from err
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: not a readable safetensors file: {err}"
+            ) from err
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "weights only load failed" in str(err).lower():
             raise CheckpointError(f"checkpoint {str(path)!r}: {_UNSAFE_HINT}") from err
-        raise CheckpointError(f"checkpoint {str(path)!r}: not a readable torch file: {_first_line(err)}") from err
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: not a readable torch file: {_first_line(err)}"
+        ) from err
     except (RuntimeError, OSError, EOFError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {str(path)!r}: not a readable torch file: {_first_line(err)}") from err
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: not a readable torch file: {_first_line(err)}"
+        ) from err
 
 
 def _first_line(err: BaseException) -> str:
@@ -121,8 +127,10 @@ def _first_line(err: BaseException) -> str:
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
     )
 
 
@@ -160,7 +168,7 @@ def read_checkpoint(
         )
     state = dict(state)
     if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state, meta, dict(raw) if isinstance(raw, Mapping) else {}
 
 

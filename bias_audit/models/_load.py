@@ -61,22 +61,29 @@ def load_model(
             raise ModelError(f"arch {arch!r} disagrees with {meta.arch!r} recorded in {where}")
         arch = meta.arch
         if classes is not None and tuple(classes) != meta.classes:
-            raise ModelError(f"classes {list(classes)} disagree with {list(meta.classes)} recorded in {where}")
+            raise ModelError(
+                f"classes {list(classes)} disagree with {list(meta.classes)} recorded in {where}"
+            )
         if num_classes is not None and num_classes != len(meta.classes):
             raise ModelError(
-                f"num_classes={num_classes} disagrees with the {len(meta.classes)} classes recorded in {where}"
+                f"num_classes={num_classes} disagrees with the {len(meta.classes)} classes "
+                f"recorded in {where}"
             )
         num_classes = len(meta.classes)
     if arch is None:
         raise ModelError("arch: needed unless the checkpoint was written by bias-audit's trainer")
     if classes is not None:
         if num_classes is not None and num_classes != len(classes):
-            raise ModelError(f"num_classes={num_classes} disagrees with the {len(classes)} classes given")
+            raise ModelError(
+                f"num_classes={num_classes} disagrees with the {len(classes)} classes given"
+            )
         num_classes = len(classes)
     if num_classes is None:
         num_classes = _infer_num_classes(state)
         if num_classes is None:
-            raise ModelError(f"num_classes: needed for arch {arch!r} (it cannot be read from the checkpoint)")
+            raise ModelError(
+                f"num_classes: needed for arch {arch!r} (it cannot be read from the checkpoint)"
+            )
     model = build_model(arch, num_classes=num_classes)
     if state is not None:
         load_state_dict_strict(model, state, source=str(checkpoint))

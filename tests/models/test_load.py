@@ -19,8 +19,10 @@ from bias_audit.models import (
 
 def _randomised(model: nn.Module, gen: torch.Generator) -> dict[str, torch.Tensor]:
     # Random values everywhere (BN statistics included) so a round trip cannot pass by accident.
-    return {k: torch.randn(v.shape, generator=gen).to(v.dtype) if v.is_floating_point() else v + 3
-            for k, v in model.state_dict().items()}
+    return {
+        k: torch.randn(v.shape, generator=gen).to(v.dtype) if v.is_floating_point() else v + 3
+        for k, v in model.state_dict().items()
+    }
 
 
 def _assert_same(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -106,9 +108,17 @@ def test_safetensors_round_trip(tmp_path, gen):
 def test_our_checkpoint_round_trip(tmp_path, gen):
     state = _randomised(SmallCNN(2, width=4), gen)
     meta = CheckpointMeta(
-        arch="smallcnn_w4", classes=("cat", "dog"), image_size=32, mean=(0.5, 0.5, 0.5),
-        std=(0.25, 0.25, 0.25), manifest_fingerprint="sha256:abc", strategy="erm", seed=7,
-        history=({"epoch": 1, "val_acc": float("nan")},), best_epoch=1, config={"epochs": 1},
+        arch="smallcnn_w4",
+        classes=("cat", "dog"),
+        image_size=32,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+        manifest_fingerprint="sha256:abc",
+        strategy="erm",
+        seed=7,
+        history=({"epoch": 1, "val_acc": float("nan")},),
+        best_epoch=1,
+        config={"epochs": 1},
     )
     path = save_checkpoint(tmp_path / "model.pt", state, meta)
     model = load_model(checkpoint=path)
@@ -187,12 +197,16 @@ def test_missing_and_unexpected_keys(tmp_path, gen):
     del missing["fc.bias"]
     path = tmp_path / "missing.pt"
     torch.save(missing, path)
-    with pytest.raises(CheckpointError, match=r"missing\.pt.*missing key 'fc\.bias' \(1 missing, 0 unexpected"):
+    with pytest.raises(
+        CheckpointError, match=r"missing\.pt.*missing key 'fc\.bias' \(1 missing, 0 unexpected"
+    ):
         load_model("smallcnn_w4", checkpoint=path, num_classes=2)
     extra = dict(state, **{"head.extra": torch.zeros(2)})
     path2 = tmp_path / "extra.pt"
     torch.save(extra, path2)
-    with pytest.raises(CheckpointError, match=r"unexpected key 'head\.extra' \(0 missing, 1 unexpected"):
+    with pytest.raises(
+        CheckpointError, match=r"unexpected key 'head\.extra' \(0 missing, 1 unexpected"
+    ):
         load_model("smallcnn_w4", checkpoint=path2, num_classes=2)
 
 

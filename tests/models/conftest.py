@@ -27,7 +27,7 @@ def spurious(tmp_path_factory) -> dict[str, Path]:
 def spurious_config(data: dict[str, Path], out: Path, **changes) -> TrainConfig:
     settings = dict(
         train_manifest=str(data["train"]),
-        val_manifest=str(data["val"]),
+        val_manifest=str(data["val"]) if data["val"] else None,
         groups=("spot",),
         confounders=("spot",),
         arch="smallcnn_w8",
@@ -35,7 +35,7 @@ def spurious_config(data: dict[str, Path], out: Path, **changes) -> TrainConfig:
         mean=(0.5, 0.5, 0.5),
         std=(0.25, 0.25, 0.25),
         epochs=4,
-        batch_size=32,
+        batch_size=16 if data["val"] is None else 32,
         lr=3e-3,
         dro_eta=0.1,
         penalty_weight=5.0,
@@ -44,6 +44,13 @@ def spurious_config(data: dict[str, Path], out: Path, **changes) -> TrainConfig:
     )
     settings.update(changes)
     return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def small_spurious(tmp_path_factory) -> dict[str, Path]:
+    """64 training images: enough for the resume and option tests, which need no accuracy."""
+    root = tmp_path_factory.mktemp("small")
+    return {"train": write_spurious(root / "train", 64, p_align=0.9, seed=3), "val": None}
 
 
 @pytest.fixture(scope="session")

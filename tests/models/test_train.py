@@ -85,16 +85,16 @@ def test_checkpoint_metadata_and_history(strategy_runs, spurious):
 
 
 @pytest.mark.parametrize("strategy", ["group_dro", "balanced"])
-def test_resume_matches_uninterrupted_run(spurious, tmp_path, strategy):
+def test_resume_matches_uninterrupted_run(small_spurious, tmp_path, strategy):
     changes = dict(strategy=strategy, epochs=2, val_manifest=None)
     straight = train_classifier(
-        spurious_config(spurious, tmp_path / "straight", **changes), progress=False
+        spurious_config(small_spurious, tmp_path / "straight", **changes), progress=False
     )
-    first = spurious_config(spurious, tmp_path / "resumed", **{**changes, "epochs": 1})
+    first = spurious_config(small_spurious, tmp_path / "resumed", **{**changes, "epochs": 1})
     train_classifier(first, progress=False)
     with pytest.raises(RunError, match="model.pt.*exists"):
         train_classifier(first, progress=False)
-    second = spurious_config(spurious, tmp_path / "resumed", **changes)
+    second = spurious_config(small_spurious, tmp_path / "resumed", **changes)
     resumed = train_classifier(second, resume=True, progress=False)
     for name in ("checkpoint", "last_checkpoint"):
         a, _, raw_a = read_checkpoint(getattr(straight, name))
@@ -109,10 +109,10 @@ def test_resume_matches_uninterrupted_run(spurious, tmp_path, strategy):
     assert math.isnan(resumed.history[-1]["val_acc"])
 
 
-def test_resume_refuses_changed_settings(spurious, tmp_path):
-    cfg = spurious_config(spurious, tmp_path, epochs=1, val_manifest=None)
+def test_resume_refuses_changed_settings(small_spurious, tmp_path):
+    cfg = spurious_config(small_spurious, tmp_path, epochs=1, val_manifest=None)
     train_classifier(cfg, progress=False)
-    changed = spurious_config(spurious, tmp_path, epochs=2, val_manifest=None, lr=1e-2)
+    changed = spurious_config(small_spurious, tmp_path, epochs=2, val_manifest=None, lr=1e-2)
     with pytest.raises(RunError, match="'lr'"):
         train_classifier(changed, resume=True, progress=False)
     # --force starts over
@@ -120,18 +120,25 @@ def test_resume_refuses_changed_settings(spurious, tmp_path):
     assert res.best_epoch == 2
 
 
-def test_reweight_and_input_grad_penalty_train(spurious, tmp_path):
+def test_reweight_and_input_grad_penalty_train(small_spurious, tmp_path):
     for strategy, extra in (("reweight", {}), ("attention_penalty", {"penalty": "input_grad"})):
         cfg = spurious_config(
-            spurious, tmp_path / strategy, strategy=strategy, epochs=1, val_manifest=None, **extra
+            small_spurious,
+            tmp_path / strategy,
+            strategy=strategy,
+            epochs=1,
+            val_manifest=None,
+            **extra,
         )
         res = train_classifier(cfg, progress=False)
         assert math.isfinite(res.history[0]["train_loss"])
         assert load_model(checkpoint=res.checkpoint)(torch.zeros(1, 3, 40, 40)).shape == (1, 2)
 
 
-def test_unknown_confounder_region(spurious, tmp_path):
-    cfg = spurious_config(spurious, tmp_path, confounders=("hat",), strategy="attention_penalty")
+def test_unknown_confounder_region(small_spurious, tmp_path):
+    cfg = spurious_config(
+        small_spurious, tmp_path, confounders=("hat",), strategy="attention_penalty"
+    )
     with pytest.raises(ConfigError, match="'hat'"):
         train_classifier(cfg, progress=False)
 

@@ -65,8 +65,9 @@ class _Row:
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a .csv, .parquet or .jsonl manifest as a DataFrame of stripped strings.
 
-    Empty cells, NaN and None become ``""``. Integral floats (Parquet and JSON upcast integer
-    columns with gaps to float) are written without ``.0``, so the three formats agree.
+    Empty cells, NaN and None become ``""``; lists become space-separated text. Integral
+    floats (Parquet and JSON upcast integer columns with gaps to float) are written without
+    ``.0``, so the three formats agree.
     """
     path = Path(path)
     if not path.is_file():
@@ -74,7 +75,9 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+            df = pd.read_csv(
+                path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig"
+            )
         elif suffix == ".parquet":
             df = pd.read_parquet(path)
         elif suffix in (".jsonl", ".ndjson"):
@@ -112,6 +115,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _cell_str(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, list | tuple | np.ndarray):
+        # A box stored as a JSON array or Parquet list reads like its text form "x0 y0 x1 y1".
+        return " ".join(_cell_str(v) for v in value)
     if isinstance(value, float | np.floating):
         if math.isnan(value):
             return ""
@@ -189,6 +195,15 @@ class AuditDataset(Dataset):
         """Sample ids in dataset order."""
         return [r.id for r in self._rows]
 
+    @property
+    def labels(self) -> list[int]:
+        """Class indices in dataset order, without decoding any image."""
+        return [self._class_index[r.label] for r in self._rows]
+
+    def sample_cells(self) -> list[str]:
+        """Each sample's group cell name (as in :meth:`cells`), in dataset order."""
+        return [cell_name([*r.attrs, r.label]) for r in self._rows]
+
     def set_epoch(self, epoch: int) -> None:
         """Choose the augmentation of this epoch. Call it before creating the epoch's iterator
         (DataLoader workers copy the dataset then; with ``persistent_workers`` they would not)."""
@@ -197,7 +212,7 @@ class AuditDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        index %= len(self)
+        index = int(index) % len(self)  # samplers may hand numpy or tensor integers
         r = self._rows[index]
         generator = None
         if self.augment:
@@ -210,7 +225,7 @@ class AuditDataset(Dataset):
             raise DataError(
                 f"{r.image}: row {r.row}: image size changed since the manifest was loaded"
             )
-        image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
+        image = torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W) uint8, a view
         geometry = plan_geometry(
             r.width, r.height, self.image_size, self.resize, generator=generator
         )
@@ -369,7 +384,9 @@ def load_manifest(
     )  # fmt: skip
     manifest = Path(path)
     df = read_table(manifest)
-    root = manifest.resolve().parent
+    # The folder the manifest appears in (even if the manifest itself is a symlink), resolved
+    # so that it compares with resolved image paths.
+    root = Path(os.path.abspath(manifest)).parent.resolve()
     if df.empty:
         raise DataError(f"{manifest}: the manifest has no rows")
 

@@ -182,3 +182,14 @@ def test_config_from_dict_round_trip_and_errors(spurious):
 def test_config_validation(changes, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(train_manifest="m.csv", **changes)
+
+
+def test_progress_bar_and_epoch_summary_on_a_terminal(
+    small_spurious, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    cfg = spurious_config(small_spurious, tmp_path, epochs=1)
+    train_classifier(cfg, progress=True)
+    err = capsys.readouterr()
+    text = err.err + err.out
+    assert "epoch 1/1" in text and "loss" in text and "acc" in text

@@ -39,7 +39,7 @@ def test_hand_computed_4x4():
     assert lift(maps, masks).item() == pytest.approx((10 / 15) / (4 / 16))
     # top-4 values are 5, 4, 3, 2; three of them (4, 3, 2) lie in R.
     assert rank_accuracy(maps, masks).item() == pytest.approx(3 / 4)
-    # the maximum 5 sits at (3, 3), outside R; within 2 px it touches R? distance to (1,2) is sqrt(5).
+    # the maximum 5 sits at (3, 3), outside R; its nearest R pixel (1, 2) is sqrt(5) away.
     assert pointing_game(maps, masks).item() == 0.0
     assert pointing_game(maps, masks, tolerance=2.0).item() == 0.0
     assert pointing_game(maps, masks, tolerance=math.sqrt(5)).item() == 1.0
@@ -48,9 +48,7 @@ def test_hand_computed_4x4():
     assert map_boxes(maps).tolist() == [[1.0, 0.0, 3.0, 2.0]]
     assert localization_iou(maps, torch.tensor([[1.0, 0.0, 3.0, 2.0]])).item() == 1.0
     # box (2,0)-(4,4) overlaps 1x2 of a 2x2 blob box: IoU = 2 / (4 + 8 - 2)
-    assert localization_iou(maps, torch.tensor([[2.0, 0.0, 4.0, 4.0]])).item() == pytest.approx(
-        0.2
-    )
+    assert localization_iou(maps, torch.tensor([[2.0, 0.0, 4.0, 4.0]])).item() == pytest.approx(0.2)
     # At threshold 0.9 only the single 5 survives.
     assert map_boxes(maps, threshold=0.9).tolist() == [[3.0, 3.0, 4.0, 4.0]]
 
@@ -125,7 +123,6 @@ def test_bad_inputs_raise():
 
 
 def _quantus(metric_cls, maps, masks):
-    import quantus
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(maps[0].numel(), 2))
     n = maps.shape[0]
@@ -154,10 +151,12 @@ def test_agrees_with_quantus(gen):
     masks[0, 2:6, 3:9] = True
     ours_mass = attention_mass(maps, masks).numpy()
     ours_rank = rank_accuracy(maps, masks).numpy()
-    np.testing.assert_allclose(ours_mass, _quantus(quantus.RelevanceMassAccuracy, maps, masks),
-                               rtol=1e-5)
-    np.testing.assert_allclose(ours_rank, _quantus(quantus.RelevanceRankAccuracy, maps, masks),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        ours_mass, _quantus(quantus.RelevanceMassAccuracy, maps, masks), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        ours_rank, _quantus(quantus.RelevanceRankAccuracy, maps, masks), rtol=1e-5
+    )
 
 
 def test_rank_accuracy_against_direct_topk(gen):
@@ -217,8 +216,9 @@ def test_sample_metrics_matches_single_functions(gen):
     maps, masks, present = _region_batch(gen)
     out = sample_metrics(maps, masks, present, REGIONS, ROLES)
     names = [*REGIONS, "causal", "confounder", "background"]
-    expected_keys = [f"{m}:{n}" for m in ("area", "mass", "lift", "rank", "pointing", "loc_iou")
-                     for n in names]
+    expected_keys = [
+        f"{m}:{n}" for m in ("area", "mass", "lift", "rank", "pointing", "loc_iou") for n in names
+    ]
     assert list(out) == expected_keys
     by, here = role_masks(masks, present, REGIONS, ROLES)
     for n in names:

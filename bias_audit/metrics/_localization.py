@@ -26,8 +26,6 @@ __all__ = [
     "rank_accuracy",
 ]
 
-_NAN = float("nan")
-
 
 def _check_maps(maps: Tensor, name: str = "maps") -> Tensor:
     if not isinstance(maps, Tensor) or maps.ndim != 3:
@@ -35,7 +33,7 @@ def _check_maps(maps: Tensor, name: str = "maps") -> Tensor:
         raise DataError(f"{name}: expected a tensor (N, H, W), got {shape}")
     if not maps.is_floating_point():
         raise DataError(f"{name}: expected a float tensor, got {maps.dtype}")
-    if bool((maps < 0).any()):
+    if (_values(maps) < 0).any():
         raise DataError(f"{name}: maps must be >= 0 (apply ReLU or normalise first)")
     return maps
 
@@ -53,10 +51,33 @@ def _check_masks(masks: Tensor, maps: Tensor | None = None, name: str = "masks")
     return masks
 
 
-def _valid_maps(maps: Tensor) -> Tensor:
+# The work is done in numpy on zero-copy views of CPU tensors: its boolean reductions, argmax
+# and value sort are 5-20x faster than torch's on one thread, which is what makes the metrics
+# cheap next to the explain pass (see benchmarks/metrics_bench.py).
+
+
+def _values(maps: Tensor) -> np.ndarray:
+    """(N, H*W) float numpy view of the maps."""
+    maps = maps.detach().cpu()
+    if maps.dtype not in (torch.float32, torch.float64):
+        maps = maps.float()
+    return maps.reshape(maps.shape[0], -1).numpy()
+
+
+def _region(masks: Tensor) -> np.ndarray:
+    """(N, H*W) bool numpy view of the masks."""
+    masks = masks.detach().cpu()
+    return masks.reshape(masks.shape[0], -1).numpy()
+
+
+def _valid(values: np.ndarray) -> np.ndarray:
     """(N,) bool: the map has a positive, finite total, so a share of it is defined."""
-    total = maps.sum(dim=(1, 2))
-    return torch.isfinite(total) & (total > 0)
+    total = values.sum(axis=1)
+    return np.isfinite(total) & (total > 0)
+
+
+def _out(values: np.ndarray, nan: np.ndarray) -> Tensor:
+    return torch.from_numpy(np.where(nan, np.nan, values).astype(np.float32))
 
 
 def attention_mass(maps: Tensor, masks: Tensor) -> Tensor:
@@ -74,15 +95,17 @@ def attention_mass(maps: Tensor, masks: Tensor) -> Tensor:
     """
     _check_maps(maps)
     _check_masks(masks, maps)
-    return _mass(maps, masks, _valid_maps(maps))
+    values, region = _values(maps), _region(masks)
+    valid, count = _valid(values), np.count_nonzero(region, axis=1)
+    return _out(_mass(values, region), ~valid | (count == 0))
 
 
-def _mass(maps: Tensor, masks: Tensor, valid: Tensor) -> Tensor:
-    total = maps.sum(dim=(1, 2))
-    inside = (maps * masks).sum(dim=(1, 2))
-    out = (inside / total.clamp_min(torch.finfo(maps.dtype).tiny)).float()
-    bad = ~valid | ~masks.flatten(1).any(dim=1)
-    return out.masked_fill(bad, _NAN)
+def _mass(values: np.ndarray, region: np.ndarray, total: np.ndarray | None = None) -> np.ndarray:
+    # numpy sums contiguous rows pairwise, accurate enough in float32 for 50k pixels.
+    total = values.sum(axis=1) if total is None else total
+    inside = (values * region).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inside.astype(np.float64) / total
 
 
 def area_fraction(masks: Tensor) -> Tensor:
@@ -95,7 +118,8 @@ def area_fraction(masks: Tensor) -> Tensor:
         (N,) float32 in [0, 1]. An empty mask gives 0, not NaN: its size is known.
     """
     _check_masks(masks)
-    return masks.flatten(1).float().mean(dim=1)
+    region = _region(masks)
+    return _out(np.count_nonzero(region, axis=1) / region.shape[1], np.zeros(len(region), bool))
 
 
 def lift(maps: Tensor, masks: Tensor) -> Tensor:
@@ -113,20 +137,28 @@ def lift(maps: Tensor, masks: Tensor) -> Tensor:
     return attention_mass(maps, masks) / area_fraction(masks)
 
 
-def _descending_order(maps: Tensor) -> Tensor:
-    # A stable sort makes ties deterministic: equal values keep raster (row-major) order,
-    # so among tied pixels the upper-left ones rank first.
-    return torch.sort(maps.flatten(1), dim=1, descending=True, stable=True).indices
+def _ascending(values: np.ndarray) -> np.ndarray:
+    """(N, H*W) each map's values sorted ascending; shared by every region's rank accuracy."""
+    return np.sort(values, axis=1)
 
 
-def _rank_from_order(order: Tensor, masks: Tensor, valid: Tensor) -> Tensor:
-    hits = torch.gather(masks.flatten(1), 1, order)  # mask values in the map's rank order
-    k = hits.sum(dim=1)
-    # cumsum in int32 then pick the count among the first K ranks, with K = |R| per sample.
-    within = hits.to(torch.int32).cumsum(dim=1)
-    top_k = torch.gather(within, 1, (k - 1).clamp_min(0).unsqueeze(1)).squeeze(1)
-    out = top_k.float() / k.clamp_min(1).float()
-    return out.masked_fill(~valid | (k == 0), _NAN)
+def _rank(values: np.ndarray, ascending: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """|top-K ∩ R| / K through the K-th largest value, with ties taken in raster order."""
+    n, p = values.shape
+    k = np.count_nonzero(region, axis=1)
+    kth = ascending[np.arange(n), p - np.maximum(k, 1)][:, None]  # K-th largest value
+    above = values > kth
+    hits = np.count_nonzero(above & region, axis=1)
+    # Pixels equal to the K-th value fill the remaining places in raster order.
+    need = k - np.count_nonzero(above, axis=1)
+    tied = values == kth
+    tied_in = np.count_nonzero(tied & region, axis=1)
+    partial = (tied_in > 0) & (np.count_nonzero(tied, axis=1) > need)
+    hits = hits + np.where(partial, 0, np.minimum(tied_in, need))
+    for i in np.flatnonzero(partial):  # only maps whose ties straddle the K-th place
+        order = np.cumsum(tied[i])
+        hits[i] += np.count_nonzero(tied[i] & region[i] & (order <= need[i]))
+    return hits / np.maximum(k, 1)
 
 
 def rank_accuracy(maps: Tensor, masks: Tensor) -> Tensor:
@@ -144,28 +176,23 @@ def rank_accuracy(maps: Tensor, masks: Tensor) -> Tensor:
     """
     _check_maps(maps)
     _check_masks(masks, maps)
-    return _rank_from_order(_descending_order(maps), masks, _valid_maps(maps))
+    values, region = _values(maps), _region(masks)
+    bad = ~_valid(values) | ~region.any(axis=1)
+    return _out(_rank(values, _ascending(values), region), bad)
 
 
-def _argmax_yx(maps: Tensor) -> tuple[Tensor, Tensor]:
-    # torch.argmax returns the first maximal index, i.e. the first maximum in raster order.
-    flat = torch.argmax(maps.flatten(1), dim=1)
-    width = maps.shape[-1]
-    return flat // width, flat % width
-
-
-def _pointing(maps: Tensor, masks: Tensor, valid: Tensor, tolerance: float) -> Tensor:
-    ys, xs = _argmax_yx(maps)
+def _pointing(
+    values: np.ndarray, argmax: np.ndarray, region: np.ndarray, width: int, tolerance: float
+) -> np.ndarray:
+    n = len(values)
     if tolerance <= 0:
-        hit = masks[torch.arange(maps.shape[0]), ys, xs]
-    else:
-        h, w = maps.shape[-2:]
-        yy = torch.arange(h).view(1, h, 1)
-        xx = torch.arange(w).view(1, 1, w)
-        disk = (yy - ys.view(-1, 1, 1)) ** 2 + (xx - xs.view(-1, 1, 1)) ** 2 <= tolerance**2
-        hit = (disk & masks).flatten(1).any(dim=1)
-    out = hit.float()
-    return out.masked_fill(~valid | ~masks.flatten(1).any(dim=1), _NAN)
+        return region[np.arange(n), argmax].astype(np.float64)
+    height = values.shape[1] // width
+    ys, xs = argmax // width, argmax % width
+    yy = np.arange(height).reshape(1, height, 1)
+    xx = np.arange(width).reshape(1, 1, width)
+    disk = (yy - ys.reshape(-1, 1, 1)) ** 2 + (xx - xs.reshape(-1, 1, 1)) ** 2 <= tolerance**2
+    return (disk.reshape(n, -1) & region).any(axis=1).astype(np.float64)
 
 
 def pointing_game(maps: Tensor, masks: Tensor, *, tolerance: float = 0.0) -> Tensor:
@@ -188,7 +215,11 @@ def pointing_game(maps: Tensor, masks: Tensor, *, tolerance: float = 0.0) -> Ten
     _check_masks(masks, maps)
     if not tolerance >= 0:
         raise DataError(f"tolerance: expected a number >= 0, got {tolerance!r}")
-    return _pointing(maps, masks, _valid_maps(maps), float(tolerance))
+    values, region = _values(maps), _region(masks)
+    bad = ~_valid(values) | ~region.any(axis=1)
+    # argmax returns the first maximum, i.e. the first in raster order.
+    hit = _pointing(values, values.argmax(axis=1), region, maps.shape[-1], float(tolerance))
+    return _out(hit, bad)
 
 
 def boxes_from_masks(masks: Tensor) -> Tensor:
@@ -201,19 +232,21 @@ def boxes_from_masks(masks: Tensor) -> Tensor:
         (N, 4) float32; a row of NaN for an empty mask.
     """
     _check_masks(masks)
-    return _boxes(masks)
+    return torch.from_numpy(_boxes(masks.detach().cpu().numpy()).astype(np.float32))
 
 
-def _boxes(masks: Tensor) -> Tensor:
+def _boxes(masks: np.ndarray) -> np.ndarray:
+    """(N, H, W) bool -> (N, 4) float64 boxes, NaN rows for empty masks."""
     h, w = masks.shape[-2:]
-    rows = masks.any(dim=2).to(torch.uint8)  # (N, H)
-    cols = masks.any(dim=1).to(torch.uint8)  # (N, W)
-    y0 = rows.argmax(dim=1)
-    x0 = cols.argmax(dim=1)
-    y1 = h - rows.flip(1).argmax(dim=1)
-    x1 = w - cols.flip(1).argmax(dim=1)
-    out = torch.stack([x0, y0, x1, y1], dim=1).float()
-    return out.masked_fill(~rows.bool().any(dim=1, keepdim=True), _NAN)
+    rows = masks.any(axis=2)  # (N, H)
+    cols = masks.any(axis=1)  # (N, W)
+    y0 = rows.argmax(axis=1)
+    x0 = cols.argmax(axis=1)
+    y1 = h - rows[:, ::-1].argmax(axis=1)
+    x1 = w - cols[:, ::-1].argmax(axis=1)
+    out = np.stack([x0, y0, x1, y1], axis=1).astype(np.float64)
+    out[~rows.any(axis=1)] = np.nan
+    return out
 
 
 def map_boxes(maps: Tensor, *, threshold: float = 0.15) -> Tensor:
@@ -232,54 +265,60 @@ def map_boxes(maps: Tensor, *, threshold: float = 0.15) -> Tensor:
         (N, 4) float32 ``x0 y0 x1 y1`` (exclusive ends); NaN rows for all-zero or non-finite maps.
     """
     _check_maps(maps)
+    _check_threshold(threshold)
+    values = _values(maps)
+    out = _map_boxes(values, maps.shape[-2:], threshold, _valid(values))
+    return torch.from_numpy(out.astype(np.float32))
+
+
+def _check_threshold(threshold: float) -> None:
     if not 0 < threshold <= 1:
         raise DataError(f"threshold: expected a share in (0, 1], got {threshold!r}")
-    return _map_boxes(maps, threshold, _valid_maps(maps))
 
 
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
-def _map_boxes(maps: Tensor, threshold: float, valid: Tensor) -> Tensor:
-    peak = maps.flatten(1).amax(dim=1).view(-1, 1, 1)
-    binary = (maps >= threshold * peak) & valid.view(-1, 1, 1)
-    arr = binary.cpu().numpy()
-    out = np.full((arr.shape[0], arr.shape[1], arr.shape[2]), False)
-    for i in np.flatnonzero(valid.cpu().numpy()):
-        labels, count = ndimage.label(arr[i], structure=_EIGHT)
+def _map_boxes(
+    values: np.ndarray, shape: tuple[int, int], threshold: float, valid: np.ndarray
+) -> np.ndarray:
+    peak = values.max(axis=1, keepdims=True)
+    binary = ((values >= threshold * peak) & valid[:, None]).reshape(-1, *shape)
+    blobs = np.zeros_like(binary)
+    for i in np.flatnonzero(valid):
+        labels, count = ndimage.label(binary[i], structure=_EIGHT)
         if count <= 1:
-            out[i] = labels > 0
+            blobs[i] = labels > 0
             continue
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
         sizes[0] = 0
-        out[i] = labels == int(np.argmax(sizes))
-    return _boxes(torch.from_numpy(out))
+        blobs[i] = labels == int(np.argmax(sizes))
+    return _boxes(blobs)
 
 
-def _check_boxes(boxes: Tensor, n: int) -> Tensor:
+def _check_boxes(boxes: Tensor, n: int) -> np.ndarray:
     if not isinstance(boxes, Tensor) or boxes.shape != (n, 4):
         shape = tuple(boxes.shape) if isinstance(boxes, Tensor) else type(boxes).__name__
         raise DataError(f"boxes: expected a tensor ({n}, 4) as x0 y0 x1 y1, got {shape}")
-    boxes = boxes.float()
-    known = ~boxes.isnan().any(dim=1)
-    inverted = known & ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
-    if bool(inverted.any()):
-        row = int(torch.nonzero(inverted)[0])
-        raise DataError(f"boxes: row {row} has x1 < x0 or y1 < y0: {boxes[row].tolist()}")
-    return boxes
+    arr = boxes.detach().cpu().double().numpy()
+    known = ~np.isnan(arr).any(axis=1)
+    inverted = known & ((arr[:, 2] < arr[:, 0]) | (arr[:, 3] < arr[:, 1]))
+    if inverted.any():
+        row = int(np.flatnonzero(inverted)[0])
+        raise DataError(f"boxes: row {row} has x1 < x0 or y1 < y0: {arr[row].tolist()}")
+    return arr
 
 
-def _box_iou(a: Tensor, b: Tensor) -> Tensor:
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of paired boxes (N, 4) with exclusive ends; NaN when either box is NaN."""
-    iw = (torch.minimum(a[:, 2], b[:, 2]) - torch.maximum(a[:, 0], b[:, 0])).clamp_min(0)
-    ih = (torch.minimum(a[:, 3], b[:, 3]) - torch.maximum(a[:, 1], b[:, 1])).clamp_min(0)
+    iw = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
     inter = iw * ih
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a + area_b - inter
-    out = inter / union.clamp_min(1e-12)
+    union = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1]) + (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = union - inter
     # NaN in either box propagates through the arithmetic; a zero union means two empty boxes.
-    return out.masked_fill(union <= 0, _NAN)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, inter / union, np.nan)
 
 
 def localization_iou(maps: Tensor, boxes: Tensor, *, threshold: float = 0.15) -> Tensor:
@@ -297,5 +336,9 @@ def localization_iou(maps: Tensor, boxes: Tensor, *, threshold: float = 0.15) ->
         (N,) float32 in [0, 1]; NaN where the map is all zero (or not finite) or the box is NaN.
     """
     _check_maps(maps)
-    boxes = _check_boxes(boxes, maps.shape[0])
-    return _box_iou(map_boxes(maps, threshold=threshold), boxes)
+    arr = _check_boxes(boxes, maps.shape[0])
+    _check_threshold(threshold)
+    values = _values(maps)
+    blob = _map_boxes(values, maps.shape[-2:], threshold, _valid(values))
+    iou = _box_iou(blob, arr)
+    return _out(iou, np.isnan(iou))

@@ -4,21 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .._naming import BACKGROUND, ROLES, column
 from ..errors import ConfigError, DataError
 from ._localization import (
+    _ascending,
     _box_iou,
     _boxes,
     _check_maps,
-    _descending_order,
+    _check_threshold,
     _map_boxes,
     _mass,
+    _out,
     _pointing,
-    _rank_from_order,
-    _valid_maps,
+    _rank,
+    _valid,
+    _values,
 )
 
 __all__ = ["METRICS", "role_masks", "sample_metrics"]
@@ -71,8 +75,21 @@ def role_masks(
     Raises:
         ConfigError: an unknown role or region name (the message names it).
     """
+    by_name, here = _role_masks(masks, present, regions, roles)
+    return (
+        {k: torch.from_numpy(v) for k, v in by_name.items()},
+        {k: torch.from_numpy(v) for k, v in here.items()},
+    )
+
+
+def _role_masks(
+    masks: Tensor,
+    present: Tensor,
+    regions: Sequence[str],
+    roles: Mapping[str, Sequence[str]],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """:func:`role_masks` on numpy arrays: (N, H, W) bool masks and (N,) bool presence."""
     _check_region_masks(masks, present, regions)
-    present = present.bool()
     index = {name: i for i, name in enumerate(regions)}
     for role, names in roles.items():
         if role not in ROLES or role == BACKGROUND:
@@ -83,22 +100,21 @@ def role_masks(
             if name not in index:
                 raise ConfigError(f"roles.{role}: unknown region {name!r}; known: {list(regions)}")
 
-    kept = masks & present[:, :, None, None]
-    by_name: dict[str, Tensor] = {}
-    here: dict[str, Tensor] = {}
+    region_masks = masks.detach().cpu().numpy()
+    here_r = present.detach().cpu().bool().numpy()
+    # An absent region counts as empty, whatever its mask holds.
+    kept = region_masks if here_r.all() else region_masks & here_r[:, :, None, None]
+    by_name: dict[str, np.ndarray] = {}
+    here: dict[str, np.ndarray] = {}
     for name, i in index.items():
-        by_name[name] = kept[:, i]
-        here[name] = present[:, i]
+        by_name[name] = np.ascontiguousarray(kept[:, i])
+        here[name] = here_r[:, i].copy()
     for role, names in roles.items():
         idx = [index[n] for n in names]
-        if idx:
-            by_name[role] = kept[:, idx].any(dim=1)
-            here[role] = present[:, idx].any(dim=1)
-        else:
-            by_name[role] = torch.zeros_like(masks[:, 0])
-            here[role] = torch.zeros_like(present[:, 0])
-    by_name[BACKGROUND] = ~kept.any(dim=1)
-    here[BACKGROUND] = present.any(dim=1)
+        by_name[role] = kept[:, idx].any(axis=1) if idx else np.zeros_like(kept[:, 0])
+        here[role] = here_r[:, idx].any(axis=1) if idx else np.zeros_like(here_r[:, 0])
+    by_name[BACKGROUND] = ~kept.any(axis=1)
+    here[BACKGROUND] = here_r.any(axis=1)
     return by_name, here
 
 
@@ -142,32 +158,42 @@ def sample_metrics(
         raise DataError(f"masks: expected (N, R, {maps.shape[1]}, {maps.shape[2]}), got {shape}")
     if masks.shape[0] != maps.shape[0]:
         raise DataError(f"masks: {masks.shape[0]} samples for {maps.shape[0]} maps")
-    by_name, here = role_masks(masks, present, regions, roles)
+    by_name, here = _role_masks(masks, present, regions, roles)
+    _check_threshold(threshold)
+    if not tolerance >= 0:
+        raise DataError(f"tolerance: expected a number >= 0, got {tolerance!r}")
 
-    valid = _valid_maps(maps)
-    order = _descending_order(maps) if "rank" in metrics else None
-    blob = _map_boxes(maps, threshold, valid) if "loc_iou" in metrics else None
+    values = _values(maps)
+    n, shape = values.shape[0], tuple(maps.shape[-2:])
+    bad_map = ~_valid(values)
+    total = values.sum(axis=1)
+    ascending = _ascending(values) if "rank" in metrics else None
+    blob = _map_boxes(values, shape, threshold, ~bad_map) if "loc_iou" in metrics else None
+    # argmax returns the first maximum, i.e. the first in raster order.
+    argmax = values.argmax(axis=1) if "pointing" in metrics else None
 
     out: dict[str, Tensor] = {}
-    for name, mask in by_name.items():
+    for name, mask3d in by_name.items():
         absent = ~here[name]
-        area = mask.flatten(1).float().mean(dim=1)
-        out[column("area", name)] = area.masked_fill(absent, _NAN)
-        mass = _mass(maps, mask, valid).masked_fill(absent, _NAN)
+        region = mask3d.reshape(n, -1)
+        count = np.count_nonzero(region, axis=1)
+        area = count / region.shape[1]
+        bad = absent | bad_map | (count == 0)
+        out[column("area", name)] = _out(area, absent)
+        mass = _mass(values, region, total)
         if "mass" in metrics:
-            out[column("mass", name)] = mass
+            out[column("mass", name)] = _out(mass, bad)
         if "lift" in metrics:
-            out[column("lift", name)] = mass / area
-        if order is not None:
-            out[column("rank", name)] = _rank_from_order(order, mask, valid).masked_fill(
-                absent, _NAN
-            )
-        if "pointing" in metrics:
-            out[column("pointing", name)] = _pointing(maps, mask, valid, tolerance).masked_fill(
-                absent, _NAN
-            )
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[column("lift", name)] = _out(mass / area, bad)
+        if ascending is not None:
+            out[column("rank", name)] = _out(_rank(values, ascending, region), bad)
+        if argmax is not None:
+            hit = _pointing(values, argmax, region, shape[1], float(tolerance))
+            out[column("pointing", name)] = _out(hit, bad)
         if blob is not None:
-            out[column("loc_iou", name)] = _box_iou(blob, _boxes(mask)).masked_fill(absent, _NAN)
+            iou = _box_iou(blob, _boxes(mask3d))
+            out[column("loc_iou", name)] = _out(iou, absent | np.isnan(iou))
     # Metric-major key order, so the samples table groups columns by metric.
     prefixes = ("area", *[m for m in METRICS if m in metrics])
     return {k: out[k] for p in prefixes for k in out if k.split(":", 1)[0] == p}

@@ -250,3 +250,19 @@ def test_sample_metrics_subset_and_errors(gen):
         sample_metrics(maps, masks[:, :, :8], present, REGIONS, ROLES)
     with pytest.raises(DataError, match="masks"):
         sample_metrics(maps[:2], masks, present, REGIONS, ROLES)
+
+
+def test_rank_accuracy_with_many_ties_takes_them_in_raster_order(gen):
+    # Few distinct values (as in a ReLU'd map full of zeros): ties straddle the K-th place.
+    maps = torch.randint(0, 3, (8, 6, 5), generator=gen).float()
+    maps[0] = 0.0
+    maps[0, 5, 4] = 1.0  # one positive pixel, the rest tied at zero
+    masks = torch.rand(8, 6, 5, generator=gen) < 0.4
+    got = rank_accuracy(maps, masks)
+    for i in range(8):
+        k = int(masks[i].sum())
+        flat = maps[i].flatten()
+        # reference: a stable descending order keeps raster order among equal values
+        order = sorted(range(flat.numel()), key=lambda j: (-flat[j].item(), j))[:k]
+        expect = masks[i].flatten()[order].float().mean().item()
+        assert got[i].item() == pytest.approx(expect), i

@@ -119,9 +119,8 @@ def main() -> None:
         f" (timed on {max(args.explain_images, BATCH)} images, scaled)"
     )
     share = metrics_s / explain_s
-    print(
-        f"metrics / explain: {100 * share:.2f}%  (floor: < 5%) -> {'OK' if share < 0.05 else 'FAIL'}"
-    )
+    verdict = "OK" if share < 0.05 else "FAIL"
+    print(f"metrics / explain: {100 * share:.2f}%  (floor: < 5%) -> {verdict}")
 
 
 if __name__ == "__main__":

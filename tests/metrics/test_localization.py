@@ -266,3 +266,19 @@ def test_rank_accuracy_with_many_ties_takes_them_in_raster_order(gen):
         order = sorted(range(flat.numel()), key=lambda j: (-flat[j].item(), j))[:k]
         expect = masks[i].flatten()[order].float().mean().item()
         assert got[i].item() == pytest.approx(expect), i
+
+
+def test_sample_metrics_options(gen):
+    maps, masks, present = _region_batch(gen)
+    wide = sample_metrics(maps, masks, present, REGIONS, ROLES, tolerance=3.0, threshold=0.5)
+    by, here = role_masks(masks, present, REGIONS, ROLES)
+    ref = pointing_game(maps, by["hair"], tolerance=3.0).masked_fill(~here["hair"], NAN)
+    torch.testing.assert_close(wide["pointing:hair"], ref, equal_nan=True)
+    ref = localization_iou(maps, boxes_from_masks(by["face"]), threshold=0.5)
+    torch.testing.assert_close(
+        wide["loc_iou:face"], ref.masked_fill(~here["face"], NAN), equal_nan=True
+    )
+    with pytest.raises(DataError, match="threshold"):
+        sample_metrics(maps, masks, present, REGIONS, ROLES, threshold=1.5)
+    with pytest.raises(DataError, match="tolerance"):
+        sample_metrics(maps, masks, present, REGIONS, ROLES, tolerance=-2)

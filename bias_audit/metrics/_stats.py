@@ -68,21 +68,22 @@ def wilson_interval(
     return low, high
 
 
-def _boot_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of ``n_boot`` resamples, drawn as index matrices in memory-bounded chunks."""
+def _boot_sums(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Sums of ``n_boot`` resamples, drawn as index matrices in memory-bounded chunks."""
     n = len(values)
     step = max(1, _CHUNK // max(n, 1))
     out = np.empty(n_boot)
     for start in range(0, n_boot, step):
         stop = min(n_boot, start + step)
         idx = rng.integers(0, n, size=(stop - start, n))
-        out[start:stop] = values[idx].mean(axis=1)
+        out[start:stop] = values[idx].sum(axis=1)
     return out
 
 
 def bootstrap_ci(
     values: np.ndarray | Sequence[float] | pd.Series,
     *,
+    strata: np.ndarray | Sequence[object] | pd.Series | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
@@ -91,6 +92,8 @@ def bootstrap_ci(
 
     Args:
         values: 1-D values; NaNs are dropped first.
+        strata: optional labels, one per value; each stratum is then resampled on its own
+            with its size fixed (a stratified bootstrap, e.g. by group cell).
         n_boot: number of resamples.
         seed: seed of the resampling.
         confidence: coverage of the interval.
@@ -102,12 +105,22 @@ def bootstrap_ci(
     if n_boot < 1:
         raise ConfigError(f"n_boot: expected a positive count, got {n_boot!r}")
     v = np.asarray(values, dtype=float).ravel()
-    v = v[~np.isnan(v)]
+    keep = ~np.isnan(v)
+    if strata is not None:
+        codes = pd.factorize(np.asarray(strata, dtype=object).ravel())[0]
+        if len(codes) != len(v):
+            raise DataError(f"strata: {len(codes)} labels for {len(v)} values")
+        codes = codes[keep]
+    v = v[keep]
     if len(v) < 2:
         return float("nan"), float("nan")
-    means = _boot_means(v, n_boot, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        sums = _boot_sums(v, n_boot, rng)
+    else:
+        sums = sum(_boot_sums(v[codes == c], n_boot, rng) for c in np.unique(codes))
     alpha = (1 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
+    low, high = np.quantile(sums / len(v), [alpha, 1 - alpha])
     return float(low), float(high)
 
 
@@ -175,6 +188,13 @@ def _cells(frame: pd.DataFrame, keys: list[str]):
     for values, part in frame.groupby(keys, sort=True, dropna=False):
         values = values if isinstance(values, tuple) else (values,)
         yield cell_name(values), dict(zip(keys, values, strict=True)), part
+
+
+def _strata(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """(len(frame),) integer code of each row's group cell."""
+    if not keys or frame.empty:
+        return np.zeros(len(frame), dtype=np.int64)
+    return frame.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
 
 
 def _check_min(min_group_size: int) -> None:
@@ -293,11 +313,15 @@ def group_stats(
                     k, m = int((pred[among] == c).sum()), int(among.sum())
                     lo, hi = wilson_interval(k, m, confidence=confidence)
                     add(f"{name}:{c}", m, k / m if m else np.nan, float(lo), float(hi))
+        # The pooled cell is resampled within each group cell, as the references ask.
+        strata = _strata(part, keys) if cell == ALL_CELL else None
         for metric in cols:
-            v = _metric_values(part, metric)
-            v = v[~np.isnan(v)]
+            raw = _metric_values(part, metric)
+            v = raw[~np.isnan(raw)]
             if len(v) >= max(min_group_size, 2):
-                lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed, confidence=confidence)
+                lo, hi = bootstrap_ci(
+                    raw, strata=strata, n_boot=n_boot, seed=seed, confidence=confidence
+                )
             else:
                 lo = hi = np.nan
             add(metric, len(v), float(v.mean()) if len(v) else np.nan, lo, hi)
@@ -577,15 +601,19 @@ def paired_comparison(
         parts += [(cell, part.index) for cell, _, part in _cells(a, [*groups, label])]
     rows: list[dict] = []
     for cell, index in parts:
+        # The pooled cell is resampled within each group cell (a stratified paired bootstrap).
+        strata = _strata(a.loc[index], [*groups, label]) if cell == ALL_CELL else None
         for metric in metrics:
-            d = _metric_values(a.loc[index], metric) - _metric_values(b.loc[index], metric)
-            d = d[~np.isnan(d)]
+            raw = _metric_values(a.loc[index], metric) - _metric_values(b.loc[index], metric)
+            d = raw[~np.isnan(raw)]
             n = len(d)
             small = n < min_group_size
             mean = float(d.mean()) if n else np.nan
             low = high = p = np.nan
             if not small:
-                low, high = bootstrap_ci(d, n_boot=n_boot, seed=seed, confidence=confidence)
+                low, high = bootstrap_ci(
+                    raw, strata=strata, n_boot=n_boot, seed=seed, confidence=confidence
+                )
                 p = _wilcoxon_p(d)
             sign = expected.get(metric, np.sign(mean) if n else 0)
             share = float(np.mean(np.sign(d) == sign)) if n and sign != 0 else np.nan

@@ -273,3 +273,21 @@ def test_errors_name_the_culprit():
         group_stats(s, groups=["gender"], metrics="mass:hair")
     with pytest.raises(DataError, match="label"):
         group_stats(s.drop(columns="label"), groups=["gender"])
+
+
+def test_stratified_bootstrap():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.1, 40), rng.normal(5, 0.1, 40)])
+    strata = ["a"] * 40 + ["b"] * 40
+    # one stratum draws exactly what the plain bootstrap draws
+    assert bootstrap_ci(x, strata=["s"] * 80, seed=2) == bootstrap_ci(x, seed=2)
+    plain = bootstrap_ci(x, seed=0)
+    strat = bootstrap_ci(x, strata=strata, seed=0)
+    # fixing the stratum sizes removes the between-strata variance: a much narrower interval
+    assert strat[1] - strat[0] < 0.3 * (plain[1] - plain[0])
+    assert strat[0] < x.mean() < strat[1]
+    # NaNs are dropped together with their stratum label
+    with_nan = np.append(x, np.nan)
+    assert bootstrap_ci(with_nan, strata=[*strata, "c"], seed=0) == strat
+    with pytest.raises(DataError, match="strata"):
+        bootstrap_ci(x, strata=strata[:10])

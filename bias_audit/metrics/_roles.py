@@ -30,8 +30,6 @@ __all__ = ["METRICS", "role_masks", "sample_metrics"]
 #: Per-sample metrics :func:`sample_metrics` can compute, in column-prefix form.
 METRICS: tuple[str, ...] = ("mass", "lift", "rank", "pointing", "loc_iou")
 
-_NAN = float("nan")
-
 
 def _check_region_masks(masks: Tensor, present: Tensor, regions: Sequence[str]) -> None:
     if not isinstance(masks, Tensor) or masks.ndim != 4 or masks.dtype != torch.bool:
@@ -131,8 +129,9 @@ def sample_metrics(
 ) -> dict[str, Tensor]:
     """Every per-sample metric for every region and role, keyed like the samples table.
 
-    The expensive parts are shared across regions: the map's rank order is sorted once and its
-    largest-blob box (for ``loc_iou``) found once per map.
+    The expensive parts are shared across regions and roles: each map's values are sorted
+    once (``rank``), its argmax found once (``pointing``) and its largest blob boxed once
+    (``loc_iou``).
 
     Args:
         maps: (N, H, W) float >= 0.
@@ -150,6 +149,8 @@ def sample_metrics(
         role is absent; metrics are also NaN where the map is all zero or the mask empty.
     """
     _check_maps(maps)
+    if isinstance(metrics, str):
+        raise ConfigError(f"metrics: expected a list of metric names, got {metrics!r}")
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ConfigError(f"metrics: unknown metric {unknown[0]!r}; expected some of {METRICS}")
@@ -180,7 +181,8 @@ def sample_metrics(
         area = count / region.shape[1]
         bad = absent | bad_map | (count == 0)
         out[column("area", name)] = _out(area, absent)
-        mass = _mass(values, region, total)
+        if "mass" in metrics or "lift" in metrics:
+            mass = _mass(values, region, total)
         if "mass" in metrics:
             out[column("mass", name)] = _out(mass, bad)
         if "lift" in metrics:

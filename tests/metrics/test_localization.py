@@ -244,6 +244,8 @@ def test_sample_metrics_subset_and_errors(gen):
     maps, masks, present = _region_batch(gen)
     out = sample_metrics(maps, masks, present, REGIONS, ROLES, metrics=("mass",))
     assert {k.split(":")[0] for k in out} == {"area", "mass"}
+    with pytest.raises(ConfigError, match="metrics"):
+        sample_metrics(maps, masks, present, REGIONS, ROLES, metrics="mass")
     with pytest.raises(ConfigError, match="energy"):
         sample_metrics(maps, masks, present, REGIONS, ROLES, metrics=("energy",))
     with pytest.raises(DataError, match="masks"):

@@ -185,7 +185,7 @@ def _cells(frame: pd.DataFrame, keys: list[str]):
     """(cell name, {key: value}, rows) for each observed combination, in sorted order."""
     if not keys:
         return
-    for values, part in frame.groupby(keys, sort=True, dropna=False):
+    for values, part in frame.groupby(keys, sort=True, dropna=False, observed=True):
         values = values if isinstance(values, tuple) else (values,)
         yield cell_name(values), dict(zip(keys, values, strict=True)), part
 
@@ -194,7 +194,7 @@ def _strata(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
     """(len(frame),) integer code of each row's group cell."""
     if not keys or frame.empty:
         return np.zeros(len(frame), dtype=np.int64)
-    return frame.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
+    return frame.groupby(keys, sort=False, dropna=False, observed=True).ngroup().to_numpy()
 
 
 def _check_min(min_group_size: int) -> None:
@@ -326,7 +326,7 @@ def group_stats(
                 lo = hi = np.nan
             add(metric, len(v), float(v.mean()) if len(v) else np.nan, lo, hi)
 
-    for model, frame in samples.groupby("model", sort=False):
+    for model, frame in samples.groupby("model", sort=False, observed=True):
         summarise(model, ALL_CELL, {}, frame)
         for cell, attrs, part in _cells(frame, keys):
             summarise(model, cell, attrs, part)
@@ -408,7 +408,7 @@ def group_gaps(
         raise ConfigError(f"n_perm: expected a positive count, got {n_perm!r}")
     _need(samples, ["model", "correct", label, *groups, *cols])
     rows: list[dict] = []
-    for model, frame in samples.groupby("model", sort=False):
+    for model, frame in samples.groupby("model", sort=False, observed=True):
         parts = [(cell, part) for cell, _, part in _cells(frame, [*groups, label])]
         for metric in [ACCURACY, *cols]:
             names, chunks = [], []
@@ -483,7 +483,7 @@ def fairness_differences(
     if len(groups) > 1:
         attributes.append((cell_name(groups), groups))
     rows: list[dict] = []
-    for model, frame in samples.groupby("model", sort=False):
+    for model, frame in samples.groupby("model", sort=False, observed=True):
         truth = frame[label].astype(str).to_numpy()
         pred = frame["pred"].astype(str).to_numpy()
         for name, cols in attributes:
@@ -602,9 +602,10 @@ def paired_comparison(
     rows: list[dict] = []
     for cell, index in parts:
         # The pooled cell is resampled within each group cell (a stratified paired bootstrap).
-        strata = _strata(a.loc[index], [*groups, label]) if cell == ALL_CELL else None
+        fa, fb = a.loc[index], b.loc[index]
+        strata = _strata(fa, [*groups, label]) if cell == ALL_CELL else None
         for metric in metrics:
-            raw = _metric_values(a.loc[index], metric) - _metric_values(b.loc[index], metric)
+            raw = _metric_values(fa, metric) - _metric_values(fb, metric)
             d = raw[~np.isnan(raw)]
             n = len(d)
             small = n < min_group_size

@@ -291,3 +291,15 @@ def test_stratified_bootstrap():
     assert bootstrap_ci(with_nan, strata=[*strata, "c"], seed=0) == strat
     with pytest.raises(DataError, match="strata"):
         bootstrap_ci(x, strata=strata[:10])
+
+
+def test_categorical_columns_give_the_same_table():
+    import warnings
+
+    s = _samples()
+    cat = s.astype({"gender": "category", "label": "category", "model": "category"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        got = group_stats(cat, groups=["gender"], metrics=["mass:hair"], n_boot=20)
+    want = group_stats(s, groups=["gender"], metrics=["mass:hair"], n_boot=20)
+    pd.testing.assert_frame_equal(got, want)

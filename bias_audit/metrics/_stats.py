@@ -350,21 +350,41 @@ _GAPS_SCHEMA = {
 
 
 def _range_permutation_p(
-    values: np.ndarray, codes: np.ndarray, n_cells: int, observed: float, n_perm: int, seed: int
+    values: np.ndarray,
+    codes: np.ndarray,
+    n_cells: int,
+    observed: float,
+    n_perm: int,
+    seed: int,
+    cache: dict[int, np.ndarray] | None = None,
 ) -> float:
-    """P-value of max-minus-min of cell means under random reassignment of images to cells."""
-    rng = np.random.default_rng(seed)
+    """P-value of max-minus-min of cell means under random reassignment of images to cells.
+
+    ``cache`` keeps the (n_perm, n) permutation matrix of each n, so metrics with as many
+    valid images share one draw; the draws are those of the uncached path, as both shuffle
+    with a fresh ``default_rng(seed)``.
+    """
+    n = len(values)
     counts = np.bincount(codes, minlength=n_cells).astype(float)
-    onehot = np.zeros((len(values), n_cells))
-    onehot[np.arange(len(values)), codes] = 1.0
-    step = max(1, _CHUNK // max(len(values), 1))
+    onehot = np.zeros((n, n_cells))
+    onehot[np.arange(n), codes] = 1.0
+
+    def exceeding(shuffled: np.ndarray) -> int:
+        means = (shuffled @ onehot) / counts
+        # A small tolerance keeps float noise from deciding ties with the observed statistic.
+        return int((means.max(1) - means.min(1) >= observed - 1e-12).sum())
+
+    if cache is not None and n_perm * n <= _CHUNK:
+        if n not in cache:
+            rng = np.random.default_rng(seed)
+            cache[n] = rng.permuted(np.broadcast_to(np.arange(n), (n_perm, n)), axis=1)
+        return (exceeding(values[cache[n]]) + 1) / (n_perm + 1)
+    rng = np.random.default_rng(seed)
+    step = max(1, _CHUNK // max(n, 1))
     exceed = 0
     for start in range(0, n_perm, step):
         b = min(n_perm, start + step) - start
-        shuffled = rng.permuted(np.broadcast_to(values, (b, len(values))), axis=1)
-        means = (shuffled @ onehot) / counts
-        # A small tolerance keeps float noise from deciding ties with the observed statistic.
-        exceed += int((means.max(1) - means.min(1) >= observed - 1e-12).sum())
+        exceed += exceeding(rng.permuted(np.broadcast_to(values, (b, n)), axis=1))
     return (exceed + 1) / (n_perm + 1)
 
 
@@ -408,6 +428,7 @@ def group_gaps(
         raise ConfigError(f"n_perm: expected a positive count, got {n_perm!r}")
     _need(samples, ["model", "correct", label, *groups, *cols])
     rows: list[dict] = []
+    cache: dict[int, np.ndarray] = {}
     for model, frame in samples.groupby("model", sort=False, observed=True):
         parts = [(cell, part) for cell, _, part in _cells(frame, [*groups, label])]
         for metric in [ACCURACY, *cols]:
@@ -432,7 +453,7 @@ def group_gaps(
                 gap = float(means[hi] - means[lo])
                 codes = np.repeat(np.arange(len(chunks)), [len(c) for c in chunks])
                 p = _range_permutation_p(
-                    np.concatenate(chunks), codes, len(chunks), gap, n_perm, seed
+                    np.concatenate(chunks), codes, len(chunks), gap, n_perm, seed, cache
                 )
                 row.update(gap=gap, p_value=p)
             rows.append(row)

@@ -303,3 +303,20 @@ def test_categorical_columns_give_the_same_table():
         got = group_stats(cat, groups=["gender"], metrics=["mass:hair"], n_boot=20)
     want = group_stats(s, groups=["gender"], metrics=["mass:hair"], n_boot=20)
     pd.testing.assert_frame_equal(got, want)
+
+
+def test_permutation_cache_gives_the_same_p_values():
+    from bias_audit.metrics._stats import _range_permutation_p
+
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=90)
+    values[60:] += 0.4
+    codes = np.repeat([0, 1, 2], 30)
+    means = [values[codes == c].mean() for c in range(3)]
+    gap = max(means) - min(means)
+    plain = _range_permutation_p(values, codes, 3, gap, 300, 0)
+    cache: dict = {}
+    cached = _range_permutation_p(values, codes, 3, gap, 300, 0, cache)
+    again = _range_permutation_p(values, codes, 3, gap, 300, 0, cache)
+    assert plain == cached == again and 90 in cache
+    assert 0 < plain < 0.2

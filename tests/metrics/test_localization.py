@@ -159,6 +159,16 @@ def test_agrees_with_quantus(gen):
     )
 
 
+def test_pointing_agrees_with_quantus_where_defined(gen):
+    import quantus
+
+    maps = torch.rand(16, 12, 12, generator=gen)
+    masks = torch.rand(16, 12, 12, generator=gen) < 0.4
+    ours = pointing_game(maps, masks).numpy()
+    assert 0 < ours.sum() < 16  # both hits and misses are exercised
+    np.testing.assert_array_equal(ours, _quantus(quantus.PointingGame, maps, masks))
+
+
 def test_rank_accuracy_against_direct_topk(gen):
     maps = torch.rand(5, 9, 7, generator=gen)
     masks = torch.rand(5, 9, 7, generator=gen) < 0.4

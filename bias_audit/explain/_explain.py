@@ -130,6 +130,8 @@ def _scores(
         targets = output.detach().argmax(dim=1)
     else:
         targets = targets.to(output.device)
+        if targets.is_inference():  # made under inference_mode: autograd cannot save it
+            targets = targets.clone()
         bad = ((targets < 0) | (targets >= n_classes)).nonzero()
         if len(bad):
             i = int(bad[0, 0])

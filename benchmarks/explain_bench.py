@@ -98,7 +98,12 @@ def _worker(case: str, args: argparse.Namespace) -> dict:
         run()
         times.append(time.perf_counter() - start)
     peak = _rss_kb("VmHWM") - base
-    return {"case": case, "time_s": statistics.median(times), "peak_mb": peak / 1024}
+    return {
+        "case": case,
+        "time_s": statistics.median(times),
+        "min_s": min(times),
+        "peak_mb": peak / 1024,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,30 +136,34 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.arch}, {args.size}x{args.size}, batch {args.batch}, {args.threads} threads, "
         f"median of {args.repeats} after a warm-up"
     )
-    print(f"{'case':<42} {'time (s)':>9} {'peak RSS growth (MB)':>21}")
+    print(f"{'case':<42} {'median (s)':>10} {'min (s)':>8} {'peak RSS growth (MB)':>21}")
     for case, r in results.items():
         label = f"({case}) {CASES[case]}"
-        print(f"{label:<42} {r['time_s']:>9.3f} {r['peak_mb']:>21.1f}")
+        print(f"{label:<42} {r['time_s']:>10.3f} {r['min_s']:>8.3f} {r['peak_mb']:>21.1f}")
 
     def ratio(x: str, y: str, key: str) -> float | None:
         if x in results and y in results and results[y][key] > 0:
             return results[x][key] / results[y][key]
         return None
 
+    # On a shared machine the min is the steadier figure; the floors are judged on the median.
     checks = [
-        ("time  b / a", ratio("b", "a", "time_s"), "<=", 1.2),
-        ("memory b / a", ratio("b", "a", "peak_mb"), "<=", 1.15),
-        ("time  c / b", ratio("c", "b", "time_s"), ">=", 4.0),
-        ("time  b / d", ratio("b", "d", "time_s"), "<=", 1.05),
-        ("memory b / d", ratio("b", "d", "peak_mb"), "<=", 0.6),
+        ("time   b / a", "b", "a", "time_s", "<=", 1.2),
+        ("memory b / a", "b", "a", "peak_mb", "<=", 1.15),
+        ("time   c / b", "c", "b", "time_s", ">=", 4.0),
+        ("time   b / d", "b", "d", "time_s", "<=", 1.05),
+        ("memory b / d", "b", "d", "peak_mb", "<=", 0.6),
     ]
     print()
-    print(f"{'ratio':<14} {'value':>7}  floor")
-    for name, value, op, floor in checks:
+    print(f"{'ratio':<14} {'median':>7} {'(min)':>7}  floor")
+    for name, x, y, key, op, floor in checks:
+        value = ratio(x, y, key)
         if value is None:
             continue
+        by_min = ratio(x, y, "min_s") if key == "time_s" else None
+        shown = f"{by_min:7.2f}" if by_min is not None else " " * 7
         ok = value <= floor if op == "<=" else value >= floor
-        print(f"{name:<14} {value:>7.2f}  {op} {floor}  {'ok' if ok else 'MISSED'}")
+        print(f"{name:<14} {value:>7.2f} {shown}  {op} {floor}  {'ok' if ok else 'MISSED'}")
     return 0
 
 

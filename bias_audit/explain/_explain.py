@@ -323,6 +323,8 @@ def explain(
         >>> exp = explain(model, images, methods=("gradcam", "gradcam++"), target_layer="layer4")
         >>> exp.maps["gradcam"].shape  # (N, H, W)
     """
+    if not isinstance(model, nn.Module):
+        raise ExplainError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     methods = _check_methods(methods)
     images = _check_images(images)
     if not isinstance(scorecam_batch_size, int) or scorecam_batch_size < 1:

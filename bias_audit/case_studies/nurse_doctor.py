@@ -53,7 +53,10 @@ CLASSES: tuple[str, ...] = ("doctor", "nurse")
 GENDERS: tuple[str, ...] = ("female", "male")
 REGIONS: tuple[str, ...] = ("coat", "face", "hair", "stethoscope")
 #: The audit's roles for this case study: what should and should not decide the label.
-ROLES: dict[str, tuple[str, ...]] = {"causal": ("coat", "stethoscope"), "confounder": ("face", "hair")}
+ROLES: dict[str, tuple[str, ...]] = {
+    "causal": ("coat", "stethoscope"),
+    "confounder": ("face", "hair"),
+}
 SPLITS: tuple[str, ...] = ("train_biased", "train_balanced", "val", "test")
 
 #: Bumped whenever a change to the drawing changes the bytes written for a given seed.
@@ -90,8 +93,8 @@ _SCRUBS = (
     (35, 35, 40), (160, 200, 230),
 )
 #: Near-white scrubs, as worn by nurses in many hospitals: they make coat colour ambiguous.
-_PALE_SCRUBS = ((232, 236, 240), (225, 235, 245), (240, 232, 236), (228, 240, 232))
-_SHIRTS = ((180, 200, 230), (240, 240, 240), (150, 160, 175), (200, 180, 150), (90, 110, 150))
+_PALE_SCRUBS = ((244, 244, 244),)
+_SHIRTS = ((180, 200, 230), (240, 240, 240), (225, 230, 240), (200, 205, 215), (150, 160, 175))
 _HAIR_STYLES = ("long", "bob", "bun", "short", "buzz")
 
 
@@ -105,7 +108,10 @@ class Cues:
         hair_male: the same for men.
         beard: share of men with a beard or moustache (part of the ``face`` region).
         lipstick: share of women with coloured lips.
-        pale_scrubs: share of nurses wearing near-white scrubs.
+        pale_scrubs: share of nurses wearing white scrubs, the colour of a doctor's coat: for
+            them only the coat's cut (lapels, open front, buttons) tells the profession.
+        opening: half width of the coat's open front, as a share of the image at scale 1.
+        lapel_shade: brightness of the lapels and seams relative to the garment (1 = invisible).
         stethoscope_doctor: share of doctors wearing a stethoscope.
         stethoscope_nurse: share of nurses wearing one.
         clutter: number of background shapes, drawn uniformly in ``[clutter[0], clutter[1]]``.
@@ -116,9 +122,11 @@ class Cues:
     hair_male: tuple[float, ...] = (0.06, 0.06, 0.02, 0.66, 0.20)
     beard: float = 0.3
     lipstick: float = 0.5
-    pale_scrubs: float = 0.25
-    stethoscope_doctor: float = 0.85
-    stethoscope_nurse: float = 0.0
+    pale_scrubs: float = 0.6
+    lapel_shade: float = 0.9
+    opening: float = 0.06
+    stethoscope_doctor: float = 0.5
+    stethoscope_nurse: float = 0.15
     clutter: tuple[int, int] = (4, 9)
     noise: int = 6
 
@@ -128,7 +136,8 @@ class Cues:
             if len(probs) != len(_HAIR_STYLES) or abs(sum(probs) - 1) > 1e-6 or min(probs) < 0:
                 raise ConfigError(f"Cues.{name}: expected {len(_HAIR_STYLES)} probabilities "
                                   f"summing to 1 for {_HAIR_STYLES}, got {probs!r}")
-        for name in ("beard", "lipstick", "pale_scrubs", "stethoscope_doctor", "stethoscope_nurse"):
+        for name in ("beard", "lipstick", "pale_scrubs", "lapel_shade", "stethoscope_doctor",
+                     "stethoscope_nurse"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigError(f"Cues.{name}: expected a probability in [0, 1], got {value!r}")
@@ -156,7 +165,7 @@ def region_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
 
 def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0,
              start: float = 0.0, stop: float = 360.0, n: int = 40) -> list[tuple[float, float]]:
-    """Polygon of a (possibly rotated, possibly partial) ellipse; PIL's own ellipse cannot rotate."""
+    """Polygon of a rotated, possibly partial ellipse (PIL's own ellipse cannot rotate)."""
     t = np.deg2rad(np.linspace(start, stop, n))
     x, y = rx * np.cos(t), ry * np.sin(t)
     a = math.radians(angle)
@@ -255,7 +264,7 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
 
     if label == "doctor":
         lut[_COAT] = _jitter_colour(rng, (244, 244, 244), 8)
-        lut[_COAT_DETAIL] = np.clip(lut[_COAT] * 0.82, 0, 255)
+        lut[_COAT_DETAIL] = np.clip(lut[_COAT] * cues.lapel_shade, 0, 255)
         lut[_COAT_BUTTON] = np.clip(lut[_COAT] * 0.6, 0, 255)
         lut[_POCKET_PEN] = rng.integers(0, 200, 3)
         inner = (_SCRUBS[int(rng.integers(0, len(_SCRUBS)))] if u() < 0.3
@@ -263,17 +272,22 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
         lut[_SHIRT] = _jitter_colour(rng, inner, 8)
         lut[_TIE] = rng.integers(20, 200, 3)
         # the open front: a V at the collar, then a strip down to the bottom edge
-        vw, vy = 0.085 * s, sy + 0.2 * s
+        vw, vy = cues.opening * s, sy + 0.2 * s
         opening = [(cx - nw * 1.1, sy - 0.01), (cx + nw * 1.1, sy - 0.01),
                    (cx + vw, vy), (cx + vw * 0.6, 1.05), (cx - vw * 0.6, 1.05), (cx - vw, vy)]
         d.polygon(P(opening), fill=_SHIRT)
-        if u() < 0.4:
+        if u() < 0.5:
+            # a V-neck top under the coat: the collar shows skin, as a nurse's scrubs do
+            d.polygon(P([(cx - nw * 1.3, sy - 0.01), (cx + nw * 1.3, sy - 0.01),
+                         (cx, sy + u(0.07, 0.11) * s)]), fill=_NECK)
+        elif u() < 0.6:
             d.polygon(P([(cx - 0.012, sy + 0.02 * s), (cx + 0.012, sy + 0.02 * s),
                          (cx + 0.02 * s, vy), (cx, vy + 0.04 * s), (cx - 0.02 * s, vy)]),
                       fill=_TIE)
         # lapels: darker triangles folded back along the opening
         for side in (-1, 1):
-            lapel = [(cx + side * nw * 1.1, sy - 0.01), (cx + side * (vw + 0.06 * s), sy + 0.06 * s),
+            lapel = [(cx + side * nw * 1.1, sy - 0.01),
+                     (cx + side * (vw + 0.06 * s), sy + 0.06 * s),
                      (cx + side * (vw + 0.015 * s), sy + 0.1 * s), (cx + side * vw, vy)]
             d.polygon(P(lapel), fill=_COAT_DETAIL)
         r = max(0.6, 0.012 * S)
@@ -290,8 +304,8 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
         pale = u() < cues.pale_scrubs
         scrub = (_PALE_SCRUBS[int(rng.integers(0, len(_PALE_SCRUBS)))] if pale
                  else _SCRUBS[int(rng.integers(0, len(_SCRUBS)))])
-        lut[_COAT] = _jitter_colour(rng, scrub, 10)
-        lut[_COAT_DETAIL] = np.clip(lut[_COAT] * 0.8, 0, 255)
+        lut[_COAT] = _jitter_colour(rng, scrub, 8)
+        lut[_COAT_DETAIL] = np.clip(lut[_COAT] * cues.lapel_shade, 0, 255)
         # V-neck showing skin, and a chest pocket seam
         vy = sy + u(0.07, 0.11) * s
         d.polygon(P([(cx - nw * 1.3, sy - 0.01), (cx + nw * 1.3, sy - 0.01), (cx, vy)]), fill=_NECK)

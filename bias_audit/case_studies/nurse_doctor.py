@@ -111,6 +111,8 @@ class Cues:
         pale_scrubs: share of nurses wearing white scrubs, the colour of a doctor's coat: for
             them only the coat's cut (lapels, open front, buttons) tells the profession.
         opening: half width of the coat's open front, as a share of the image at scale 1.
+        nurse_collar: share of scrub tops with a wrap collar drawn like a coat's lapels.
+        nurse_placket: share of scrub tops with a placket line down the front.
         lapel_shade: brightness of the lapels and seams relative to the garment (1 = invisible).
         stethoscope_doctor: share of doctors wearing a stethoscope.
         stethoscope_nurse: share of nurses wearing one.
@@ -120,11 +122,13 @@ class Cues:
 
     hair_female: tuple[float, ...] = (0.62, 0.14, 0.12, 0.10, 0.02)
     hair_male: tuple[float, ...] = (0.06, 0.06, 0.02, 0.66, 0.20)
-    beard: float = 0.3
-    lipstick: float = 0.5
+    beard: float = 0.5
+    lipstick: float = 0.8
     pale_scrubs: float = 0.6
     lapel_shade: float = 0.9
     opening: float = 0.06
+    nurse_collar: float = 0.0
+    nurse_placket: float = 0.0
     stethoscope_doctor: float = 0.5
     stethoscope_nurse: float = 0.15
     clutter: tuple[int, int] = (4, 9)
@@ -136,8 +140,8 @@ class Cues:
             if len(probs) != len(_HAIR_STYLES) or abs(sum(probs) - 1) > 1e-6 or min(probs) < 0:
                 raise ConfigError(f"Cues.{name}: expected {len(_HAIR_STYLES)} probabilities "
                                   f"summing to 1 for {_HAIR_STYLES}, got {probs!r}")
-        for name in ("beard", "lipstick", "pale_scrubs", "lapel_shade", "stethoscope_doctor",
-                     "stethoscope_nurse"):
+        for name in ("beard", "lipstick", "pale_scrubs", "lapel_shade", "nurse_collar",
+                     "nurse_placket", "stethoscope_doctor", "stethoscope_nurse"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigError(f"Cues.{name}: expected a probability in [0, 1], got {value!r}")
@@ -227,7 +231,8 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
     hy = 0.33 + u(-0.05, 0.05)
     hcx = cx + u(-0.025, 0.025)
     tilt = u(-10, 10)
-    hrx, hry = 0.12 * s, 0.15 * s
+    # faces differ in shape too: broader for men, narrower and longer for women
+    hrx, hry = (0.13 * s, 0.145 * s) if gender == "male" else (0.11 * s, 0.155 * s)
     sy = hy + hry + 0.05 * s  # shoulder line
 
     style_p = cues.hair_female if gender == "female" else cues.hair_male
@@ -265,8 +270,7 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
     if label == "doctor":
         lut[_COAT] = _jitter_colour(rng, (244, 244, 244), 8)
         lut[_COAT_DETAIL] = np.clip(lut[_COAT] * cues.lapel_shade, 0, 255)
-        lut[_COAT_BUTTON] = np.clip(lut[_COAT] * 0.6, 0, 255)
-        lut[_POCKET_PEN] = rng.integers(0, 200, 3)
+        lut[_COAT_BUTTON] = np.clip(lut[_COAT] * cues.lapel_shade**3, 0, 255)
         inner = (_SCRUBS[int(rng.integers(0, len(_SCRUBS)))] if u() < 0.3
                  else _SHIRTS[int(rng.integers(0, len(_SHIRTS)))])
         lut[_SHIRT] = _jitter_colour(rng, inner, 8)
@@ -294,24 +298,31 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
         for k in range(3):
             bx, by = (cx - vw * 0.8) * S - 2 * r, (vy + 0.05 * s + k * 0.1 * s) * S
             d.ellipse([bx - r, by - r, bx + r, by + r], fill=_COAT_BUTTON)
-        # breast pocket with a pen
-        px, py = cx + 0.15 * s, sy + 0.16 * s
-        d.rectangle(P([(px - 0.05 * s, py), (px + 0.05 * s, py + 0.08 * s)]),
-                    outline=_COAT_DETAIL, width=max(1, S // 64))
-        d.rectangle(P([(px - 0.02 * s, py - 0.04 * s), (px - 0.005 * s, py + 0.02 * s)]),
-                    fill=_POCKET_PEN)
     else:
         pale = u() < cues.pale_scrubs
         scrub = (_PALE_SCRUBS[int(rng.integers(0, len(_PALE_SCRUBS)))] if pale
                  else _SCRUBS[int(rng.integers(0, len(_SCRUBS)))])
         lut[_COAT] = _jitter_colour(rng, scrub, 8)
         lut[_COAT_DETAIL] = np.clip(lut[_COAT] * cues.lapel_shade, 0, 255)
-        # V-neck showing skin, and a chest pocket seam
         vy = sy + u(0.07, 0.11) * s
         d.polygon(P([(cx - nw * 1.3, sy - 0.01), (cx + nw * 1.3, sy - 0.01), (cx, vy)]), fill=_NECK)
-        px, py = cx - 0.17 * s, sy + 0.15 * s
-        d.rectangle(P([(px - 0.05 * s, py), (px + 0.05 * s, py + 0.07 * s)]),
-                    outline=_COAT_DETAIL, width=max(1, S // 64))
+        # Many scrub tops have a wrap collar or a placket: the same strokes as a coat's lapels
+        # and open front, so that a single stroke never gives the profession away.
+        if u() < cues.nurse_collar:
+            for side in (-1, 1):
+                collar = [(cx + side * nw * 1.3, sy - 0.01), (cx + side * nw * 2.4, sy + 0.04 * s),
+                          (cx + side * nw * 0.4, vy + 0.02 * s), (cx, vy)]
+                d.polygon(P(collar), fill=_COAT_DETAIL)
+        if u() < cues.nurse_placket:
+            d.line(P([(cx, vy), (cx, 1.0)]), fill=_COAT_DETAIL, width=max(1, S // 48))
+    # Pocket and pen are on both garments, on either side: only the coat's cut tells them apart.
+    lut[_POCKET_PEN] = rng.integers(0, 200, 3)
+    px, py = cx + rng.choice([-1, 1]) * 0.16 * s, sy + 0.16 * s
+    d.rectangle(P([(px - 0.05 * s, py), (px + 0.05 * s, py + 0.08 * s)]),
+                outline=_COAT_DETAIL, width=max(1, S // 64))
+    if u() < 0.5:
+        d.rectangle(P([(px - 0.02 * s, py - 0.04 * s), (px - 0.005 * s, py + 0.02 * s)]),
+                    fill=_POCKET_PEN)
     # arm seams, both garments
     for side in (-1, 1):
         d.line(P([(cx + side * tw * 0.75, sy + 0.1 * s), (cx + side * tw * 0.85, 1.0)]),
@@ -373,12 +384,13 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
         x, y = _rotate([(hcx + dx * hrx, hy + dy * hry)], hcx, hy, tilt)[0]
         return x * S, y * S
 
-    er = max(0.7, 0.018 * s * S)
+    # women: larger, made-up eyes and thin brows; men: small eyes and heavy brows
+    er = max(0.7, (0.026 if gender == "female" else 0.016) * s * S)
+    brow = max(1, S // 64) * (1 if gender == "female" else 2)
     for side in (-1, 1):
         x, y = F(side * 0.4, -0.05)
         d.ellipse([x - er, y - er, x + er, y + er], fill=_FACE_DARK)
-        d.line([F(side * 0.6, -0.3), F(side * 0.2, -0.32)], fill=_FACE_DARK,
-               width=max(1, S // 64))
+        d.line([F(side * 0.6, -0.3), F(side * 0.2, -0.32)], fill=_FACE_DARK, width=brow)
     if gender == "male" and u() < cues.beard:
         beard = _ellipse(hcx, hy + hry * 0.35, hrx * 0.85, hry * 0.62, tilt, start=10, stop=170,
                          n=20)

@@ -245,7 +245,7 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
     lut[_HAIR] = _jitter_colour(rng, hair_col, 10)
     lut[_HAIR_SHADE] = np.clip(lut[_HAIR] * 0.75, 0, 255)
     lut[_FACE_DARK] = np.clip(lut[_HAIR] * 0.6, 0, 255)
-    lut[_BEARD] = lut[_HAIR]
+    lut[_BEARD] = np.clip(lut[_HAIR] * 0.88, 0, 255)  # in `face`, so not the hair colour
     lipstick = gender == "female" and u() < cues.lipstick
     lut[_MOUTH] = (190, 40, 70) if lipstick else np.clip(lut[_FACE] * [0.8, 0.6, 0.6], 0, 255)
 

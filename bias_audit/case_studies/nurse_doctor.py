@@ -111,6 +111,7 @@ class Cues:
         pale_scrubs: share of nurses wearing white scrubs, the colour of a doctor's coat: for
             them only the coat's cut (lapels, open front, buttons) tells the profession.
         opening: half width of the coat's open front, as a share of the image at scale 1.
+        button_shade: brightness of the coat's buttons relative to the coat.
         nurse_collar: share of scrub tops with a wrap collar drawn like a coat's lapels.
         nurse_placket: share of scrub tops with a placket line down the front.
         lapel_shade: brightness of the lapels and seams relative to the garment (1 = invisible).
@@ -120,17 +121,18 @@ class Cues:
         noise: amplitude of the per-pixel colour noise, in grey levels.
     """
 
-    hair_female: tuple[float, ...] = (0.62, 0.14, 0.12, 0.10, 0.02)
-    hair_male: tuple[float, ...] = (0.06, 0.06, 0.02, 0.66, 0.20)
+    hair_female: tuple[float, ...] = (0.70, 0.12, 0.08, 0.08, 0.02)
+    hair_male: tuple[float, ...] = (0.04, 0.04, 0.02, 0.68, 0.22)
     beard: float = 0.5
     lipstick: float = 0.8
-    pale_scrubs: float = 0.6
-    lapel_shade: float = 0.9
-    opening: float = 0.06
-    nurse_collar: float = 0.0
-    nurse_placket: float = 0.0
-    stethoscope_doctor: float = 0.5
-    stethoscope_nurse: float = 0.15
+    pale_scrubs: float = 0.9
+    lapel_shade: float = 0.93
+    button_shade: float = 0.6
+    opening: float = 0.03
+    nurse_collar: float = 0.5
+    nurse_placket: float = 0.6
+    stethoscope_doctor: float = 0.3
+    stethoscope_nurse: float = 0.2
     clutter: tuple[int, int] = (4, 9)
     noise: int = 6
 
@@ -140,11 +142,11 @@ class Cues:
             if len(probs) != len(_HAIR_STYLES) or abs(sum(probs) - 1) > 1e-6 or min(probs) < 0:
                 raise ConfigError(f"Cues.{name}: expected {len(_HAIR_STYLES)} probabilities "
                                   f"summing to 1 for {_HAIR_STYLES}, got {probs!r}")
-        for name in ("beard", "lipstick", "pale_scrubs", "lapel_shade", "nurse_collar",
-                     "nurse_placket", "stethoscope_doctor", "stethoscope_nurse"):
+        for name in ("beard", "lipstick", "pale_scrubs", "lapel_shade", "button_shade",
+                     "nurse_collar", "nurse_placket", "stethoscope_doctor", "stethoscope_nurse"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
-                raise ConfigError(f"Cues.{name}: expected a probability in [0, 1], got {value!r}")
+                raise ConfigError(f"Cues.{name}: expected a value in [0, 1], got {value!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,7 +272,7 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
     if label == "doctor":
         lut[_COAT] = _jitter_colour(rng, (244, 244, 244), 8)
         lut[_COAT_DETAIL] = np.clip(lut[_COAT] * cues.lapel_shade, 0, 255)
-        lut[_COAT_BUTTON] = np.clip(lut[_COAT] * cues.lapel_shade**3, 0, 255)
+        lut[_COAT_BUTTON] = np.clip(lut[_COAT] * cues.button_shade, 0, 255)
         inner = (_SCRUBS[int(rng.integers(0, len(_SCRUBS)))] if u() < 0.3
                  else _SHIRTS[int(rng.integers(0, len(_SHIRTS)))])
         lut[_SHIRT] = _jitter_colour(rng, inner, 8)
@@ -417,7 +419,7 @@ _COUNTS = {
     True: {"train_biased": 600, "train_balanced": 600, "val": 160, "test": 240},
 }
 #: train_biased: share of doctors who are male, share of nurses who are female (paper: .78, .93).
-SKEW = {"doctor": ("male", 0.9), "nurse": ("female", 0.95)}
+SKEW = {"doctor": ("male", 0.95), "nurse": ("female", 0.97)}
 
 
 def default_counts(*, quick: bool = False) -> dict[str, int]:
@@ -522,7 +524,7 @@ def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, image_size: int 
     manifest's folder; an empty cell when the region is not drawn, e.g. no stethoscope),
     ``hair`` (style drawn), ``skin_tone`` (light/medium/dark), ``split``.
 
-    Splits: ``train_biased`` (50% doctors; 90% of doctors male, 95% of nurses female),
+    Splits: ``train_biased`` (50% doctors; 95% of doctors male, 97% of nurses female),
     ``train_balanced`` (every gender x label cell equal, same size), ``val`` and ``test``
     (balanced over gender x label).
 

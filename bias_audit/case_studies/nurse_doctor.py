@@ -84,8 +84,8 @@ _SKIN_TONES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "dark": ((140, 90, 60), (110, 70, 45), (90, 58, 40)),
 }
 _HAIR_COLOURS = (
-    (25, 20, 18), (45, 30, 20), (80, 50, 30), (120, 80, 45),
-    (200, 165, 100), (150, 60, 30), (150, 150, 150), (60, 45, 35),
+    (25, 20, 18), (45, 30, 20), (60, 45, 35), (80, 50, 30),
+    (120, 80, 45), (200, 165, 100), (150, 60, 30), (150, 150, 150),
 )
 _SCRUBS = (
     (30, 45, 90), (110, 150, 200), (50, 80, 170), (40, 130, 130), (40, 90, 60),
@@ -111,6 +111,8 @@ class Cues:
         pale_scrubs: share of nurses wearing white scrubs, the colour of a doctor's coat: for
             them only the coat's cut (lapels, open front, buttons) tells the profession.
         opening: half width of the coat's open front, as a share of the image at scale 1.
+        dark_hair: share of people with dark hair; the others draw from all hair colours.
+        strands: size of the long-hair strands falling over the shoulders (1 = default).
         button_shade: brightness of the coat's buttons relative to the coat.
         nurse_collar: share of scrub tops with a wrap collar drawn like a coat's lapels.
         nurse_placket: share of scrub tops with a placket line down the front.
@@ -131,6 +133,8 @@ class Cues:
     opening: float = 0.03
     nurse_collar: float = 0.5
     nurse_placket: float = 0.6
+    dark_hair: float = 0.5
+    strands: float = 1.0
     stethoscope_doctor: float = 0.3
     stethoscope_nurse: float = 0.2
     clutter: tuple[int, int] = (4, 9)
@@ -142,8 +146,11 @@ class Cues:
             if len(probs) != len(_HAIR_STYLES) or abs(sum(probs) - 1) > 1e-6 or min(probs) < 0:
                 raise ConfigError(f"Cues.{name}: expected {len(_HAIR_STYLES)} probabilities "
                                   f"summing to 1 for {_HAIR_STYLES}, got {probs!r}")
+        if not 0 < self.strands <= 3:
+            raise ConfigError(f"Cues.strands: expected a size in (0, 3], got {self.strands!r}")
         for name in ("beard", "lipstick", "pale_scrubs", "lapel_shade", "button_shade",
-                     "nurse_collar", "nurse_placket", "stethoscope_doctor", "stethoscope_nurse"):
+                     "nurse_collar", "nurse_placket", "stethoscope_doctor", "stethoscope_nurse",
+                     "dark_hair"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigError(f"Cues.{name}: expected a value in [0, 1], got {value!r}")
@@ -243,7 +250,9 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
     skin = _SKIN_TONES[tone][int(rng.integers(0, 3))]
     lut[_FACE] = _jitter_colour(rng, skin, 8)
     lut[_NECK] = np.clip(lut[_FACE] - 12, 0, 255)
-    hair_col = _HAIR_COLOURS[int(rng.integers(0, len(_HAIR_COLOURS)))]
+    # dark hair is drawn from the darker half of the palette (it is listed first)
+    n_colours = 4 if u() < cues.dark_hair else len(_HAIR_COLOURS)
+    hair_col = _HAIR_COLOURS[int(rng.integers(0, n_colours))]
     lut[_HAIR] = _jitter_colour(rng, hair_col, 10)
     lut[_HAIR_SHADE] = np.clip(lut[_HAIR] * 0.75, 0, 255)
     lut[_FACE_DARK] = np.clip(lut[_HAIR] * 0.6, 0, 255)
@@ -377,8 +386,9 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
         # strands falling in front of the shoulders, over the garment
         for side in (-1, 1):
             strand = [(hcx + side * hrx * 0.85, hy + 0.02), (hcx + side * hrx * 1.4, hy),
-                      (hcx + side * hrx * u(1.5, 1.9), sy + u(0.08, 0.2) * s),
-                      (hcx + side * hrx * 0.9, sy + u(0.04, 0.12) * s)]
+                      (hcx + side * hrx * u(1.5, 1.9) * cues.strands,
+                       sy + u(0.08, 0.2) * s * cues.strands),
+                      (hcx + side * hrx * 0.9, sy + u(0.04, 0.12) * s * cues.strands)]
             d.polygon(P(_rotate(strand, hcx, hy, tilt * 0.5)), fill=_HAIR_SHADE)
 
     # facial features in the face's own frame

@@ -173,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cues", default="{}", help='JSON overrides of Cues, e.g. {"pale_scrubs": 0.7}')
     p.add_argument("--skew", default=None, help="share of male doctors, female nurses: 0.9,0.95")
-    p.add_argument("--dark-hair", action="store_true", help="experiment: only dark hair colours")
     p.add_argument("--models", default="biased,debiased_data,debiased_penalty")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -187,8 +186,6 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     cues = nd.Cues(**json.loads(args.cues))
-    if args.dark_hair:
-        nd._HAIR_COLOURS = ((25, 20, 18), (45, 30, 20), (60, 45, 35), (80, 50, 30))
     if args.skew:
         dm, nf = (float(v) for v in args.skew.split(","))
         nd.SKEW.update(doctor=("male", dm), nurse=("female", nf))

@@ -220,6 +220,8 @@ def test_bad_arguments_are_named(tmp_path, kwargs, culprit):
 def test_bad_cues_and_portrait_arguments_are_named():
     with pytest.raises(ConfigError, match="pale_scrubs"):
         nd.Cues(pale_scrubs=1.5)
+    with pytest.raises(ConfigError, match="strands"):
+        nd.Cues(strands=0.0)
     with pytest.raises(ConfigError, match="hair_male"):
         nd.Cues(hair_male=(0.5, 0.5, 0.5, 0.0, 0.0))
     rng = np.random.default_rng(0)

@@ -112,7 +112,7 @@ class Cues:
             them only the coat's cut (lapels, open front, buttons) tells the profession.
         opening: half width of the coat's open front, as a share of the image at scale 1.
         dark_hair: share of people with dark hair; the others draw from all hair colours.
-        strands: size of the long-hair strands falling over the shoulders (1 = default).
+        strands: size of the long-hair strands falling over the shoulders (1 = shoulder length).
         button_shade: brightness of the coat's buttons relative to the coat.
         nurse_collar: share of scrub tops with a wrap collar drawn like a coat's lapels.
         nurse_placket: share of scrub tops with a placket line down the front.
@@ -133,8 +133,8 @@ class Cues:
     opening: float = 0.03
     nurse_collar: float = 0.5
     nurse_placket: float = 0.6
-    dark_hair: float = 0.5
-    strands: float = 1.0
+    dark_hair: float = 1.0
+    strands: float = 1.8
     stethoscope_doctor: float = 0.3
     stethoscope_nurse: float = 0.2
     clutter: tuple[int, int] = (4, 9)

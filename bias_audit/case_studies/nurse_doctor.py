@@ -125,7 +125,7 @@ class Cues:
 
     hair_female: tuple[float, ...] = (0.70, 0.12, 0.08, 0.08, 0.02)
     hair_male: tuple[float, ...] = (0.04, 0.04, 0.02, 0.68, 0.22)
-    beard: float = 0.5
+    beard: float = 0.9
     lipstick: float = 0.8
     pale_scrubs: float = 0.9
     lapel_shade: float = 0.93
@@ -429,7 +429,7 @@ _COUNTS = {
     True: {"train_biased": 600, "train_balanced": 600, "val": 160, "test": 240},
 }
 #: train_biased: share of doctors who are male, share of nurses who are female (paper: .78, .93).
-SKEW = {"doctor": ("male", 0.95), "nurse": ("female", 0.97)}
+SKEW = {"doctor": ("male", 0.98), "nurse": ("female", 0.99)}
 
 
 def default_counts(*, quick: bool = False) -> dict[str, int]:
@@ -534,7 +534,7 @@ def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, image_size: int 
     manifest's folder; an empty cell when the region is not drawn, e.g. no stethoscope),
     ``hair`` (style drawn), ``skin_tone`` (light/medium/dark), ``split``.
 
-    Splits: ``train_biased`` (50% doctors; 95% of doctors male, 97% of nurses female),
+    Splits: ``train_biased`` (50% doctors; 98% of doctors male, 99% of nurses female),
     ``train_balanced`` (every gender x label cell equal, same size), ``val`` and ``test``
     (balanced over gender x label).
 

@@ -97,7 +97,7 @@ def mass(cam: Tensor, region: Tensor) -> Tensor:
 
 
 def train(data: dict, *, width: int, epochs: int, lr: float, batch: int, seed: int,
-          lam: float = 0.0) -> tuple[SmallCNN, float]:
+          lam: float = 0.0, every_class: bool = False) -> tuple[SmallCNN, float]:
     torch.manual_seed(seed)
     model = SmallCNN(width)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -118,11 +118,17 @@ def train(data: dict, *, width: int, epochs: int, lr: float, batch: int, seed: i
             xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
             if lam > 0:
                 cb = torch.where(flip[:, None, None, None], conf[idx].flip(-1), conf[idx])
-                cam, logits = gradcam(model, xb, yb, create_graph=True)
-                # masks pooled to the map's resolution: cheaper than upsampling every map
-                r = F.adaptive_avg_pool2d(cb, cam.shape[-2:])[:, 0]
-                pen = ((cam * r).sum((1, 2)) / (cam.sum((1, 2)) + 1e-6)).mean()
-                loss = F.cross_entropy(logits, yb) + lam * pen
+                # Penalising only the label's map leaves a loophole: the confounder can still
+                # raise the *other* class's score. every_class closes it.
+                targets = ([torch.full_like(yb, c) for c in range(len(nd.CLASSES))]
+                           if every_class else [yb])
+                pen = 0.0
+                for t in targets:
+                    cam, logits = gradcam(model, xb, t, create_graph=True)
+                    # masks pooled to the map's resolution: cheaper than upsampling every map
+                    r = F.adaptive_avg_pool2d(cb, cam.shape[-2:])[:, 0]
+                    pen = pen + ((cam * r).sum((1, 2)) / (cam.sum((1, 2)) + 1e-6)).mean()
+                loss = F.cross_entropy(logits, yb) + lam * pen / len(targets)
             else:
                 logits, _ = model(xb)
                 loss = F.cross_entropy(logits, yb)
@@ -173,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cues", default="{}", help='JSON overrides of Cues, e.g. {"pale_scrubs": 0.7}')
     p.add_argument("--skew", default=None, help="share of male doctors, female nurses: 0.9,0.95")
+    p.add_argument("--every-class", action="store_true",
+                   help="penalise the confounder mass of every class's map, not only the label's")
     p.add_argument("--models", default="biased,debiased_data,debiased_penalty")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -206,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         split, lam = specs[name]
         model, t_train = train(splits[split], width=args.width, epochs=epochs, lr=args.lr,
-                               batch=args.batch, seed=args.seed, lam=lam)
+                               batch=args.batch, seed=args.seed, lam=lam,
+                               every_class=args.every_class)
         t0 = time.perf_counter()
         res = evaluate(model, splits["test"])
         res["train_s"] = round(t_train, 1)

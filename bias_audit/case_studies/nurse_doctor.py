@@ -38,8 +38,10 @@ from ..errors import ConfigError, DataError
 __all__ = [
     "CLASSES",
     "GENDERS",
+    "GENERATOR_VERSION",
     "REGIONS",
     "ROLES",
+    "SKEW",
     "SPLITS",
     "Cues",
     "Portrait",

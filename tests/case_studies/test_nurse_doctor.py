@@ -33,6 +33,18 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return nd.generate(tmp_path_factory.mktemp("nd"), image_size=SIZE, n=COUNTS, seed=0)
 
 
+def test_all_is_complete():
+    import inspect
+
+    import bias_audit.case_studies as pkg
+
+    defined = {n for n, v in vars(nd).items() if not n.startswith("_")
+               and (inspect.isfunction(v) or inspect.isclass(v)) and v.__module__ == nd.__name__}
+    constants = {n for n in vars(nd) if n.isupper() and not n.startswith("_")}
+    assert defined | constants == set(nd.__all__)
+    assert all(hasattr(pkg, n) for n in pkg.__all__)
+
+
 def test_registry_names_the_generator():
     assert CASE_STUDIES["nurse-doctor"] is nd
     assert set(nd.ROLES["confounder"]) | set(nd.ROLES["causal"]) == set(nd.REGIONS)

@@ -44,10 +44,12 @@ _KNOWN_METHODS = (
     "deconvnet",
     "guided_gradcam",
 )
+#: Methods that give signed (N, C, H, W) input gradients rather than a (N, H, W) map.
+GUIDED = ("guided_backprop", "deconvnet", "guided_gradcam")
 TARGETS = ("predicted", "label")
 ON_ERROR = ("raise", "skip")
-RESIZE = ("crop", "pad", "stretch")
-FILLS = ("blur", "mean", "zero", "noise")
+RESIZE = ("crop", "letterbox")
+FILLS = ("blur", "mean")
 #: Model names become file and archive-key names, so they stay plain.
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -344,6 +346,12 @@ class AuditConfig:
         for m in methods:
             if m not in valid:
                 raise r.fail("methods", f"unknown method {m!r}; expected one of {', '.join(valid)}")
+        if methods[0] in GUIDED:
+            raise r.fail(
+                "methods",
+                f"the first method drives the metrics and must be a CAM-family map; {methods[0]!r} "
+                "gives input gradients (put it after a CAM method)",
+            )
         explain = ExplainConfig(
             methods=methods,
             target=r.str_("target", "predicted", choices=TARGETS),

@@ -4,6 +4,7 @@ Per-sample metrics are pure functions over batched tensors (``maps`` (N, H, W) f
 ``masks`` (N, H, W) or ``boxes`` (N, 4)); NaN marks a degenerate input, never a score.
 """
 
+from ._interventions import FILLS, Occlusion, occlusion_effect, random_patches
 from ._localization import (
     area_fraction,
     attention_mass,
@@ -17,7 +18,11 @@ from ._localization import (
 from ._roles import METRICS, role_masks, sample_metrics
 
 __all__ = [
+    "FILLS",
     "METRICS",
+    "Occlusion",
+    "occlusion_effect",
+    "random_patches",
     "area_fraction",
     "attention_mass",
     "boxes_from_masks",

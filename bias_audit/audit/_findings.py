@@ -232,6 +232,12 @@ def _worst_group(model, rows, groups, min_n) -> list[dict[str, Any]]:
     name, k, n = min(cells, key=lambda c: c[1] / c[2])
     acc = k / n
     lo, hi = _wilson(k, n)
+    # Is the worst cell worse than all other images together? One-sided Fisher exact test.
+    from scipy.stats import fisher_exact
+
+    k_all, n_all = int(rows["correct"].sum()), len(rows)
+    table = [[k, n - k], [k_all - k, (n_all - n) - (k_all - k)]]
+    p = float(fisher_exact(table, alternative="less").pvalue)
     return [
         _finding(
             "worst_group_accuracy",
@@ -241,6 +247,7 @@ def _worst_group(model, rows, groups, min_n) -> list[dict[str, Any]]:
             value=acc,
             ci_low=lo,
             ci_high=hi,
+            p_value=p,
             effect=overall - acc,
             proposed=severity_of("worst_group_gap", overall - acc),
             text=(

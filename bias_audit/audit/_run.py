@@ -9,6 +9,7 @@ and the report.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import math
@@ -336,6 +337,9 @@ def _stream(model, ds, batches, pending, spec, store, config, dev, progress) -> 
         for b, batch in zip(pending, loader, strict=True):
             rows = audit_batch(model, batch, spec=spec)
             store.write_part(spec.model, b, rows)
+            if spec.target_layer is None:
+                # Resolve the automatic layer once: explain would probe the model every batch.
+                spec = dataclasses.replace(spec, target_layer=rows.attrs["target_layer"])
             layer = {
                 "target_layer": rows.attrs.get("target_layer"),
                 "layer_shape": rows.attrs.get("layer_shape"),

@@ -224,8 +224,8 @@ def audit(
     }
     store = RunStore(run_dir)
     resumed = store.open(key, resume=resume, force=force)
-    if not resumed:
-        store.write_text("config.toml", config.to_toml())
+    # Also on resume: a title or report edit is allowed then, and the folder shows the config used.
+    store.write_text("config.toml", config.to_toml())
     torch.manual_seed(config.stats.seed)
 
     per_model_s: dict[str, float] = dict(store.info("per_model_s", {}) or {})
@@ -256,8 +256,7 @@ def audit(
     t_stats = time.perf_counter()
     tables = _statistics(samples, config)
     nan_maps = {
-        p.cfg.name: int((~samples.loc[samples["model"] == p.cfg.name, MAP_OK]).sum())
-        for p in plans
+        p.cfg.name: int((~samples.loc[samples["model"] == p.cfg.name, MAP_OK]).sum()) for p in plans
     }
     drafts = draft_findings(
         samples, groups=config.data.groups,
@@ -551,24 +550,35 @@ def _summary(config, ds, plans, layers, samples, findings, nan_maps, dev, *, tim
             "label": config.data.label,
             "classes": list(ds.classes),
             "regions": list(ds.regions),
-            "roles": {"causal": list(config.regions.causal),
-                      "confounder": list(config.regions.confounder)},  # fmt: skip
+            "roles": {
+                "causal": list(config.regions.causal),
+                "confounder": list(config.regions.confounder),
+            },  # fmt: skip
             "cells": cells.to_dict("records"),
             "skipped": int(len(ds.skipped)),
         },
         "models": models,
         "explain": {"methods": list(config.explain.methods), "target": config.explain.target},
-        "interventions": {"enabled": config.interventions.enabled,
-                          "fill": config.interventions.fill},  # fmt: skip
-        "stats": {"min_group_size": config.stats.min_group_size,
-                  "bootstrap": config.stats.bootstrap,
-                  "permutations": config.stats.permutations, "seed": config.stats.seed},
+        "interventions": {
+            "enabled": config.interventions.enabled,
+            "fill": config.interventions.fill,
+        },  # fmt: skip
+        "stats": {
+            "min_group_size": config.stats.min_group_size,
+            "bootstrap": config.stats.bootstrap,
+            "permutations": config.stats.permutations,
+            "seed": config.stats.seed,
+        },
         "findings": findings,
         "provenance": {
-            "bias_audit": __version__, "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "python": platform.python_version(),
-            "numpy": np.__version__, "pandas": pd.__version__,
-            "seed": config.stats.seed, "device": str(dev),
+            "bias_audit": __version__,
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "seed": config.stats.seed,
+            "device": str(dev),
         },  # fmt: skip
         "timings": timings,
     }

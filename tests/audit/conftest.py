@@ -103,8 +103,12 @@ checkpoint = "debiased.pt"
 """
 
 
-def write_config(world: dict[str, Path], name: str = "audit.toml", extra: str = "",
-                 replace: tuple[str, str] | None = None) -> Path:
+def write_config(
+    world: dict[str, Path],
+    name: str = "audit.toml",
+    extra: str = "",
+    replace: tuple[str, str] | None = None,
+) -> Path:
     text = CONFIG.format(size=SIZE) + extra
     if replace:
         text = text.replace(*replace)

@@ -114,7 +114,9 @@ def test_gallery_is_bounded_and_matches_its_index(run1):
     with np.load(run1 / "maps.npz") as npz:
         for item in items:
             k = item["key"]
-            assert npz[f"image/{k}"].shape == (SIZE, SIZE, 3) and npz[f"image/{k}"].dtype == np.uint8
+            assert (
+                npz[f"image/{k}"].shape == (SIZE, SIZE, 3) and npz[f"image/{k}"].dtype == np.uint8
+            )
             assert npz[f"masks/{k}"].shape == (3, SIZE, SIZE)
             for model in ("biased", "debiased"):
                 assert npz[f"map/{model}/{k}"].dtype == np.float16

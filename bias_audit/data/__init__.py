@@ -7,6 +7,7 @@ stays aligned with its image.
 
 from __future__ import annotations
 
+from ._coco import regions_from_coco, write_coco_masks
 from ._manifest import IMAGENET_MEAN, IMAGENET_STD, AuditDataset, load_manifest, read_table
 from ._sample import Batch, Sample, collate
 
@@ -19,4 +20,6 @@ __all__ = [
     "collate",
     "load_manifest",
     "read_table",
+    "regions_from_coco",
+    "write_coco_masks",
 ]

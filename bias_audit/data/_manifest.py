@@ -74,7 +74,9 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+            df = pd.read_csv(
+                path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig"
+            )
         elif suffix == ".parquet":
             df = pd.read_parquet(path)
         elif suffix in (".jsonl", ".ndjson"):
@@ -189,6 +191,15 @@ class AuditDataset(Dataset):
         """Sample ids in dataset order."""
         return [r.id for r in self._rows]
 
+    @property
+    def labels(self) -> list[int]:
+        """Class indices in dataset order, without decoding any image."""
+        return [self._class_index[r.label] for r in self._rows]
+
+    def sample_cells(self) -> list[str]:
+        """Each sample's group cell name (as in :meth:`cells`), in dataset order."""
+        return [cell_name([*r.attrs, r.label]) for r in self._rows]
+
     def set_epoch(self, epoch: int) -> None:
         """Choose the augmentation of this epoch. Call it before creating the epoch's iterator
         (DataLoader workers copy the dataset then; with ``persistent_workers`` they would not)."""
@@ -197,7 +208,7 @@ class AuditDataset(Dataset):
     def __getitem__(self, index: int) -> Sample:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        index %= len(self)
+        index = int(index) % len(self)  # samplers may hand numpy or tensor integers
         r = self._rows[index]
         generator = None
         if self.augment:
@@ -210,7 +221,7 @@ class AuditDataset(Dataset):
             raise DataError(
                 f"{r.image}: row {r.row}: image size changed since the manifest was loaded"
             )
-        image = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
+        image = torch.from_numpy(pixels).permute(2, 0, 1)  # (3, H, W) uint8, a view
         geometry = plan_geometry(
             r.width, r.height, self.image_size, self.resize, generator=generator
         )
@@ -369,7 +380,9 @@ def load_manifest(
     )  # fmt: skip
     manifest = Path(path)
     df = read_table(manifest)
-    root = manifest.resolve().parent
+    # The folder the manifest appears in (even if the manifest itself is a symlink), resolved
+    # so that it compares with resolved image paths.
+    root = Path(os.path.abspath(manifest)).parent.resolve()
     if df.empty:
         raise DataError(f"{manifest}: the manifest has no rows")
 

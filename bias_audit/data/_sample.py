@@ -24,7 +24,9 @@ class Sample:
         index: position in the dataset.
         attrs: group attribute -> value, for the dataset's ``groups``.
         masks: region -> (S, S) bool, for every region of the dataset; all False when absent.
-        present: region -> whether the row gives that region (an absent region's metrics are NaN).
+        present: region -> whether the row annotates that region (an absent region's metrics
+            are NaN). A present region's mask can still be empty, e.g. when a centre crop cut
+            its box away.
     """
 
     image: Tensor

@@ -16,21 +16,39 @@ from ._localization import (
     rank_accuracy,
 )
 from ._roles import METRICS, role_masks, sample_metrics
+from ._stats import (
+    ALL_CELL,
+    bootstrap_ci,
+    fairness_differences,
+    group_gaps,
+    group_stats,
+    holm,
+    paired_comparison,
+    wilson_interval,
+)
 
 __all__ = [
+    "ALL_CELL",
     "FILLS",
     "METRICS",
-    "Occlusion",
-    "occlusion_effect",
-    "random_patches",
     "area_fraction",
     "attention_mass",
+    "bootstrap_ci",
     "boxes_from_masks",
+    "fairness_differences",
+    "group_gaps",
+    "group_stats",
+    "holm",
     "lift",
     "localization_iou",
     "map_boxes",
+    "Occlusion",
+    "occlusion_effect",
+    "paired_comparison",
     "pointing_game",
+    "random_patches",
     "rank_accuracy",
     "role_masks",
     "sample_metrics",
+    "wilson_interval",
 ]

@@ -153,39 +153,55 @@ def _cell_label(cell: str, n: int, small: bool) -> str:
 
 def _bar_trace(frame: pd.DataFrame, model: str, cells: Sequence[tuple[str, int, bool]], *,
                color: str, xaxis: str = "x", yaxis: str = "y", showlegend: bool = True,
-               name: str | None = None) -> dict[str, Any]:
+               name: str | None = None) -> list[dict[str, Any]]:
+    """Bars of one model over the cells: one trace with CIs, one hatched trace for small cells.
+
+    Small cells get their own trace (sharing the model's slot via ``offsetgroup``) because
+    plotly draws a zero-length error bar for a null, which would read as a certain value.
+    """
     part = frame[frame["model"] == model].set_index("cell")
-    xs, ys, plus, minus, hover = [], [], [], [], []
+    name = name or plot_text(model)
+    groups: dict[bool, dict[str, list[Any]]] = {
+        flag: {"x": [], "y": [], "plus": [], "minus": [], "hover": []} for flag in (False, True)
+    }
     for cell, n, small in cells:
-        xs.append(_cell_label(cell, n, small))
         if cell not in part.index:
-            ys.append(None)
-            plus.append(None)
-            minus.append(None)
-            hover.append("no data")
             continue
         row = part.loc[cell]
         v, lo, hi = _clean(row["value"]), _clean(row["ci_low"]), _clean(row["ci_high"])
-        ys.append(v)
-        has_ci = v is not None and lo is not None and hi is not None
-        plus.append(hi - v if has_ci else None)
-        minus.append(v - lo if has_ci else None)
+        has_ci = not small and v is not None and lo is not None and hi is not None
+        g = groups[small]
+        g["x"].append(_cell_label(cell, n, small))
+        g["y"].append(v)
+        g["plus"].append(hi - v if has_ci else 0.0)
+        g["minus"].append(v - lo if has_ci else 0.0)
         ci = f"[{lo:.3f}, {hi:.3f}]" if has_ci else ("no CI: small cell" if small else "no CI")
-        hover.append(f"{_fmt(v)} {ci}, n={int(row['n'])}")
-    return {
-        "type": "bar",
-        "name": name or plot_text(model),
-        "legendgroup": plot_text(model),
-        "showlegend": showlegend,
-        "x": xs,
-        "y": ys,
-        "marker": {"color": color},
-        "error_y": {"type": "data", "array": plus, "arrayminus": minus, "visible": True},
-        "customdata": hover,
-        "hovertemplate": "%{x}<br>%{customdata}<extra>%{fullData.name}</extra>",
-        "xaxis": xaxis,
-        "yaxis": yaxis,
-    }
+        g["hover"].append(f"{_fmt(v)} {ci}, n={int(row['n'])}")
+    traces = []
+    for small, g in groups.items():
+        if not g["x"]:
+            continue
+        trace: dict[str, Any] = {
+            "type": "bar",
+            "name": name + (" (small cells)" if small else ""),
+            "legendgroup": name,
+            "offsetgroup": name,
+            "showlegend": showlegend and not small,
+            "x": g["x"],
+            "y": g["y"],
+            "marker": {"color": color},
+            "customdata": g["hover"],
+            "hovertemplate": "%{x}<br>%{customdata}<extra>%{fullData.name}</extra>",
+            "xaxis": xaxis,
+            "yaxis": yaxis,
+        }
+        if small:
+            trace["marker"] = {"color": color, "opacity": 0.55, "pattern": {"shape": "/"}}
+        elif any(g["plus"]) or any(g["minus"]):
+            trace["error_y"] = {"type": "data", "array": g["plus"], "arrayminus": g["minus"],
+                                "visible": True}
+        traces.append(trace)
+    return traces
 
 
 def _fmt(v: float | None) -> str:
@@ -204,7 +220,7 @@ def _panels(data: ReportData, metric: str, *, title: str, yrange: Sequence[float
     if all(f.empty for f in frames.values()):
         return None
     traces: list[dict[str, Any]] = []
-    layout: dict[str, Any] = {"barmode": "group", "title": {"text": title}}
+    layout: dict[str, Any] = {"barmode": "group"}  # the caption carries the title
     n_roles = len(ROLES)
     gap = 0.06
     width = (1 - gap * (n_roles - 1)) / n_roles
@@ -216,6 +232,7 @@ def _panels(data: ReportData, metric: str, *, title: str, yrange: Sequence[float
             "anchor": ya,
             "title": {"text": role},
             "tickangle": -30,
+            "automargin": True,
         }
         layout[f"yaxis{i + 1 if i else ''}"] = {
             "anchor": xa,
@@ -224,7 +241,7 @@ def _panels(data: ReportData, metric: str, *, title: str, yrange: Sequence[float
         }
         for j, model in enumerate(data.models):
             color = MODEL_COLORS[j % len(MODEL_COLORS)]
-            traces.append(
+            traces.extend(
                 _bar_trace(frames[role], model, cells, color=color, xaxis=xa, yaxis=ya,
                            showlegend=i == 0)
             )
@@ -232,20 +249,22 @@ def _panels(data: ReportData, metric: str, *, title: str, yrange: Sequence[float
                 base = metric_frame(data, column(baseline, role))
                 if base.empty:
                     continue
-                trace = _bar_trace(base, model, cells, color=color, xaxis=xa, yaxis=ya,
-                                   showlegend=i == 0,
-                                   name=plot_text(model) + " \u00b7 random patch")
-                trace.update(
-                    type="scatter",
-                    mode="markers",
-                    marker={"color": color, "symbol": "diamond-open", "size": 10,
-                            "line": {"width": 2}},
-                    legendgroup=plot_text(model) + "-random",
-                )
-                traces.append(trace)
-    layout["legend"] = {"orientation": "h", "y": -0.35}
-    layout["margin"] = {"t": 50, "b": 40}
-    layout["height"] = 430
+                for trace in _bar_trace(base, model, cells, color=color, xaxis=xa, yaxis=ya,
+                                        showlegend=i == 0,
+                                        name=plot_text(model) + " \u00b7 random patch"):
+                    # Markers at the bar's position: a scatter has no offsetgroup, so the
+                    # baseline sits over the middle of the cell's group of bars.
+                    trace.update(
+                        type="scatter",
+                        mode="markers",
+                        marker={"color": color, "symbol": "diamond-open", "size": 10,
+                                "line": {"width": 2}},
+                    )
+                    trace.pop("offsetgroup")
+                    traces.append(trace)
+    layout["legend"] = {"orientation": "h", "y": 1.12, "yanchor": "bottom"}
+    layout["margin"] = {"t": 90, "b": 40}
+    layout["height"] = 460
     return {"data": traces, "layout": layout}
 
 
@@ -280,8 +299,8 @@ def _box_from_quantiles(data: ReportData, metric: str) -> dict[str, Any] | None:
         return None
     return {"data": traces, "layout": {"boxmode": "group", "height": 400,
                                        "yaxis": {"title": {"text": metric}, "range": [0, 1]},
-                                       "xaxis": {"tickangle": -30},
-                                       "legend": {"orientation": "h", "y": -0.3}}}
+                                       "xaxis": {"tickangle": -30, "automargin": True},
+                                       "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom"}}}
 
 
 def attention_figures(data: ReportData) -> list[FigureSpec]:
@@ -366,17 +385,17 @@ def performance_figures(data: ReportData) -> list[FigureSpec]:
     acc = _accuracy_frame(data)
     cells = _cell_info(data)
     if not acc.empty:
-        traces = [_bar_trace(acc, m, cells, color=MODEL_COLORS[j % len(MODEL_COLORS)])
-                  for j, m in enumerate(data.models)]
+        traces = [t for j, m in enumerate(data.models)
+                  for t in _bar_trace(acc, m, cells, color=MODEL_COLORS[j % len(MODEL_COLORS)])]
         out.append(FigureSpec("fig-accuracy", "Accuracy per cell",
                               "Bars: accuracy; error bars: Wilson 95% intervals (none for small "
                               "cells, marked \u2020).",
                               {"data": traces, "layout": {"barmode": "group", "height": 400,
                                                           "yaxis": {"range": [0, 1],
                                                                     "title": {"text": "accuracy"}},
-                                                          "xaxis": {"tickangle": -30},
-                                                          "legend": {"orientation": "h",
-                                                                     "y": -0.3}}}))
+                                                          "xaxis": {"tickangle": -30, "automargin": True},
+                                                          "legend": {"orientation": "h", "y": 1.02,
+                                                                     "yanchor": "bottom"}}}))
     gaps = rate_gaps(data)
     if not gaps.empty:
         traces = []
@@ -394,8 +413,8 @@ def performance_figures(data: ReportData) -> list[FigureSpec]:
                               "false-positive rate between the values of a group attribute.",
                               {"data": traces, "layout": {"barmode": "group", "height": 380,
                                                           "yaxis": {"title": {"text": "gap"}},
-                                                          "legend": {"orientation": "h",
-                                                                     "y": -0.35}}}))
+                                                          "legend": {"orientation": "h", "y": 1.02,
+                                                                     "yanchor": "bottom"}}}))
     return out
 
 
@@ -421,7 +440,9 @@ def comparison_figures(data: ReportData) -> list[FigureSpec]:
     labels = []
     for r in frame.to_dict("records"):
         pair = " \u2212 ".join(str(r[c]) for c in ("model_a", "model_b") if c in r)
-        parts = [pair, str(r.get("metric", "")), str(r.get("cell") or "all cells")]
+        cell = r.get("cell")
+        cell = "all cells" if cell is None or pd.isna(cell) else str(cell)
+        parts = [pair, str(r.get("metric", "")), cell]
         labels.append(plot_text(" \u00b7 ".join(p for p in parts if p)))
     v = frame[cols["value"]].astype(float)
     lo, hi = frame["ci_low"].astype(float), frame["ci_high"].astype(float)

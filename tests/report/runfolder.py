@@ -31,51 +31,53 @@ def make_samples(*, n_per_cell: int, models: tuple[str, ...], genders: tuple[str
                  small: int | None, seed: int) -> pd.DataFrame:
     """One row per model x image with every documented column, drawn at random."""
     rng = np.random.default_rng(seed)
-    rows = []
-    idx = 0
-    for ci, (gender, label) in enumerate(_cells(genders)):
-        n = small if (small is not None and ci == 3) else n_per_cell
-        for _ in range(n):
-            idx += 1
-            sample_id = f"img{idx:05d}"
-            area = {r: float(rng.uniform(0.02, 0.2)) for r in REGIONS}
-            area_role = {"causal": area["coat"] + area["stethoscope"],
-                         "confounder": area["face"] + area["hair"]}
-            area_role["background"] = 1.0 - sum(area_role.values())
-            for mi, model in enumerate(models):
-                acc = 0.9 - 0.25 * (mi == 0) * (ci in (1, 2))
-                correct = bool(rng.random() < acc)
-                other = CLASSES[1 - CLASSES.index(label)]
-                row = {"model": model, "id": sample_id, "label": label,
-                       "pred": label if correct else other, "correct": correct,
-                       "prob": float(rng.uniform(0.5, 1.0)), "target": label if correct else other,
-                       "gender": gender}
-                conc = np.array([2.0, 6.0 if mi == 0 else 1.5, 2.0])
-                mass_role = dict(zip(ROLES, rng.dirichlet(conc), strict=True))
-                for r in REGIONS:
-                    role = ROLE_OF[r]
-                    row[f"area:{r}"] = area[r]
-                    row[f"mass:{r}"] = mass_role[role] * area[r] / area_role[role]
-                for role in ROLES:
-                    row[f"area:{role}"] = area_role[role]
-                    row[f"mass:{role}"] = mass_role[role]
-                for name in (*REGIONS, *ROLES):
-                    row[f"lift:{name}"] = row[f"mass:{name}"] / row[f"area:{name}"]
-                    row[f"rank:{name}"] = float(rng.uniform(0, 1))
-                    row[f"pointing:{name}"] = float(rng.random() < row[f"mass:{name}"])
-                    row[f"loc_iou:{name}"] = float(rng.uniform(0, 1))
-                for role in ROLES:
-                    row[f"flip:{role}"] = float(rng.random() < mass_role[role])
-                    row[f"drop:{role}"] = float(rng.uniform(-0.1, 0.6) * mass_role[role])
-                    row[f"flip_random:{role}"] = float(rng.random() < 0.1)
-                    row[f"drop_random:{role}"] = float(rng.uniform(-0.05, 0.1))
-                # A degenerate map: metrics NaN, as the audit writes them.
-                if rng.random() < 0.02:
-                    for name in (*REGIONS, *ROLES):
-                        for metric in ("mass", "lift", "rank", "pointing"):
-                            row[f"{metric}:{name}"] = float("nan")
-                rows.append(row)
-    return pd.DataFrame(rows)
+    cells = _cells(genders)
+    sizes = [small if (small is not None and i == 3) else n_per_cell for i in range(len(cells))]
+    cell_idx = np.repeat(np.arange(len(cells)), sizes)
+    n = len(cell_idx)
+    ids = np.array([f"img{i:05d}" for i in range(1, n + 1)])
+    gender = np.array([cells[i][0] for i in cell_idx], dtype=object)
+    label = np.array([cells[i][1] for i in cell_idx], dtype=object)
+    other = np.where(label == CLASSES[0], CLASSES[1], CLASSES[0])
+    area = {r: rng.uniform(0.02, 0.2, n) for r in REGIONS}
+    area_role = {"causal": area["coat"] + area["stethoscope"],
+                 "confounder": area["face"] + area["hair"]}
+    area_role["background"] = 1.0 - area_role["causal"] - area_role["confounder"]
+    frames = []
+    for mi, model in enumerate(models):
+        # The first model is "biased": worse on the counter-stereotypical cells, more
+        # attention on confounders.
+        acc = np.where((mi == 0) & np.isin(cell_idx, (1, 2)), 0.65, 0.9)
+        correct = rng.random(n) < acc
+        pred = np.where(correct, label, other)
+        cols: dict[str, object] = {"model": model, "id": ids, "label": label, "pred": pred,
+                                   "correct": correct, "prob": rng.uniform(0.5, 1.0, n),
+                                   "target": pred, "gender": gender}
+        conc = np.array([2.0, 6.0 if mi == 0 else 1.5, 2.0])
+        mr = rng.dirichlet(conc, n)
+        mass_role = {role: mr[:, k] for k, role in enumerate(ROLES)}
+        for r in REGIONS:
+            role = ROLE_OF[r]
+            cols[f"area:{r}"] = area[r]
+            cols[f"mass:{r}"] = mass_role[role] * area[r] / area_role[role]
+        for role in ROLES:
+            cols[f"area:{role}"] = area_role[role]
+            cols[f"mass:{role}"] = mass_role[role]
+        degenerate = rng.random(n) < 0.02  # all-zero maps: metrics NaN, as the audit writes
+        for name in (*REGIONS, *ROLES):
+            cols[f"mass:{name}"] = np.where(degenerate, np.nan, cols[f"mass:{name}"])
+            cols[f"lift:{name}"] = cols[f"mass:{name}"] / cols[f"area:{name}"]
+            cols[f"rank:{name}"] = np.where(degenerate, np.nan, rng.uniform(0, 1, n))
+            cols[f"pointing:{name}"] = np.where(
+                degenerate, np.nan, (rng.random(n) < cols[f"mass:{name}"]).astype(float))
+            cols[f"loc_iou:{name}"] = rng.uniform(0, 1, n)
+        for role in ROLES:
+            cols[f"flip:{role}"] = (rng.random(n) < mass_role[role]).astype(float)
+            cols[f"drop:{role}"] = rng.uniform(-0.1, 0.6, n) * mass_role[role]
+            cols[f"flip_random:{role}"] = (rng.random(n) < 0.1).astype(float)
+            cols[f"drop_random:{role}"] = rng.uniform(-0.05, 0.1, n)
+        frames.append(pd.DataFrame(cols))
+    return pd.concat(frames, ignore_index=True)
 
 
 def cell_of(samples: pd.DataFrame) -> pd.Series:
@@ -292,5 +294,5 @@ def make_run_folder(path: Path, *, n_per_cell: int = 30, small: int | None = 12,
         path / "skipped.parquet", index=False)
     gal, arrays = gallery(samples, models, per_cell=gallery_per_cell, size=image_size, seed=seed)
     (path / "gallery.json").write_text(json.dumps(_nan_to_none(gal)))
-    np.savez_compressed(path / "maps.npz", **arrays)
+    np.savez(path / "maps.npz", **arrays)
     return path

@@ -35,6 +35,8 @@ __all__ = [
 #: Plotly's qualitative palette without red/green as the only contrast.
 MODEL_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
 SMALL_MARK = " \u2020"
+LEGEND_TOP = {"orientation": "h", "y": 1.02, "yanchor": "bottom"}
+TILTED = {"tickangle": -30, "automargin": True}
 
 
 @dataclass(frozen=True)
@@ -299,8 +301,8 @@ def _box_from_quantiles(data: ReportData, metric: str) -> dict[str, Any] | None:
         return None
     return {"data": traces, "layout": {"boxmode": "group", "height": 400,
                                        "yaxis": {"title": {"text": metric}, "range": [0, 1]},
-                                       "xaxis": {"tickangle": -30, "automargin": True},
-                                       "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom"}}}
+                                       "xaxis": TILTED,
+                                       "legend": LEGEND_TOP}}
 
 
 def attention_figures(data: ReportData) -> list[FigureSpec]:
@@ -393,9 +395,8 @@ def performance_figures(data: ReportData) -> list[FigureSpec]:
                               {"data": traces, "layout": {"barmode": "group", "height": 400,
                                                           "yaxis": {"range": [0, 1],
                                                                     "title": {"text": "accuracy"}},
-                                                          "xaxis": {"tickangle": -30, "automargin": True},
-                                                          "legend": {"orientation": "h", "y": 1.02,
-                                                                     "yanchor": "bottom"}}}))
+                                                          "xaxis": TILTED,
+                                                          "legend": LEGEND_TOP}}))
     gaps = rate_gaps(data)
     if not gaps.empty:
         traces = []
@@ -413,8 +414,7 @@ def performance_figures(data: ReportData) -> list[FigureSpec]:
                               "false-positive rate between the values of a group attribute.",
                               {"data": traces, "layout": {"barmode": "group", "height": 380,
                                                           "yaxis": {"title": {"text": "gap"}},
-                                                          "legend": {"orientation": "h", "y": 1.02,
-                                                                     "yanchor": "bottom"}}}))
+                                                          "legend": LEGEND_TOP}}))
     return out
 
 

@@ -25,7 +25,9 @@ __all__ = ["ReportData", "load_run", "REQUIRED_FILES", "SAMPLE_COLUMNS"]
 REQUIRED_FILES: tuple[str, ...] = ("summary.json", "samples.parquet")
 #: Columns of ``samples.parquet`` every chart relies on.
 SAMPLE_COLUMNS: tuple[str, ...] = ("model", "id", "label", "pred", "correct")
-GROUP_COLUMNS: tuple[str, ...] = ("model", "cell", "n", "small", "metric", "value", "ci_low", "ci_high")
+GROUP_COLUMNS: tuple[str, ...] = (
+    "model", "cell", "n", "small", "metric", "value", "ci_low", "ci_high"
+)
 _OPTIONAL_TABLES: tuple[str, ...] = ("gaps", "fairness", "comparisons", "skipped")
 
 
@@ -68,7 +70,7 @@ class ReportData:
 
     @property
     def cells(self) -> list[dict[str, Any]]:
-        """Group cells with ``cell``, ``n`` and ``small``: from the summary, else from ``groups``."""
+        """Cells with ``cell``, ``n`` and ``small``: from the summary, else from ``groups``."""
         cells = list(self.summary.get("data", {}).get("cells") or [])
         if cells:
             return cells

@@ -57,7 +57,8 @@ METHODS_TEXT: tuple[tuple[str, str], ...] = (
      "patch of the same area, so that an effect can be told apart from the effect of removing "
      "any pixels at all."),
     ("Wilson interval", "The 95% Wilson score interval for accuracy in a cell: "
-     "(p + z\u00b2/2n \u00b1 z\u221a(p(1\u2212p)/n + z\u00b2/4n\u00b2)) / (1 + z\u00b2/n), z = 1.96."),
+     "(p + z\u00b2/2n \u00b1 z\u221a(p(1\u2212p)/n + z\u00b2/4n\u00b2)) / (1 + z\u00b2/n), "
+     "z = 1.96."),
     ("bootstrap", "95% percentile intervals for means, resampling images with replacement "
      "within each cell with a fixed seed."),
     ("permutation test", "Gaps between groups are tested by permuting group labels between the "

@@ -129,7 +129,8 @@ def gap_table(samples: pd.DataFrame, genders: tuple[str, str], seed: int) -> pd.
             ok = ~np.isnan(v)
             v, g = v[ok], g[ok]
             gap = v[g].mean() - v[~g].mean()
-            perm = [abs(v[p].mean() - v[~p].mean()) for p in (rng.permutation(g) for _ in range(200))]
+            perms = (rng.permutation(g) for _ in range(200))
+            perm = [abs(v[p].mean() - v[~p].mean()) for p in perms]
             p_value = (1 + sum(x >= abs(gap) for x in perm)) / 201
             rows.append({"model": model, "metric": metric, "attribute": "gender",
                          "group_a": genders[0], "group_b": genders[1], "gap": gap,
@@ -143,7 +144,8 @@ def fairness_table(samples: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for model, part in samples.groupby("model", sort=False):
         sel = (part["pred"] == CLASSES[0]).groupby(part["gender"]).mean()
-        rows.append({"model": model, "attribute": "gender", "metric": "demographic_parity_difference",
+        rows.append({"model": model, "attribute": "gender",
+                     "metric": "demographic_parity_difference",
                      "value": float(sel.max() - sel.min())})
     return pd.DataFrame(rows)
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .._naming import CONFOUNDER, ROLES, column
@@ -42,7 +40,7 @@ def compare_runs(
     bootstrap: int = 1000,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Paired differences (B - A) over the images both runs share.
+    """Paired comparison of one model of each run over the images both runs share.
 
     Args:
         run_a, run_b: run folders (``samples.parquet`` is read).
@@ -51,44 +49,35 @@ def compare_runs(
         seed: seed of the resampling.
 
     Returns:
-        One row per compared column: ``metric``, ``model_a``, ``model_b``, ``n`` (pairs with
-        both values finite), ``mean_a``, ``mean_b``, ``diff`` (mean of B - A), ``ci_low``,
-        ``ci_high``, ``p_value`` (two-sided Wilcoxon signed-rank; NaN when all differences are 0).
+        :func:`bias_audit.metrics.paired_comparison` over all shared images, one row per
+        compared column (:data:`COMPARED`, when both runs have it): ``model_a`` and
+        ``model_b`` are ``"A/<name>"`` and ``"B/<name>"``; ``mean_diff`` is A - B, with its
+        bootstrap CI and the two-sided Wilcoxon signed-rank ``p_value``.
 
     Raises:
         RunError: a missing run folder or table, or no shared image ids.
         ConfigError: an unknown model name.
     """
-    from scipy.stats import wilcoxon
+    from ..metrics import paired_comparison
 
     run_a, run_b = Path(run_a), Path(run_b)
     a = _pick(read_table(run_a / "samples.parquet"), model_a, run_a, "--model-a")
     b = _pick(read_table(run_b / "samples.parquet"), model_b, run_b, "--model-b")
-    both = a.merge(b, on="id", suffixes=("_a", "_b"), validate="one_to_one")
-    if both.empty:
+    shared = set(a["id"]) & set(b["id"])
+    if not shared:
         raise RunError(f"compare: {run_a} and {run_b} share no image ids")
-    rng = np.random.default_rng(seed)
-    rows = []
-    for metric in COMPARED:
-        if metric not in a.columns or metric not in b.columns:
-            continue
-        x = both[f"{metric}_a"].to_numpy(float)
-        y = both[f"{metric}_b"].to_numpy(float)
-        ok = np.isfinite(x) & np.isfinite(y)
-        d = y[ok] - x[ok]
-        n = int(ok.sum())
-        lo = hi = p = math.nan
-        if n >= 2 and bootstrap > 0:
-            means = d[rng.integers(0, n, size=(bootstrap, n))].mean(axis=1)
-            lo, hi = (float(v) for v in np.quantile(means, [0.025, 0.975]))
-        if n >= 2 and np.any(d != 0):
-            p = float(wilcoxon(d, zero_method="wilcox").pvalue)
-        rows.append({
-            "metric": metric, "model_a": str(a["model"].iloc[0]),
-            "model_b": str(b["model"].iloc[0]), "n": n,
-            "mean_a": float(x[ok].mean()) if n else math.nan,
-            "mean_b": float(y[ok].mean()) if n else math.nan,
-            "diff": float(d.mean()) if n else math.nan, "ci_low": lo, "ci_high": hi,
-            "p_value": p,
-        })  # fmt: skip
-    return pd.DataFrame(rows)
+    name_a, name_b = f"A/{a['model'].iloc[0]}", f"B/{b['model'].iloc[0]}"
+    both = pd.concat(
+        [
+            a[a["id"].isin(shared)].assign(model=name_a),
+            b[b["id"].isin(shared)].assign(model=name_b),
+        ],
+        ignore_index=True,
+    )
+    metrics = [
+        "accuracy" if m == "correct" else m for m in COMPARED if m in a.columns and m in b.columns
+    ]
+    return paired_comparison(
+        both, name_a, name_b, metrics=metrics, groups=[], by_cell=False, min_group_size=2,
+        n_boot=bootstrap, seed=seed,
+    )  # fmt: skip

@@ -136,9 +136,8 @@ def draft_findings(
         roles: role -> region names, for the text.
         min_group_size: cells below it get no verdict (an ``info`` note lists them).
         bootstrap, seed: resamples and seed for the CIs of means.
-        gaps: ``group_gaps`` output (columns model, metric, p_value, and a gap column), optional.
-        comparisons: ``paired_comparison`` rows (model_a, model_b, metric, diff, ci_low,
-            ci_high, p_value), optional.
+        gaps: ``metrics.group_gaps`` output, optional.
+        comparisons: ``metrics.paired_comparison`` output (``mean_diff`` is a - b), optional.
         nan_maps: model -> number of all-zero or non-finite maps.
     """
     out: list[dict[str, Any]] = []
@@ -258,71 +257,55 @@ def _worst_group(model, rows, groups, min_n) -> list[dict[str, Any]]:
     ]
 
 
-def _gap_value(row: Mapping[str, Any]) -> float:
-    for key in ("gap", "difference", "diff", "value"):
-        if key in row and row[key] is not None:
-            return float(row[key])
-    return math.nan
-
-
 def _gap_findings(gaps: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """Gaps of attention or reliance between cells (accuracy has its own rule above)."""
     if gaps is None or gaps.empty or "p_value" not in gaps.columns:
         return []
     out = []
-    for row in gaps.to_dict("records"):
-        if row.get("metric") not in ("accuracy", "correct", column("mass", CONFOUNDER)):
+    for i, row in enumerate(gaps.to_dict("records")):
+        gap = float(row["gap"])
+        # Accuracy has its own rule; a gap below the lowest threshold says nothing.
+        if row["metric"] == "accuracy" or severity_of("group_gap", gap) == "info":
             continue
-        gap = _gap_value(row)
-        what = row.get("attribute") or row.get("group") or "group"
-        between = " vs ".join(str(row[k]) for k in ("a", "b") if row.get(k) is not None)
         out.append(
             _finding(
-                "group_gap",
-                row.get("model"),
-                metric=row["metric"],
-                value=gap,
-                ci_low=float(row.get("ci_low", math.nan)),
-                ci_high=float(row.get("ci_high", math.nan)),
-                p_value=float(row["p_value"]),
-                effect=gap,
-                proposed=severity_of("group_gap", gap),
-                source=("gaps", row.get("_row")),
-                text=(
-                    f"{row.get('model')}: {row['metric']} differs by {gap:+.3f} across {what}"
-                    + (f" ({between})" if between else "")
-                ),
+                "group_gap", row["model"], metric=row["metric"], value=gap,
+                p_value=float(row["p_value"]), effect=gap, proposed=severity_of("group_gap", gap),
+                source=("gaps", i), cell=row["best_cell"],
+                text=(f"{row['model']}: {row['metric']} ranges from {row['worst_value']:.2f} "
+                      f"({row['worst_cell']}) to {row['best_value']:.2f} ({row['best_cell']}), "
+                      f"a gap of {gap:.2f} across {int(row['n_cells'])} cells"),
             )
-        )
+        )  # fmt: skip
     return out
 
 
 def _comparison_findings(comparisons: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """Paired differences between models over all images (the ``all`` cell)."""
     if comparisons is None or comparisons.empty or "p_value" not in comparisons.columns:
         return []
     out = []
-    for row in comparisons.to_dict("records"):
-        if row.get("metric") not in ("correct", "accuracy", column("mass", CONFOUNDER)):
+    for i, row in enumerate(comparisons.to_dict("records")):
+        if row.get("cell") != "all" or row["metric"] not in (
+            "accuracy",
+            column("mass", CONFOUNDER),
+        ):
             continue
-        diff = _gap_value(row)
-        lo, hi = float(row.get("ci_low", math.nan)), float(row.get("ci_high", math.nan))
-        pair = f"{row.get('model_b')} vs {row.get('model_a')}"
+        # The table holds a - b; the text reads as the change from a to b.
+        diff = -float(row["mean_diff"])
+        if severity_of("model_difference", diff) == "info":
+            continue
+        lo, hi = -float(row["ci_high"]), -float(row["ci_low"])
+        pair = f"{row['model_b']} vs {row['model_a']}"
         out.append(
             _finding(
-                "model_difference",
-                pair,
-                metric=row["metric"],
-                value=diff,
-                ci_low=lo,
-                ci_high=hi,
-                p_value=float(row["p_value"]),
-                effect=diff,
+                "model_difference", pair, metric=row["metric"], value=diff, ci_low=lo, ci_high=hi,
+                p_value=float(row["p_value"]), effect=diff, source=("comparisons", i),
                 proposed=severity_of("model_difference", diff),
-                text=(
-                    f"{pair}: {row['metric']} changes by {diff:+.3f} [{lo:+.3f}, {hi:+.3f}] "
-                    f"on the same {int(row.get('n', 0)) or ''} images"
-                ).replace("same  ", "same "),
+                text=(f"{pair}: {row['metric']} changes by {diff:+.3f} [{lo:+.3f}, {hi:+.3f}] "
+                      f"on the same {int(row['n'])} images"),
             )
-        )
+        )  # fmt: skip
     return out
 
 

@@ -254,7 +254,7 @@ def audit(
     store.write_table("skipped.parquet", _skipped(first_ds))
 
     t_stats = time.perf_counter()
-    tables = _statistics(samples, config)
+    tables = _statistics(samples, config, first_ds.regions)
     nan_maps = {
         p.cfg.name: int((~samples.loc[samples["model"] == p.cfg.name, MAP_OK]).sum()) for p in plans
     }
@@ -359,20 +359,48 @@ def _skipped(ds) -> pd.DataFrame:
     return skipped.astype({"column": str, "reason": str})
 
 
-def _statistics(samples: pd.DataFrame, config: AuditConfig) -> dict[str, pd.DataFrame]:
+#: Sample columns summarised per cell (when present); per-region masses are added too.
+STAT_METRICS = (
+    *(column("mass", r) for r in ROLES),
+    column("lift", CONFOUNDER),
+    column("pointing", "causal"),
+    column("pointing", CONFOUNDER),
+    *(column(k, r) for k in ("flip", "drop", "flip_random") for r in ("causal", CONFOUNDER)),
+)
+#: Sample columns tested for gaps between cells and for differences between models.
+TESTED_METRICS = (column("mass", CONFOUNDER), column("mass", "causal"), column("flip", CONFOUNDER))
+
+
+def _statistics(samples: pd.DataFrame, config: AuditConfig, regions) -> dict[str, pd.DataFrame]:
     """Group statistics, gaps, fairness differences and paired comparisons (raw p-values)."""
-    from .. import metrics
+    from itertools import combinations
 
-    empty = pd.DataFrame()
-    names = ("group_stats", "group_gaps", "fairness_differences", "paired_comparison")
-    if not all(hasattr(metrics, n) for n in names):
-        # The statistics layer is not there yet: the samples table is still complete.
-        return {"groups": empty, "gaps": empty, "fairness": empty, "comparisons": empty}
-    return _metric_tables(samples, config)
+    from ..metrics import fairness_differences, group_gaps, group_stats, paired_comparison
 
-
-def _metric_tables(samples: pd.DataFrame, config: AuditConfig) -> dict[str, pd.DataFrame]:
-    raise NotImplementedError  # wired once the metrics statistics land
+    st, groups = config.stats, list(config.data.groups)
+    have = set(samples.columns)
+    summarised = [m for m in (*STAT_METRICS, *(column("mass", r) for r in regions)) if m in have]
+    tested = [m for m in TESTED_METRICS if m in have]
+    classes = sorted(set(samples["label"]) | set(samples["pred"]))
+    common = {"groups": groups, "min_group_size": st.min_group_size, "seed": st.seed}
+    tables = {
+        "groups": group_stats(
+            samples, metrics=summarised, classes=classes, n_boot=st.bootstrap, **common
+        ),  # fmt: skip
+        "gaps": group_gaps(samples, metrics=tested, n_perm=max(1, st.permutations), **common),
+        "fairness": fairness_differences(samples, groups=groups, classes=classes),
+    }
+    models = list(dict.fromkeys(samples["model"]))
+    pairs = [
+        paired_comparison(
+            samples, a, b, metrics=["accuracy", *tested], n_boot=st.bootstrap, **common
+        )  # fmt: skip
+        for a, b in combinations(models, 2)
+    ]
+    tables["comparisons"] = pd.concat(pairs, ignore_index=True) if pairs else pd.DataFrame(
+        columns=["model_a", "model_b", "cell", "metric", "n", "small", "mean_diff", "ci_low",
+                 "ci_high", "p_value", "share_expected_sign"])  # fmt: skip
+    return tables
 
 
 def _holm_all(tables: dict[str, pd.DataFrame], drafts: list[dict[str, Any]]) -> None:
@@ -402,23 +430,9 @@ def _holm_all(tables: dict[str, pd.DataFrame], drafts: list[dict[str, Any]]) -> 
 
 
 def _holm(p: np.ndarray) -> np.ndarray:
-    try:
-        from ..metrics import holm
-    except ImportError:
-        holm = None
-    if holm is not None:
-        return np.asarray(holm(p), dtype=float)
-    out = np.full(p.shape, np.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    if ok.size == 0:
-        return out
-    order = ok[np.argsort(p[ok], kind="stable")]
-    m = ok.size
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        out[i] = running
-    return out
+    from ..metrics import holm
+
+    return np.asarray(holm(p), dtype=float)
 
 
 def _cells(samples: pd.DataFrame, groups: Sequence[str]) -> pd.Series:

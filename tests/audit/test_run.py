@@ -217,8 +217,9 @@ def test_compare_runs_paired(run1, world, capsys, tmp_path):
     a = samples[samples["model"] == "biased"].set_index("id")["mass:confounder"]
     b = samples[samples["model"] == "debiased"].set_index("id")["mass:confounder"]
     row = table[table["metric"] == "mass:confounder"].iloc[0]
-    assert row["diff"] == pytest.approx((b - a).mean(), rel=1e-6)
-    assert row["ci_low"] <= row["diff"] <= row["ci_high"] and row["n"] == N
+    assert row["mean_diff"] == pytest.approx((a - b).mean(), rel=1e-6)
+    assert row["ci_low"] <= row["mean_diff"] <= row["ci_high"] and row["n"] == N
+    assert row["model_a"] == "A/biased" and row["model_b"] == "B/debiased"
     assert "mass:confounder" in capsys.readouterr().out
     assert main(["compare", str(run1), str(run1), "--model-a", "nope"]) == 2
     assert "--model-a: no model 'nope'" in capsys.readouterr().err

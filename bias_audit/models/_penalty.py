@@ -50,9 +50,10 @@ def gradcam_mass(
     """Grad-CAM of the true class and its share of mass inside ``region``, differentiably.
 
     The map is Grad-CAM at the layer's resolution: M = ReLU(Σ_k α_k A^k), α_k the spatial mean
-    of ∂S_label/∂A^k. ``region`` is down-sampled to the layer's (h, w) by area averaging,
-    which gives each layer cell the fraction of it covered by the region; that is cheaper
-    than up-sampling the map and keeps the gradient at the layer's resolution.
+    of ∂S/∂A^k with S = logit_label - mean_c logit_c (the label's margin). ``region`` is
+    down-sampled to the layer's (h, w) by area averaging, which gives each layer cell the
+    fraction of it covered by the region; that is cheaper than up-sampling the map and
+    keeps the gradient at the layer's resolution.
 
     Args:
         images: (N,3,S,S). labels: (N,) long.
@@ -70,7 +71,9 @@ def gradcam_mass(
     finally:
         handle.remove()
     acts = captured[-1]
-    score = logits.gather(1, labels[:, None]).sum()
+    # The label's margin over the mean logit, not its raw logit: a shortcut used through
+    # another class's logit (a red spot lowering "ring") must count as attention too.
+    score = (logits.gather(1, labels[:, None])[:, 0] - logits.mean(dim=1)).sum()
     (grads,) = torch.autograd.grad(score, acts, create_graph=True)
     alpha = grads.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((alpha * acts).sum(dim=1))  # (N,h,w)

@@ -1,0 +1,144 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from captum.attr import LayerGradCam
+from torch import nn
+
+from bias_audit.errors import ConfigError
+from bias_audit.models import (
+    SmallCNN,
+    TrainConfig,
+    build_model,
+    find_target_layer,
+    gradcam_mass,
+    input_grad_energy,
+)
+from bias_audit.models._strategies import (
+    STRATEGIES,
+    Step,
+    cell_loss_weights,
+    cell_sampling_weights,
+    initial_state,
+)
+
+
+@pytest.fixture
+def tiny(gen):
+    torch.manual_seed(0)
+    model = SmallCNN(3, width=4).eval()
+    images = torch.randn(4, 3, 32, 32, generator=gen)
+    region = torch.zeros(4, 32, 32, dtype=torch.bool)
+    region[:, :12, :20] = True
+    region[3] = False
+    return model, images, region
+
+
+def test_gradcam_mass_matches_captum(tiny):
+    model, images, region = tiny
+    labels = torch.tensor([0, 2, 1, 2])
+    logits, mass = gradcam_mass(model, images, labels, region, target_layer="features")
+    # Oracle: captum's unrectified Grad-CAM per class; Grad-CAM is linear in the score, so the
+    # margin's map is G_label - mean_c G_c, rectified afterwards.
+    lgc = LayerGradCam(model, model.features)
+    per_class = torch.stack(
+        [
+            lgc.attribute(images, target=torch.full((4,), c), relu_attributions=False)[:, 0]
+            for c in range(3)
+        ],
+        dim=1,
+    ).detach()  # (N,C,4,4)
+    cam = F.relu(per_class[torch.arange(4), labels] - per_class.mean(1))
+    cover = region.float().reshape(4, 4, 8, 4, 8).mean((2, 4))  # hand-made area pooling
+    expected = (cam * cover).sum((1, 2)) / cam.sum((1, 2))
+    torch.testing.assert_close(mass.detach(), expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits.detach(), model(images).detach())
+    assert mass[3] == 0  # empty region
+
+
+def test_gradcam_mass_is_differentiable_wrt_parameters(tiny):
+    model, images, region = tiny
+    model.train()
+    _, mass = gradcam_mass(
+        model, images, torch.tensor([0, 1, 2, 0]), region, target_layer="features"
+    )
+    grads = torch.autograd.grad(mass.sum(), [model.fc.weight, model.features[0].weight])
+    # fc.weight only reaches the map through the gradient dS/dA: this needs create_graph.
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    # the forward hook is gone
+    assert not model.features._forward_hooks
+
+
+def test_input_grad_energy_matches_linear_closed_form(gen):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+    x = torch.randn(2, 3, 4, 4, generator=gen)
+    region = torch.zeros(2, 4, 4, dtype=torch.bool)
+    region[0, :2] = True
+    region[1, :, 3] = True
+    _, energy = input_grad_energy(model, x, region)
+    # For logits Wx+b: d/dx sum_k log p_k = sum_k W_k - C * sum_j p_j W_j.
+    w = model[1].weight.detach()
+    p = F.softmax(model(x), 1).detach()
+    grad = (w.sum(0)[None] - 3 * p @ w).reshape(2, 3, 4, 4)
+    expected = ((region[:, None] * grad) ** 2).sum((1, 2, 3))
+    torch.testing.assert_close(energy.detach(), expected)
+
+
+def test_find_target_layer():
+    x = torch.zeros(1, 3, 64, 64)
+    assert find_target_layer(SmallCNN(2, width=4), x) == "features"
+    resnet = build_model("resnet18", num_classes=2).train()
+    assert find_target_layer(resnet, x) == "layer4"
+    assert resnet.training
+    with pytest.raises(ConfigError, match="target_layer"):
+        find_target_layer(nn.Sequential(nn.Flatten(), nn.Linear(3 * 64 * 64, 2)), x)
+
+
+def test_cell_weights_by_hand():
+    cells = torch.tensor([0, 0, 0, 1, 2, 2])
+    sw = cell_sampling_weights(cells, 3)
+    torch.testing.assert_close(
+        sw, torch.tensor([1 / 3] * 3 + [1.0] + [0.5] * 2, dtype=torch.float64)
+    )
+    # every cell drawn equally often in expectation: each cell's total weight is 1
+    assert [sw[cells == c].sum().item() for c in range(3)] == pytest.approx([1, 1, 1])
+    lw = cell_loss_weights(cells, 3)
+    # 1/n per cell = (1/3, 1, 1/2), scaled so the mean over the 6 samples is 1: factor 6/3 = 2
+    torch.testing.assert_close(lw, torch.tensor([2 / 3, 2.0, 1.0]))
+
+
+def _step(model, images, labels, cells, state, **cfg):
+    config = TrainConfig(train_manifest="m.csv", **cfg)
+    n = len(labels)
+    return Step(
+        model=model,
+        images=images,
+        labels=labels,
+        cells=cells,
+        n_cells=3,
+        confounder=torch.zeros(n, 32, 32, dtype=torch.bool),
+        state=state,
+        config=config,
+        target_layer="features",
+    )
+
+
+def test_group_dro_update_by_hand(tiny):
+    model, images, _ = tiny
+    labels, cells = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 0, 1, 1])
+    state = initial_state("group_dro", torch.tensor([0, 1, 2]), 3)
+    loss, logits = STRATEGIES["group_dro"](_step(model, images, labels, cells, state, dro_eta=0.5))
+    ce = F.cross_entropy(logits.detach(), labels, reduction="none")
+    g = torch.stack([ce[:2].mean(), ce[2:].mean(), torch.tensor(0.0)])
+    q = torch.full((3,), 1 / 3) * torch.exp(0.5 * g)
+    q = q / q.sum()
+    torch.testing.assert_close(state["q"], q)
+    torch.testing.assert_close(loss.detach(), (q * g).sum())
+
+
+def test_reweight_loss_by_hand(tiny):
+    model, images, _ = tiny
+    labels, cells = torch.tensor([0, 1, 1, 2]), torch.tensor([0, 0, 1, 2])
+    state = {"cell_weights": torch.tensor([0.5, 2.0, 1.0])}
+    loss, logits = STRATEGIES["reweight"](_step(model, images, labels, cells, state))
+    ce = F.cross_entropy(logits.detach(), labels, reduction="none")
+    torch.testing.assert_close(loss.detach(), (ce * torch.tensor([0.5, 0.5, 2.0, 1.0])).mean())

@@ -1,0 +1,173 @@
+import json
+import math
+
+import pytest
+import torch
+
+from bias_audit.data import collate, load_manifest
+from bias_audit.errors import ConfigError, RunError
+from bias_audit.models import (
+    TrainConfig,
+    load_model,
+    read_checkpoint,
+    read_metadata,
+    train_classifier,
+)
+
+from .conftest import spurious_config
+
+COUNTER = ("red / ring", "blue / cross")
+
+
+def _counter_accuracy(model, ds) -> tuple[float, float]:
+    """(accuracy on the counter-stereotypical cells, worst-cell accuracy), computed directly."""
+    batch = collate([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        pred = model(batch.images).argmax(1)
+    correct = pred == batch.labels
+    pairs = zip(batch.attrs["spot"], batch.labels.tolist(), strict=True)
+    cells = [f"{s} / {ds.classes[y]}" for s, y in pairs]
+    acc = {c: correct[[x == c for x in cells]].float().mean().item() for c in set(cells)}
+    counter = correct[[c in COUNTER for c in cells]].float().mean().item()
+    return counter, min(acc.values())
+
+
+@pytest.fixture(scope="module")
+def val_ds(spurious):
+    return load_manifest(
+        spurious["val"], groups=["spot"], image_size=40, mean=(0.5,) * 3, std=(0.25,) * 3
+    )
+
+
+def test_erm_takes_the_shortcut(strategy_runs, val_ds):
+    cfg, res = strategy_runs("erm")
+    model = load_model(checkpoint=res.checkpoint)
+    counter, worst = _counter_accuracy(model, val_ds)
+    assert counter < 0.7
+    # The trainer's own validation agrees with a direct evaluation of the saved model.
+    assert res.history[res.best_epoch - 1]["val_worst_group_acc"] == pytest.approx(worst)
+
+
+@pytest.mark.parametrize("strategy", ["balanced", "group_dro", "attention_penalty"])
+def test_strategies_raise_worst_group_accuracy(strategy_runs, val_ds, strategy):
+    _, erm = strategy_runs("erm")
+    _, res = strategy_runs(strategy)
+    _, erm_worst = _counter_accuracy(load_model(checkpoint=erm.checkpoint), val_ds)
+    _, worst = _counter_accuracy(load_model(checkpoint=res.checkpoint), val_ds)
+    assert worst >= erm_worst + 0.2, (strategy, worst, erm_worst)
+
+
+def test_checkpoint_metadata_and_history(strategy_runs, spurious):
+    cfg, res = strategy_runs("erm")
+    meta = read_metadata(res.checkpoint)
+    train_ds = load_manifest(spurious["train"], groups=["spot"], image_size=40)
+    assert meta.arch == "smallcnn_w8" and meta.classes == ("cross", "ring")
+    assert meta.image_size == 40 and meta.mean == (0.5, 0.5, 0.5) and meta.std == (0.25,) * 3
+    assert meta.manifest_fingerprint == train_ds.fingerprint()
+    assert meta.strategy == "erm" and meta.seed == 0 and meta.best_epoch == res.best_epoch
+    assert [h["epoch"] for h in meta.history] == [1, 2, 3, 4]
+    assert (
+        TrainConfig.from_dict({k: v for k, v in meta.config.items() if k != "target_layer"}) == cfg
+    )
+    # best epoch by worst-group accuracy, earliest on ties
+    scores = [h["val_worst_group_acc"] for h in res.history]
+    assert res.best_epoch == scores.index(max(scores)) + 1
+    on_disk = json.loads((res.checkpoint.parent / "history.json").read_text())
+    assert [h["train_loss"] for h in on_disk] == pytest.approx(
+        [h["train_loss"] for h in res.history]
+    )
+    # model.pt holds the best epoch's weights, last.pt the final ones
+    _, _, raw = read_checkpoint(res.last_checkpoint)
+    assert raw["epoch"] == 4
+    best, _, _ = read_checkpoint(res.checkpoint)
+    for k, v in raw["best_state_dict"].items():
+        assert torch.equal(best[k], v)
+
+
+@pytest.mark.parametrize("strategy", ["group_dro", "balanced"])
+def test_resume_matches_uninterrupted_run(small_spurious, tmp_path, strategy):
+    changes = dict(strategy=strategy, epochs=2, val_manifest=None)
+    straight = train_classifier(
+        spurious_config(small_spurious, tmp_path / "straight", **changes), progress=False
+    )
+    first = spurious_config(small_spurious, tmp_path / "resumed", **{**changes, "epochs": 1})
+    train_classifier(first, progress=False)
+    with pytest.raises(RunError, match="model.pt.*exists"):
+        train_classifier(first, progress=False)
+    second = spurious_config(small_spurious, tmp_path / "resumed", **changes)
+    resumed = train_classifier(second, resume=True, progress=False)
+    for name in ("checkpoint", "last_checkpoint"):
+        a, _, raw_a = read_checkpoint(getattr(straight, name))
+        b, _, raw_b = read_checkpoint(getattr(resumed, name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    if strategy == "group_dro":
+        q_a, q_b = raw_a["strategy_state"]["q"], raw_b["strategy_state"]["q"]
+        assert torch.equal(q_a, q_b) and not torch.allclose(q_a, torch.full_like(q_a, 0.25))
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+    assert math.isnan(resumed.history[-1]["val_acc"])
+
+
+def test_resume_refuses_changed_settings(small_spurious, tmp_path):
+    cfg = spurious_config(small_spurious, tmp_path, epochs=1, val_manifest=None)
+    train_classifier(cfg, progress=False)
+    changed = spurious_config(small_spurious, tmp_path, epochs=2, val_manifest=None, lr=1e-2)
+    with pytest.raises(RunError, match="'lr'"):
+        train_classifier(changed, resume=True, progress=False)
+    # --force starts over
+    res = train_classifier(changed, force=True, progress=False)
+    assert res.best_epoch == 2
+
+
+def test_reweight_and_input_grad_penalty_train(small_spurious, tmp_path):
+    for strategy, extra in (("reweight", {}), ("attention_penalty", {"penalty": "input_grad"})):
+        cfg = spurious_config(
+            small_spurious,
+            tmp_path / strategy,
+            strategy=strategy,
+            epochs=1,
+            val_manifest=None,
+            **extra,
+        )
+        res = train_classifier(cfg, progress=False)
+        assert math.isfinite(res.history[0]["train_loss"])
+        assert load_model(checkpoint=res.checkpoint)(torch.zeros(1, 3, 40, 40)).shape == (1, 2)
+
+
+def test_unknown_confounder_region(small_spurious, tmp_path):
+    cfg = spurious_config(
+        small_spurious, tmp_path, confounders=("hat",), strategy="attention_penalty"
+    )
+    with pytest.raises(ConfigError, match="'hat'"):
+        train_classifier(cfg, progress=False)
+
+
+def test_config_from_dict_round_trip_and_errors(spurious):
+    cfg = TrainConfig.from_dict({"train_manifest": "m.csv", "groups": ["a"], "epochs": 3})
+    assert cfg.groups == ("a",) and cfg.select == "worst_group_accuracy"
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig(train_manifest="m.csv").select == "accuracy"
+    with pytest.raises(ConfigError, match="'lrr'.*'lr'"):
+        TrainConfig.from_dict({"train_manifest": "m.csv", "lrr": 0.1})
+    with pytest.raises(ConfigError, match="train_manifest"):
+        TrainConfig.from_dict({"epochs": 1})
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"strategy": "dro"}, "strategy"),
+        ({"epochs": 0}, "epochs"),
+        ({"lr": -1.0}, "lr"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"penalty": "l2"}, "penalty"),
+        ({"select": "f1"}, "select"),
+        ({"strategy": "attention_penalty"}, "confounders"),
+        ({"groups": "spot"}, "groups"),
+        ({"mean": (0.5, 0.5)}, "mean"),
+    ],
+)
+def test_config_validation(changes, match):
+    with pytest.raises(ConfigError, match=match):
+        TrainConfig(train_manifest="m.csv", **changes)

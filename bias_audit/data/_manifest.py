@@ -65,8 +65,9 @@ class _Row:
 def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a .csv, .parquet or .jsonl manifest as a DataFrame of stripped strings.
 
-    Empty cells, NaN and None become ``""``. Integral floats (Parquet and JSON upcast integer
-    columns with gaps to float) are written without ``.0``, so the three formats agree.
+    Empty cells, NaN and None become ``""``; lists become space-separated text. Integral
+    floats (Parquet and JSON upcast integer columns with gaps to float) are written without
+    ``.0``, so the three formats agree.
     """
     path = Path(path)
     if not path.is_file():
@@ -114,6 +115,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _cell_str(value: Any) -> str:
     if value is None:
         return ""
+    if isinstance(value, list | tuple | np.ndarray):
+        # A box stored as a JSON array or Parquet list reads like its text form "x0 y0 x1 y1".
+        return " ".join(_cell_str(v) for v in value)
     if isinstance(value, float | np.floating):
         if math.isnan(value):
             return ""

@@ -203,3 +203,17 @@ def test_labels_and_sample_cells_without_decoding(small_manifest):
     assert ds[np.int64(2)].index == 2 and ds[-1].index == 5
     with pytest.raises(IndexError, match="index 6"):
         ds[6]
+
+
+def test_box_as_json_or_parquet_list(tmp_path):
+    from .conftest import write_image
+
+    write_image(tmp_path / "a.png", 10, 8)
+    rows = [{"image": "a.png", "label": "x", "bbox:b": [1, 2, 6, 7]}]
+    pd.DataFrame(rows).to_json(tmp_path / "m.jsonl", orient="records", lines=True)
+    pd.DataFrame(rows).to_parquet(tmp_path / "m.parquet")
+    pd.DataFrame([{**rows[0], "bbox:b": "1 2 6 7"}]).to_csv(tmp_path / "m.csv", index=False)
+    ref = load_manifest(tmp_path / "m.csv", image_size=8)[0].masks["b"]
+    assert ref.any()
+    for name in ("m.jsonl", "m.parquet"):
+        assert torch.equal(load_manifest(tmp_path / name, image_size=8)[0].masks["b"], ref)

@@ -227,3 +227,14 @@ def test_csv_with_byte_order_mark(tmp_path):
     _good_row(tmp_path)
     (tmp_path / "m.csv").write_bytes("\ufeffimage,label\nok.png,doctor\n".encode())
     assert load_manifest(tmp_path / "m.csv").table.columns.tolist() == ["image", "label", "id"]
+
+
+def test_truncated_jpeg_fails_when_decoded_naming_the_file(tmp_path):
+    # verify() cannot see a truncated JPEG; decoding it raises a DataError with file and row.
+    write_image(tmp_path / "t.jpg", 64, 48)
+    raw = (tmp_path / "t.jpg").read_bytes()
+    (tmp_path / "t.jpg").write_bytes(raw[: len(raw) // 2])
+    path = write_manifest(tmp_path, [{"image": "t.jpg", "label": "x"}])
+    ds = load_manifest(path)
+    with pytest.raises(DataError, match=r"t.jpg: row 1: cannot decode image"):
+        ds[0]

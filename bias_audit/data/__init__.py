@@ -1,1 +1,25 @@
-"""Placeholder: filled by its issue."""
+"""The data contract: manifests with groups and annotated regions, loaded so that every mask
+stays aligned with its image.
+
+    ds = load_manifest("data/test/manifest.csv", groups=["gender"], image_size=224)
+    loader = DataLoader(ds, batch_size=32, collate_fn=collate, num_workers=2)
+"""
+
+from __future__ import annotations
+
+from ._coco import regions_from_coco, write_coco_masks
+from ._manifest import IMAGENET_MEAN, IMAGENET_STD, AuditDataset, load_manifest, read_table
+from ._sample import Batch, Sample, collate
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "AuditDataset",
+    "Batch",
+    "Sample",
+    "collate",
+    "load_manifest",
+    "read_table",
+    "regions_from_coco",
+    "write_coco_masks",
+]

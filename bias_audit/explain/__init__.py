@@ -1,1 +1,13 @@
-"""Placeholder: filled by its issue."""
+"""Class-activation maps (Grad-CAM family, Score-CAM, guided methods) from one forward pass.
+
+from bias_audit.explain import explain
+exp = explain(model, images, methods=("gradcam", "gradcam++"), target_layer="layer4")
+exp.maps["gradcam"]   # (N, H, W) float32 >= 0, not normalised
+"""
+
+from __future__ import annotations
+
+from ._explain import METHODS, Explanation, explain
+from ._overlay import normalize_maps, overlay
+
+__all__ = ["METHODS", "Explanation", "explain", "normalize_maps", "overlay"]

@@ -1,0 +1,97 @@
+"""Differentiable attention penalties for "right for the right reasons" training.
+
+Both penalties keep the autograd graph (``create_graph=True``) so that the optimiser can
+move the parameters to take attention out of the confounder regions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+
+__all__ = ["find_target_layer", "gradcam_mass", "input_grad_energy"]
+
+
+def find_target_layer(model: nn.Module, images: Tensor) -> str:
+    """Dotted name of the last module (in execution order) whose output is a 4-D map larger
+    than 1x1: ``features`` for smallcnn, ``layer4`` for a ResNet.
+
+    Runs one forward pass on ``images`` (N,3,S,S) without gradients in eval mode; the
+    training flag is restored afterwards.
+    """
+    names = {m: n for n, m in model.named_modules() if n}
+    seen: list[str] = []
+
+    def hook(module: nn.Module, _inp: object, out: object) -> None:
+        if isinstance(out, Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
+            seen.append(names[module])
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(images[:1])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not seen:
+        raise ConfigError("target_layer: the model has no layer with a spatial (N,C,h,w) output")
+    return seen[-1]
+
+
+def gradcam_mass(
+    model: nn.Module, images: Tensor, labels: Tensor, region: Tensor, *, target_layer: str
+) -> tuple[Tensor, Tensor]:
+    """Grad-CAM of the true class and its share of mass inside ``region``, differentiably.
+
+    The map is Grad-CAM at the layer's resolution: M = ReLU(Σ_k α_k A^k), α_k the spatial mean
+    of ∂S_label/∂A^k. ``region`` is down-sampled to the layer's (h, w) by area averaging,
+    which gives each layer cell the fraction of it covered by the region; that is cheaper
+    than up-sampling the map and keeps the gradient at the layer's resolution.
+
+    Args:
+        images: (N,3,S,S). labels: (N,) long.
+        region: (N,S,S) bool, the union of the confounder regions.
+        target_layer: dotted module name.
+
+    Returns:
+        ``(logits (N,C), mass (N,))``; mass is in [0,1] and 0 where the map is all zero.
+    """
+    module = model.get_submodule(target_layer)
+    captured: list[Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        logits = model(images)
+    finally:
+        handle.remove()
+    acts = captured[-1]
+    score = logits.gather(1, labels[:, None]).sum()
+    (grads,) = torch.autograd.grad(score, acts, create_graph=True)
+    alpha = grads.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((alpha * acts).sum(dim=1))  # (N,h,w)
+    cover = F.adaptive_avg_pool2d(region[:, None].float(), cam.shape[-2:])[:, 0]
+    # The epsilon keeps an all-zero map at mass 0 (no gradient) instead of NaN.
+    mass = (cam * cover).sum(dim=(1, 2)) / (cam.sum(dim=(1, 2)) + 1e-8)
+    return logits, mass
+
+
+def input_grad_energy(model: nn.Module, images: Tensor, region: Tensor) -> tuple[Tensor, Tensor]:
+    """Ross et al.'s RRR penalty ‖A ⊙ ∂_x Σ_k log p_k‖² per image, A = ``region``.
+
+    Args:
+        images: (N,3,S,S). region: (N,S,S) bool, broadcast over the channels.
+
+    Returns:
+        ``(logits (N,C), energy (N,))``.
+    """
+    x = images.detach().requires_grad_(True)
+    logits = model(x)
+    log_p = F.log_softmax(logits, dim=1)
+    (grads,) = torch.autograd.grad(log_p.sum(), x, create_graph=True)
+    energy = ((region[:, None].to(grads.dtype) * grads) ** 2).sum(dim=(1, 2, 3))
+    return logits, energy

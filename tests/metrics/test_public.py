@@ -1,0 +1,27 @@
+import inspect
+
+import bias_audit.metrics as metrics
+from bias_audit.metrics import _interventions, _localization, _roles, _stats
+
+
+def test_all_is_complete():
+    public = set()
+    for mod in (_localization, _roles, _interventions, _stats):
+        public |= set(mod.__all__)
+    assert set(metrics.__all__) == public
+    for name in metrics.__all__:
+        assert getattr(metrics, name) is not None
+
+
+def test_metric_functions_share_argument_order():
+    for fn in (
+        metrics.attention_mass,
+        metrics.lift,
+        metrics.rank_accuracy,
+        metrics.pointing_game,
+        metrics.localization_iou,
+    ):
+        params = list(inspect.signature(fn).parameters.values())
+        assert params[0].name == "maps", fn.__name__
+        assert params[1].name in ("masks", "boxes"), fn.__name__
+        assert all(p.kind is p.KEYWORD_ONLY for p in params[2:]), fn.__name__

@@ -128,8 +128,9 @@ def _table(frame: pd.DataFrame | None, *, max_rows: int = 200) -> Table | None:
     return Table([str(c) for c in frame.columns], rows, note)
 
 
-def _findings(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def _findings(summary: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     order = {s: i for i, s in enumerate(SEVERITIES)}
+    n_of = {str(c.get("cell")): c.get("n") for c in cells}
     items = [f for f in summary.get("findings") or [] if isinstance(f, dict)]
     items = sorted(items, key=lambda f: order.get(str(f.get("severity")), len(order)))
     out = []
@@ -139,6 +140,8 @@ def _findings(summary: dict[str, Any]) -> list[dict[str, Any]]:
             "text": str(f.get("text") or ""),
             "model": f.get("model"),
             "cell": f.get("cell"),
+            "n": n_of.get(str(f.get("cell"))),
+            "has_numbers": any(f.get(k) is not None for k in ("value", "p_value", "p_adjusted")),
             "metric": f.get("metric"),
             "value": _fmt(f.get("value")),
             "ci": _ci(f.get("ci_low"), f.get("ci_high")),
@@ -243,7 +246,7 @@ def build_context(data: ReportData, *, max_per_cell: int = 6, max_total: int = 6
         "model_names": data.models,
         "explain": summary.get("explain") or {},
         "stats": summary.get("stats") or {},
-        "findings": _findings(summary),
+        "findings": _findings(summary, data.cells),
         "figures": figures,
         "chart_data": chart_data,
         "worst": [{**w, "value": _fmt(w["value"]), "ci": _ci(w["ci_low"], w["ci_high"]),

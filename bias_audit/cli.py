@@ -71,6 +71,8 @@ def _build_parser() -> _Parser:
         metavar="KEY=VALUE",
         help="set or override one TrainConfig key (TOML value syntax); repeatable",
     )
+    t.add_argument("--resume", action="store_true", help="continue from out/last.pt")
+    t.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     _add_train_flags(t)
 
     rp = add("report", "render the report again from a run folder")
@@ -118,19 +120,24 @@ def _scalar_type(annotation: Any) -> Any:
 
 
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
-    # The flags mirror TrainConfig's scalar fields, so a new field needs no CLI change;
-    # list-valued fields go through --set KEY=VALUE (TOML syntax).
+    # The flags mirror TrainConfig's fields, so a new field needs no CLI change.
     for f in _train_fields():
-        kind = _scalar_type(f.type)
-        if kind is None:
-            continue
         flag = "--" + f.name.replace("_", "-")
+        dest = f"tc_{f.name}"
+        text = f.type if isinstance(f.type, str) else str(f.type)
+        if text.startswith("tuple[str"):
+            parser.add_argument(flag, dest=dest, nargs="+", default=None, metavar="NAME")
+            continue
+        if text.startswith("tuple[float"):
+            parser.add_argument(flag, dest=dest, nargs=3, type=float, default=None, metavar="V")
+            continue
+        kind = _scalar_type(f.type)
         if kind is bool:
             parser.add_argument(
-                flag, dest=f"tc_{f.name}", default=None, action=argparse.BooleanOptionalAction
+                flag, dest=dest, default=None, action=argparse.BooleanOptionalAction
             )
-        else:
-            parser.add_argument(flag, dest=f"tc_{f.name}", type=kind, default=None)
+        elif kind is not None:
+            parser.add_argument(flag, dest=dest, type=kind, default=None, metavar=f.name.upper())
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -170,7 +177,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     base = Path.cwd()
     if args.config is not None:
         try:
-            values.update(tomllib.loads(args.config.read_text(encoding="utf-8")))
+            text = args.config.read_text(encoding="utf-8")
+            values.update(tomllib.loads(text))
         except FileNotFoundError as err:
             raise ConfigError(f"{args.config}: config file not found") from err
         except tomllib.TOMLDecodeError as err:
@@ -194,7 +202,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"train: unknown key {key!r}; expected one of {', '.join(sorted(fields))}"
             )
     # Paths in a train TOML are relative to that file, like the audit config's.
-    for key in ("manifest", "out", "output", "val_manifest"):
+    for key in ("train_manifest", "val_manifest", "out"):
         if isinstance(values.get(key), str) and not Path(values[key]).is_absolute():
             values[key] = str(base / values[key])
     from_dict = getattr(TrainConfig, "from_dict", None)
@@ -202,9 +210,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
         config = from_dict(values) if from_dict is not None else TrainConfig(**values)
     except TypeError as err:
         raise ConfigError(f"train: {err}") from err
-    result = train_classifier(config, progress=_progress(args))
+    result = train_classifier(config, resume=args.resume, force=args.force,
+                              progress=_progress(args))  # fmt: skip
     if not args.quiet:
-        print(result)
+        last = result.history[result.best_epoch - 1] if result.history else {}
+        acc = last.get("val_worst_group_acc", last.get("val_acc"))
+        extra = f", validation worst-group accuracy {acc:.3f}" if isinstance(acc, float) else ""
+        print(f"checkpoint: {result.checkpoint} (best epoch {result.best_epoch}{extra})")
     return EXIT_OK
 
 

@@ -30,7 +30,7 @@ from .._naming import CONFOUNDER, ROLES, cell_name, column
 from ..errors import ConfigError, RunError
 from ._config import AuditConfig, ModelConfig
 from ._findings import draft_findings, settle_findings
-from ._step import MAP_OK, StepSpec, audit_batch
+from ._step import MAP_OK, StepSpec, batch_rows, explain_batch
 from ._store import RunStore, read_table
 
 __all__ = ["audit", "AuditResult"]
@@ -322,6 +322,8 @@ def _spec(config: AuditConfig, plan: _Plan, ds) -> StepSpec:
 
 
 def _stream(model, ds, batches, pending, spec, store, config, dev, progress) -> dict:
+    from concurrent.futures import ThreadPoolExecutor
+
     from torch.utils.data import DataLoader
 
     from ..data import collate
@@ -332,23 +334,109 @@ def _stream(model, ds, batches, pending, spec, store, config, dev, progress) -> 
     )  # fmt: skip
     bar = _progress_bar(sum(len(batches[b]) for b in pending), spec.model, progress)
     layer: dict[str, Any] = {}
+    # Without worker processes, a thread decodes the next batches while this one is explained
+    # (PIL and torch release the GIL), so loading costs little wall time.
+    source = _Prefetch(loader) if config.data.num_workers == 0 else loader
+    # Without interventions the table half of the step never touches the model, so a second
+    # thread measures and stores batch k while batch k+1 is explained. Parts are still written
+    # one at a time and in order; an interrupt waits for the part being written.
+    pool = None if spec.interventions else ThreadPoolExecutor(max_workers=1)
+    previous = None
+
+    def finish(b: int, batch, exp, spec: StepSpec) -> dict[str, Any]:
+        rows = batch_rows(model, batch, exp, spec=spec)
+        store.write_part(spec.model, b, rows)
+        if bar is not None:
+            bar.update(len(batch))
+        return {"target_layer": exp.target_layer, "layer_shape": list(rows.attrs["layer_shape"])}
+
     try:
-        for b, batch in zip(pending, loader, strict=True):
-            rows = audit_batch(model, batch, spec=spec)
-            store.write_part(spec.model, b, rows)
+        for b, batch in zip(pending, source, strict=True):
+            exp = explain_batch(model, batch, spec=spec)
             if spec.target_layer is None:
                 # Resolve the automatic layer once: explain would probe the model every batch.
-                spec = dataclasses.replace(spec, target_layer=rows.attrs["target_layer"])
-            layer = {
-                "target_layer": rows.attrs.get("target_layer"),
-                "layer_shape": rows.attrs.get("layer_shape"),
-            }
-            if bar is not None:
-                bar.update(len(batch))
+                spec = dataclasses.replace(spec, target_layer=exp.target_layer)
+            if pool is None:
+                layer = finish(b, batch, exp, spec)
+                continue
+            if previous is not None:
+                layer = previous.result()
+            previous = pool.submit(finish, b, batch, exp, spec)
+        if previous is not None:
+            layer = previous.result()
+            previous = None
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True)  # an explained batch is still stored
+        if isinstance(source, _Prefetch):
+            source.close()
         if bar is not None:
             bar.close()
     return layer
+
+
+class _Prefetch:
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead.
+
+    Errors of the iterable are re-raised in the consumer; :meth:`close` stops the thread (also
+    after Ctrl-C in the consumer), so no thread outlives the run.
+    """
+
+    _END = object()
+
+    def __init__(self, iterable, depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, args=(iterable,), daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fill(self, iterable) -> None:
+        try:
+            for item in iterable:
+                if not self._put(item):
+                    return
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            self._put(_Failed(err))
+            return
+        self._put(self._END)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+
+    def close(self) -> None:
+        import queue
+
+        self._stop.set()
+        while self._thread.is_alive():
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                self._thread.join(timeout=0.05)
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
 
 
 def _skipped(ds) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from torch import nn
 
 from .._naming import ROLES, column
 
-__all__ = ["StepSpec", "audit_batch", "MAP_OK"]
+__all__ = ["StepSpec", "audit_batch", "explain_batch", "batch_rows", "MAP_OK"]
 
 #: Column: the first method's map has a positive, finite total (else its metrics are NaN).
 MAP_OK = "map_ok"
@@ -58,7 +58,9 @@ def audit_batch(model: nn.Module, batch, *, spec: StepSpec) -> pd.DataFrame:
     """Explain one batch, measure attention per region and role, and occlude the roles.
 
     One explain pass gives the predictions and the maps; interventions cost one extra forward
-    pass per role (plus one per random baseline patch), reusing the logits of that pass.
+    pass per role plus one per same-area random patch (the baseline), reusing the logits of
+    the explain pass. Equal to ``batch_rows(model, batch, explain_batch(model, batch, ...))``;
+    the run loop calls the two halves separately to overlap them across batches.
 
     Args:
         model: a classifier (eval mode) on the batch's device.
@@ -71,15 +73,29 @@ def audit_batch(model: nn.Module, batch, *, spec: StepSpec) -> pd.DataFrame:
         columns are NaN where a region is absent or the map is all zero or not finite.
         ``rows.attrs`` holds ``target_layer`` and ``layer_shape`` of the explain pass.
     """
+    return batch_rows(model, batch, explain_batch(model, batch, spec=spec), spec=spec)
+
+
+def explain_batch(model: nn.Module, batch, *, spec: StepSpec):
+    """The model half of :func:`audit_batch`: one explain pass -> an ``Explanation``."""
     from ..explain import explain
-    from ..metrics import sample_metrics
 
     device = next(iter(model.parameters()), torch.empty(0)).device
-    images = batch.images.to(device)
     targets = batch.labels.to(device) if spec.target == "label" else None
-    exp = explain(
-        model, images, methods=spec.methods, target_layer=spec.target_layer, targets=targets
-    )
+    return explain(
+        model, batch.images.to(device), methods=spec.methods, target_layer=spec.target_layer,
+        targets=targets,
+    )  # fmt: skip
+
+
+def batch_rows(model: nn.Module, batch, exp, *, spec: StepSpec) -> pd.DataFrame:
+    """The table half of :func:`audit_batch`: metrics (and interventions) -> rows.
+
+    Without interventions it never calls ``model``, so it can run beside the next batch's
+    :func:`explain_batch`.
+    """
+    from ..metrics import sample_metrics
+
     logits = exp.logits.detach()
     probs = torch.softmax(logits.float(), dim=1)
     pred = logits.argmax(dim=1)
@@ -112,9 +128,10 @@ def audit_batch(model: nn.Module, batch, *, spec: StepSpec) -> pd.DataFrame:
     if spec.interventions:
         from ..metrics import occlusion_effect
 
+        device = next(iter(model.parameters()), torch.empty(0)).device
         stacked = _role_masks(masks, present, batch.regions, roles)
         occ = occlusion_effect(
-            model, images, stacked.to(device), target.cpu(),
+            model, batch.images.to(device), stacked.to(device), target.cpu(),
             fill=spec.fill, logits=logits, seed=spec.seed,
         )  # fmt: skip
         for j, role in enumerate(ROLES):

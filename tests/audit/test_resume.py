@@ -87,17 +87,17 @@ def test_resume_after_kill(slow_config, reference, tmp_path):
     assert len(_parts(out)) == done
     # resume: only the missing batches run (counted), and the rows equal an uninterrupted run
     calls = []
-    original = run_module.audit_batch
+    original = run_module.explain_batch
 
     def counting(model, batch, *, spec):
         calls.append(len(batch))
         return original(model, batch, spec=spec)
 
-    run_module.audit_batch = counting
+    run_module.explain_batch = counting
     try:
         assert main(["run", str(slow_config), "--out", str(out), "--resume", "-q"]) == 0
     finally:
-        run_module.audit_batch = original
+        run_module.explain_batch = original
     assert len(calls) in (N // 4 - done, N // 4 - done + 1)  # +1: killed between part and state
     samples = pd.read_parquet(out / "samples.parquet")
     assert not samples.duplicated(["model", "id"]).any()
@@ -108,7 +108,7 @@ def test_ctrl_c_leaves_complete_batches_and_says_how_to_resume(
     slow_config, reference, tmp_path, monkeypatch, capsys
 ):
     out = tmp_path / "run"
-    original = run_module.audit_batch
+    original = run_module.explain_batch
     seen = []
 
     def interrupted(model, batch, *, spec):
@@ -117,14 +117,14 @@ def test_ctrl_c_leaves_complete_batches_and_says_how_to_resume(
             raise KeyboardInterrupt
         return original(model, batch, spec=spec)
 
-    monkeypatch.setattr(run_module, "audit_batch", interrupted)
+    monkeypatch.setattr(run_module, "explain_batch", interrupted)
     assert main(["run", str(slow_config), "--out", str(out), "-q"]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--resume" in err and str(out) in err
     assert len(_parts(out)) == 3
     # atomic writes: no temporary file is left behind anywhere
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    monkeypatch.setattr(run_module, "audit_batch", original)
+    monkeypatch.setattr(run_module, "explain_batch", original)
     assert main(["run", str(slow_config), "--out", str(out), "--resume", "-q"]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "samples.parquet"), reference)
 
@@ -152,3 +152,28 @@ def test_resume_refuses_changed_config_or_nothing_to_resume(slow_config, world, 
 def test_resume_and_force_exclude_each_other(slow_config, tmp_path, capsys):
     assert main(["run", str(slow_config), "--out", str(tmp_path / "r"), "--resume", "--force"]) == 2
     assert "--resume and --force" in capsys.readouterr().err
+
+
+def test_pipelined_and_sequential_runs_agree(slow_config, reference, world, tmp_path):
+    # interventions on -> the step runs sequentially; the shared columns must be identical
+    on = world["root"] / "slow_on.toml"
+    on.write_text(SLOW.replace("enabled = false\n[report]", "enabled = true\n[report]"))
+    seq = audit(on, out=tmp_path / "seq", progress=False).samples
+    assert "flip:confounder" in seq.columns
+    pd.testing.assert_frame_equal(seq[reference.columns], reference)
+
+
+def test_a_failing_batch_stops_the_run_and_keeps_earlier_parts(slow_config, tmp_path, monkeypatch):
+    original = run_module.batch_rows
+    seen = []
+
+    def failing(model, batch, exp, *, spec):
+        seen.append(1)
+        if len(seen) == 3:
+            raise RunError("batch 2 broke")
+        return original(model, batch, exp, spec=spec)
+
+    monkeypatch.setattr(run_module, "batch_rows", failing)
+    with pytest.raises(RunError, match="batch 2 broke"):
+        audit(slow_config, out=tmp_path / "r", progress=False)
+    assert len(_parts(tmp_path / "r")) == 2

@@ -273,7 +273,7 @@ def audit(
 
     t_gallery = time.perf_counter()
     if config.report.gallery_per_cell > 0:
-        _gallery(samples, config, loaded, store, dev)
+        _gallery(samples, config, loaded, store, dev, layers)
     gallery_s = time.perf_counter() - t_gallery
 
     summary = _summary(
@@ -528,7 +528,7 @@ def _cells(samples: pd.DataFrame, groups: Sequence[str]) -> pd.Series:
     return samples[keys].astype(str).apply(lambda r: cell_name(r.tolist()), axis=1)
 
 
-def _gallery(samples, config, loaded, store, dev) -> None:
+def _gallery(samples, config, loaded, store, dev, layers) -> None:
     """Maps of a bounded, deterministic selection per cell, for the report's gallery.
 
     Per cell (of the first model's rows): the ``ceil(k/2)`` most confounder-reliant images by
@@ -564,6 +564,8 @@ def _gallery(samples, config, loaded, store, dev) -> None:
         by_id = {sid: i for i, sid in enumerate(ds.ids)}
         idx = [by_id[str(rows.at[p, "id"])] for _, p, _ in picks]
         spec = _spec(config, _plan_, ds)
+        if spec.target_layer is None and layers.get(name, {}).get("target_layer"):
+            spec = dataclasses.replace(spec, target_layer=layers[name]["target_layer"])
         mrows = samples[samples["model"] == name].set_index("id")
         for start in range(0, len(idx), config.data.batch_size):
             chunk = list(range(start, min(start + config.data.batch_size, len(idx))))

@@ -236,3 +236,36 @@ def test_region_not_in_manifest_is_named(world, tmp_path):
     with pytest.raises(ConfigError, match=r"\[regions\] causal: region 'gown' is not in"):
         audit(cfg, out=tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_all_zero_maps_are_counted_not_scored(world):
+    ds = load_manifest(world["manifest"], groups=["gender"], image_size=SIZE, mean=MEAN, std=STD)
+    model = load_model(checkpoint=world["biased"])
+    with torch.no_grad():
+        model.fc.weight.zero_()  # no gradient reaches the layer: every Grad-CAM map is zero
+    batch = collate([ds[i] for i in range(4)])
+    spec = StepSpec(model="dead", classes=tuple(ds.classes), roles={"confounder": ("hair",)},
+                    groups=("gender",), interventions=False)  # fmt: skip
+    rows = audit_batch(model, batch, spec=spec)
+    assert not rows["map_ok"].any()
+    assert rows[[c for c in rows.columns if c.startswith(("mass:", "rank:"))]].isna().all().all()
+    assert rows["area:hair"].notna().all()  # areas do not depend on the map
+
+
+def test_skipped_rows_are_listed_and_raise_names_the_row(world, tmp_path, capsys):
+    root = world["root"]
+    table = pd.read_csv(world["manifest"])
+    table.loc[3, "image"] = "img/missing.png"
+    table.to_csv(root / "broken.csv", index=False)
+    cfg = write_config(world, "broken.toml", replace=('"manifest.csv"', '"broken.csv"'))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "raise"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.png" in err and "row 4" in err and err.count("\n") == 1
+    skip = write_config(
+        world, "skip.toml", replace=('"manifest.csv"', '"broken.csv"\non_error = "skip"')
+    )
+    result = audit(skip, out=tmp_path / "skip", progress=False)
+    skipped = pd.read_parquet(tmp_path / "skip" / "skipped.parquet")
+    assert list(skipped["row"]) == [4] and skipped["column"].iloc[0] == "image"
+    assert result.summary["data"]["skipped"] == 1 and result.summary["data"]["n"] == N - 1
+    assert len(result.samples) == 2 * (N - 1)

@@ -130,6 +130,8 @@ def _scores(
         targets = output.detach().argmax(dim=1)
     else:
         targets = targets.to(output.device)
+        if targets.is_inference():  # made under inference_mode: autograd cannot save it
+            targets = targets.clone()
         bad = ((targets < 0) | (targets >= n_classes)).nonzero()
         if len(bad):
             i = int(bad[0, 0])
@@ -321,6 +323,8 @@ def explain(
         >>> exp = explain(model, images, methods=("gradcam", "gradcam++"), target_layer="layer4")
         >>> exp.maps["gradcam"].shape  # (N, H, W)
     """
+    if not isinstance(model, nn.Module):
+        raise ExplainError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     methods = _check_methods(methods)
     images = _check_images(images)
     if not isinstance(scorecam_batch_size, int) or scorecam_batch_size < 1:

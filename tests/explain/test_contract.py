@@ -143,3 +143,16 @@ def test_saved_activation_survives_an_inplace_op_after_the_layer(model):
     ref = (g * a).sum(1, keepdim=True).clamp(min=0).detach()
     ref = torch.nn.functional.interpolate(ref, size=(32, 32), mode="bilinear", align_corners=False)
     torch.testing.assert_close(exp.maps["hirescam"], ref[:, 0])
+
+
+@pytest.mark.parametrize("mode", ["inference_mode", "no_grad"])
+def test_works_under_no_grad_and_inference_tensors(model, mode):
+    model.eval()
+    with torch.inference_mode():
+        images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        targets = model(images).argmax(1)
+    expected = explain(model, images.clone(), ("gradcam",), targets=targets.clone())
+    with getattr(torch, mode)():
+        exp = explain(model, images, ("gradcam", "guided_backprop"), targets=targets)
+    assert exp.maps["gradcam"].max() > 0
+    torch.testing.assert_close(exp.maps["gradcam"], expected.maps["gradcam"])

@@ -79,6 +79,11 @@ def test_non_classifier_output_needs_callable():
         explain(model, X, target_layer="0")
 
 
+def test_model_type():
+    with pytest.raises(ExplainError, match="model: expected a torch.nn.Module, got function"):
+        explain(lambda x: x, X)
+
+
 def test_images_shape(tiny_cnn):
     with pytest.raises(ExplainError, match=r"images: .*\(3, 8, 8\)"):
         explain(tiny_cnn, X[0])

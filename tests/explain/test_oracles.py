@@ -32,6 +32,7 @@ def _pgc_normalise(maps: torch.Tensor) -> np.ndarray:
     [
         ("resnet18", "layer4"),
         ("vgg11", "features"),
+        ("densenet121", "features"),  # followed by F.relu(inplace=True)
         ("densenet121", "features.denseblock4"),
         ("mobilenet_v3_small", "features"),
     ],

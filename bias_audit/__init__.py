@@ -33,6 +33,8 @@ _LAZY = {
     "load_manifest": "bias_audit.data",
     "AuditDataset": "bias_audit.data",
     "load_model": "bias_audit.models",
+    "read_metadata": "bias_audit.models",
+    "build_model": "bias_audit.models",
     "train_classifier": "bias_audit.models",
     "TrainConfig": "bias_audit.models",
     "audit": "bias_audit.audit",
@@ -68,8 +70,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .audit import AuditConfig, AuditResult, audit
-    from .data import AuditDataset, load_manifest
-    from .explain import Explanation, explain, normalize_maps, overlay
-    from .models import TrainConfig, load_model, train_classifier
-    from .report import render_report
+    from .audit import AuditConfig as AuditConfig
+    from .audit import AuditResult as AuditResult
+    from .audit import audit as audit
+    from .data import AuditDataset as AuditDataset
+    from .data import load_manifest as load_manifest
+    from .explain import Explanation as Explanation
+    from .explain import explain as explain
+    from .explain import normalize_maps as normalize_maps
+    from .explain import overlay as overlay
+    from .models import TrainConfig as TrainConfig
+    from .models import load_model as load_model
+    from .models import train_classifier as train_classifier
+    from .report import render_report as render_report

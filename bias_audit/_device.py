@@ -23,7 +23,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError as err:
-        raise ConfigError(f"device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}") from err
+        raise ConfigError(
+            f"device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}"
+        ) from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device: {device!r} was asked for, but CUDA is not available here")
     if dev.type not in ("cpu", "cuda"):

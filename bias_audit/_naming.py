@@ -20,7 +20,7 @@ CELL_SEPARATOR = " / "
 
 
 def column(metric: str, name: str) -> str:
-    """Result column for ``metric`` over a region or role: ``column("mass", "hair") == "mass:hair"``."""
+    """Result column of ``metric`` over a region or role: ``"mass:hair"``."""
     return f"{metric}:{name}"
 
 

@@ -47,7 +47,8 @@ def _fill_image(images: Tensor, fill: str) -> Tensor:
         # keeps the image's overall colour so the occluder is not itself a strong signal.
         return images.mean(dim=(2, 3), keepdim=True).expand_as(images)
     # A strong blur removes shape and texture but keeps local colour. sigma is 5% of the
-    # shorter side (11 px at 224) and the kernel spans +-2 sigma.
+    # shorter side, 11 px at 224, close to the sigma = 10 of Fong & Vedaldi's (2017) blur
+    # perturbation; the kernel spans +-2 sigma.
     sigma = max(1.0, 0.05 * min(images.shape[-2:]))
     size = 2 * math.ceil(2 * sigma) + 1
     size = min(size, 2 * (min(images.shape[-2:]) // 2) - 1)

@@ -68,21 +68,22 @@ def wilson_interval(
     return low, high
 
 
-def _boot_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """Means of ``n_boot`` resamples, drawn as index matrices in memory-bounded chunks."""
+def _boot_sums(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """Sums of ``n_boot`` resamples, drawn as index matrices in memory-bounded chunks."""
     n = len(values)
     step = max(1, _CHUNK // max(n, 1))
     out = np.empty(n_boot)
     for start in range(0, n_boot, step):
         stop = min(n_boot, start + step)
         idx = rng.integers(0, n, size=(stop - start, n))
-        out[start:stop] = values[idx].mean(axis=1)
+        out[start:stop] = values[idx].sum(axis=1)
     return out
 
 
 def bootstrap_ci(
     values: np.ndarray | Sequence[float] | pd.Series,
     *,
+    strata: np.ndarray | Sequence[object] | pd.Series | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
@@ -91,6 +92,8 @@ def bootstrap_ci(
 
     Args:
         values: 1-D values; NaNs are dropped first.
+        strata: optional labels, one per value; each stratum is then resampled on its own
+            with its size fixed (a stratified bootstrap, e.g. by group cell).
         n_boot: number of resamples.
         seed: seed of the resampling.
         confidence: coverage of the interval.
@@ -102,12 +105,22 @@ def bootstrap_ci(
     if n_boot < 1:
         raise ConfigError(f"n_boot: expected a positive count, got {n_boot!r}")
     v = np.asarray(values, dtype=float).ravel()
-    v = v[~np.isnan(v)]
+    keep = ~np.isnan(v)
+    if strata is not None:
+        codes = pd.factorize(np.asarray(strata, dtype=object).ravel())[0]
+        if len(codes) != len(v):
+            raise DataError(f"strata: {len(codes)} labels for {len(v)} values")
+        codes = codes[keep]
+    v = v[keep]
     if len(v) < 2:
         return float("nan"), float("nan")
-    means = _boot_means(v, n_boot, np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    if strata is None:
+        sums = _boot_sums(v, n_boot, rng)
+    else:
+        sums = sum(_boot_sums(v[codes == c], n_boot, rng) for c in np.unique(codes))
     alpha = (1 - confidence) / 2
-    low, high = np.quantile(means, [alpha, 1 - alpha])
+    low, high = np.quantile(sums / len(v), [alpha, 1 - alpha])
     return float(low), float(high)
 
 
@@ -172,9 +185,16 @@ def _cells(frame: pd.DataFrame, keys: list[str]):
     """(cell name, {key: value}, rows) for each observed combination, in sorted order."""
     if not keys:
         return
-    for values, part in frame.groupby(keys, sort=True, dropna=False):
+    for values, part in frame.groupby(keys, sort=True, dropna=False, observed=True):
         values = values if isinstance(values, tuple) else (values,)
         yield cell_name(values), dict(zip(keys, values, strict=True)), part
+
+
+def _strata(frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """(len(frame),) integer code of each row's group cell."""
+    if not keys or frame.empty:
+        return np.zeros(len(frame), dtype=np.int64)
+    return frame.groupby(keys, sort=False, dropna=False, observed=True).ngroup().to_numpy()
 
 
 def _check_min(min_group_size: int) -> None:
@@ -293,16 +313,20 @@ def group_stats(
                     k, m = int((pred[among] == c).sum()), int(among.sum())
                     lo, hi = wilson_interval(k, m, confidence=confidence)
                     add(f"{name}:{c}", m, k / m if m else np.nan, float(lo), float(hi))
+        # The pooled cell is resampled within each group cell, as the references ask.
+        strata = _strata(part, keys) if cell == ALL_CELL else None
         for metric in cols:
-            v = _metric_values(part, metric)
-            v = v[~np.isnan(v)]
+            raw = _metric_values(part, metric)
+            v = raw[~np.isnan(raw)]
             if len(v) >= max(min_group_size, 2):
-                lo, hi = bootstrap_ci(v, n_boot=n_boot, seed=seed, confidence=confidence)
+                lo, hi = bootstrap_ci(
+                    raw, strata=strata, n_boot=n_boot, seed=seed, confidence=confidence
+                )
             else:
                 lo = hi = np.nan
             add(metric, len(v), float(v.mean()) if len(v) else np.nan, lo, hi)
 
-    for model, frame in samples.groupby("model", sort=False):
+    for model, frame in samples.groupby("model", sort=False, observed=True):
         summarise(model, ALL_CELL, {}, frame)
         for cell, attrs, part in _cells(frame, keys):
             summarise(model, cell, attrs, part)
@@ -326,21 +350,41 @@ _GAPS_SCHEMA = {
 
 
 def _range_permutation_p(
-    values: np.ndarray, codes: np.ndarray, n_cells: int, observed: float, n_perm: int, seed: int
+    values: np.ndarray,
+    codes: np.ndarray,
+    n_cells: int,
+    observed: float,
+    n_perm: int,
+    seed: int,
+    cache: dict[int, np.ndarray] | None = None,
 ) -> float:
-    """P-value of max-minus-min of cell means under random reassignment of images to cells."""
-    rng = np.random.default_rng(seed)
+    """P-value of max-minus-min of cell means under random reassignment of images to cells.
+
+    ``cache`` keeps the (n_perm, n) permutation matrix of each n, so metrics with as many
+    valid images share one draw; the draws are those of the uncached path, as both shuffle
+    with a fresh ``default_rng(seed)``.
+    """
+    n = len(values)
     counts = np.bincount(codes, minlength=n_cells).astype(float)
-    onehot = np.zeros((len(values), n_cells))
-    onehot[np.arange(len(values)), codes] = 1.0
-    step = max(1, _CHUNK // max(len(values), 1))
+    onehot = np.zeros((n, n_cells))
+    onehot[np.arange(n), codes] = 1.0
+
+    def exceeding(shuffled: np.ndarray) -> int:
+        means = (shuffled @ onehot) / counts
+        # A small tolerance keeps float noise from deciding ties with the observed statistic.
+        return int((means.max(1) - means.min(1) >= observed - 1e-12).sum())
+
+    if cache is not None and n_perm * n <= _CHUNK:
+        if n not in cache:
+            rng = np.random.default_rng(seed)
+            cache[n] = rng.permuted(np.broadcast_to(np.arange(n), (n_perm, n)), axis=1)
+        return (exceeding(values[cache[n]]) + 1) / (n_perm + 1)
+    rng = np.random.default_rng(seed)
+    step = max(1, _CHUNK // max(n, 1))
     exceed = 0
     for start in range(0, n_perm, step):
         b = min(n_perm, start + step) - start
-        shuffled = rng.permuted(np.broadcast_to(values, (b, len(values))), axis=1)
-        means = (shuffled @ onehot) / counts
-        # A small tolerance keeps float noise from deciding ties with the observed statistic.
-        exceed += int((means.max(1) - means.min(1) >= observed - 1e-12).sum())
+        exceed += exceeding(rng.permuted(np.broadcast_to(values, (b, n)), axis=1))
     return (exceed + 1) / (n_perm + 1)
 
 
@@ -384,7 +428,8 @@ def group_gaps(
         raise ConfigError(f"n_perm: expected a positive count, got {n_perm!r}")
     _need(samples, ["model", "correct", label, *groups, *cols])
     rows: list[dict] = []
-    for model, frame in samples.groupby("model", sort=False):
+    cache: dict[int, np.ndarray] = {}
+    for model, frame in samples.groupby("model", sort=False, observed=True):
         parts = [(cell, part) for cell, _, part in _cells(frame, [*groups, label])]
         for metric in [ACCURACY, *cols]:
             names, chunks = [], []
@@ -408,7 +453,7 @@ def group_gaps(
                 gap = float(means[hi] - means[lo])
                 codes = np.repeat(np.arange(len(chunks)), [len(c) for c in chunks])
                 p = _range_permutation_p(
-                    np.concatenate(chunks), codes, len(chunks), gap, n_perm, seed
+                    np.concatenate(chunks), codes, len(chunks), gap, n_perm, seed, cache
                 )
                 row.update(gap=gap, p_value=p)
             rows.append(row)
@@ -459,7 +504,7 @@ def fairness_differences(
     if len(groups) > 1:
         attributes.append((cell_name(groups), groups))
     rows: list[dict] = []
-    for model, frame in samples.groupby("model", sort=False):
+    for model, frame in samples.groupby("model", sort=False, observed=True):
         truth = frame[label].astype(str).to_numpy()
         pred = frame["pred"].astype(str).to_numpy()
         for name, cols in attributes:
@@ -577,15 +622,20 @@ def paired_comparison(
         parts += [(cell, part.index) for cell, _, part in _cells(a, [*groups, label])]
     rows: list[dict] = []
     for cell, index in parts:
+        # The pooled cell is resampled within each group cell (a stratified paired bootstrap).
+        fa, fb = a.loc[index], b.loc[index]
+        strata = _strata(fa, [*groups, label]) if cell == ALL_CELL else None
         for metric in metrics:
-            d = _metric_values(a.loc[index], metric) - _metric_values(b.loc[index], metric)
-            d = d[~np.isnan(d)]
+            raw = _metric_values(fa, metric) - _metric_values(fb, metric)
+            d = raw[~np.isnan(raw)]
             n = len(d)
             small = n < min_group_size
             mean = float(d.mean()) if n else np.nan
             low = high = p = np.nan
             if not small:
-                low, high = bootstrap_ci(d, n_boot=n_boot, seed=seed, confidence=confidence)
+                low, high = bootstrap_ci(
+                    raw, strata=strata, n_boot=n_boot, seed=seed, confidence=confidence
+                )
                 p = _wilcoxon_p(d)
             sign = expected.get(metric, np.sign(mean) if n else 0)
             share = float(np.mean(np.sign(d) == sign)) if n and sign != 0 else np.nan

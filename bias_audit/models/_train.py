@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from .._device import resolve_device
 from .._io import write_json
-from .._naming import cell_name
 from ..errors import ConfigError, RunError
 from ._build import build_model
 from ._checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
@@ -185,15 +184,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
 
 
-def _sample_cells(ds: Any, groups: tuple[str, ...], label: str) -> list[str]:
-    table = ds.table
-    out = []
-    for i in range(len(table)):
-        row = table.iloc[i]
-        out.append(cell_name([*(str(row[g]) for g in groups), str(row[label])]))
-    return out
-
-
 def _load_data(config: TrainConfig, path: str, *, augment: bool, classes: Any) -> Any:
     from ..data import load_manifest
 
@@ -303,8 +293,8 @@ def train_classifier(
     val_ds = None
     if config.val_manifest is not None:
         val_ds = _load_data(config, config.val_manifest, augment=False, classes=classes)
-        val_cells = _sample_cells(val_ds, config.groups, config.label)
-    train_cell_names = _sample_cells(train_ds, config.groups, config.label)
+        val_cells = val_ds.sample_cells()
+    train_cell_names = train_ds.sample_cells()
     cell_index = {name: i for i, name in enumerate(sorted(set(train_cell_names)))}
     sample_cells = torch.tensor([cell_index[c] for c in train_cell_names], dtype=torch.long)
     n_cells = len(cell_index)

@@ -129,3 +129,25 @@ def test_bad_arguments(gen):
         occlusion_effect(model, images, masks, torch.ones(3, dtype=torch.long))
     with pytest.raises(ModelError, match="logits"):
         occlusion_effect(model, images, masks, t, logits=torch.zeros(3, 2))
+
+
+def test_fills_are_what_the_docs_say(gen):
+    import math
+
+    import torch.nn.functional as F
+
+    from bias_audit.metrics._interventions import _fill_image
+
+    x = torch.rand(2, 3, 40, 48, generator=gen)
+    mean = _fill_image(x, "mean")
+    torch.testing.assert_close(mean[:, :, 7, 9], x.mean(dim=(2, 3)))
+    # blur: a Gaussian with sigma = 5% of the shorter side, +-2 sigma, reflect padding
+    sigma = 0.05 * 40
+    half = math.ceil(2 * sigma)
+    t = torch.arange(-half, half + 1, dtype=torch.float32)
+    k = torch.exp(-(t**2) / (2 * sigma**2))
+    k = k / k.sum()
+    padded = F.pad(x, (half, half, half, half), mode="reflect")
+    rows = F.conv2d(padded.reshape(-1, 1, *padded.shape[-2:]), k.view(1, 1, 1, -1))
+    both = F.conv2d(rows, k.view(1, 1, -1, 1)).reshape_as(x)
+    torch.testing.assert_close(_fill_image(x, "blur"), both, atol=1e-5, rtol=1e-5)

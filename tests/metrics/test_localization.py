@@ -159,6 +159,16 @@ def test_agrees_with_quantus(gen):
     )
 
 
+def test_pointing_agrees_with_quantus_where_defined(gen):
+    import quantus
+
+    maps = torch.rand(16, 12, 12, generator=gen)
+    masks = torch.rand(16, 12, 12, generator=gen) < 0.4
+    ours = pointing_game(maps, masks).numpy()
+    assert 0 < ours.sum() < 16  # both hits and misses are exercised
+    np.testing.assert_array_equal(ours, _quantus(quantus.PointingGame, maps, masks))
+
+
 def test_rank_accuracy_against_direct_topk(gen):
     maps = torch.rand(5, 9, 7, generator=gen)
     masks = torch.rand(5, 9, 7, generator=gen) < 0.4
@@ -244,9 +254,43 @@ def test_sample_metrics_subset_and_errors(gen):
     maps, masks, present = _region_batch(gen)
     out = sample_metrics(maps, masks, present, REGIONS, ROLES, metrics=("mass",))
     assert {k.split(":")[0] for k in out} == {"area", "mass"}
+    with pytest.raises(ConfigError, match="metrics"):
+        sample_metrics(maps, masks, present, REGIONS, ROLES, metrics="mass")
     with pytest.raises(ConfigError, match="energy"):
         sample_metrics(maps, masks, present, REGIONS, ROLES, metrics=("energy",))
     with pytest.raises(DataError, match="masks"):
         sample_metrics(maps, masks[:, :, :8], present, REGIONS, ROLES)
     with pytest.raises(DataError, match="masks"):
         sample_metrics(maps[:2], masks, present, REGIONS, ROLES)
+
+
+def test_rank_accuracy_with_many_ties_takes_them_in_raster_order(gen):
+    # Few distinct values (as in a ReLU'd map full of zeros): ties straddle the K-th place.
+    maps = torch.randint(0, 3, (8, 6, 5), generator=gen).float()
+    maps[0] = 0.0
+    maps[0, 5, 4] = 1.0  # one positive pixel, the rest tied at zero
+    masks = torch.rand(8, 6, 5, generator=gen) < 0.4
+    got = rank_accuracy(maps, masks)
+    for i in range(8):
+        k = int(masks[i].sum())
+        flat = maps[i].flatten()
+        # reference: a stable descending order keeps raster order among equal values
+        order = sorted(range(flat.numel()), key=lambda j: (-flat[j].item(), j))[:k]
+        expect = masks[i].flatten()[order].float().mean().item()
+        assert got[i].item() == pytest.approx(expect), i
+
+
+def test_sample_metrics_options(gen):
+    maps, masks, present = _region_batch(gen)
+    wide = sample_metrics(maps, masks, present, REGIONS, ROLES, tolerance=3.0, threshold=0.5)
+    by, here = role_masks(masks, present, REGIONS, ROLES)
+    ref = pointing_game(maps, by["hair"], tolerance=3.0).masked_fill(~here["hair"], NAN)
+    torch.testing.assert_close(wide["pointing:hair"], ref, equal_nan=True)
+    ref = localization_iou(maps, boxes_from_masks(by["face"]), threshold=0.5)
+    torch.testing.assert_close(
+        wide["loc_iou:face"], ref.masked_fill(~here["face"], NAN), equal_nan=True
+    )
+    with pytest.raises(DataError, match="threshold"):
+        sample_metrics(maps, masks, present, REGIONS, ROLES, threshold=1.5)
+    with pytest.raises(DataError, match="tolerance"):
+        sample_metrics(maps, masks, present, REGIONS, ROLES, tolerance=-2)

@@ -273,3 +273,50 @@ def test_errors_name_the_culprit():
         group_stats(s, groups=["gender"], metrics="mass:hair")
     with pytest.raises(DataError, match="label"):
         group_stats(s.drop(columns="label"), groups=["gender"])
+
+
+def test_stratified_bootstrap():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.1, 40), rng.normal(5, 0.1, 40)])
+    strata = ["a"] * 40 + ["b"] * 40
+    # one stratum draws exactly what the plain bootstrap draws
+    assert bootstrap_ci(x, strata=["s"] * 80, seed=2) == bootstrap_ci(x, seed=2)
+    plain = bootstrap_ci(x, seed=0)
+    strat = bootstrap_ci(x, strata=strata, seed=0)
+    # fixing the stratum sizes removes the between-strata variance: a much narrower interval
+    assert strat[1] - strat[0] < 0.3 * (plain[1] - plain[0])
+    assert strat[0] < x.mean() < strat[1]
+    # NaNs are dropped together with their stratum label
+    with_nan = np.append(x, np.nan)
+    assert bootstrap_ci(with_nan, strata=[*strata, "c"], seed=0) == strat
+    with pytest.raises(DataError, match="strata"):
+        bootstrap_ci(x, strata=strata[:10])
+
+
+def test_categorical_columns_give_the_same_table():
+    import warnings
+
+    s = _samples()
+    cat = s.astype({"gender": "category", "label": "category", "model": "category"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        got = group_stats(cat, groups=["gender"], metrics=["mass:hair"], n_boot=20)
+    want = group_stats(s, groups=["gender"], metrics=["mass:hair"], n_boot=20)
+    pd.testing.assert_frame_equal(got, want)
+
+
+def test_permutation_cache_gives_the_same_p_values():
+    from bias_audit.metrics._stats import _range_permutation_p
+
+    rng = np.random.default_rng(4)
+    values = rng.normal(size=90)
+    values[60:] += 0.4
+    codes = np.repeat([0, 1, 2], 30)
+    means = [values[codes == c].mean() for c in range(3)]
+    gap = max(means) - min(means)
+    plain = _range_permutation_p(values, codes, 3, gap, 300, 0)
+    cache: dict = {}
+    cached = _range_permutation_p(values, codes, 3, gap, 300, 0, cache)
+    again = _range_permutation_p(values, codes, 3, gap, 300, 0, cache)
+    assert plain == cached == again and 90 in cache
+    assert 0 < plain < 0.2

@@ -118,6 +118,17 @@ def test_resume_refuses_changed_settings(small_spurious, tmp_path):
     # --force starts over
     res = train_classifier(changed, force=True, progress=False)
     assert res.best_epoch == 2
+    res.last_checkpoint.unlink()
+    with pytest.raises(RunError, match="last.pt"):
+        train_classifier(changed, resume=True, progress=False)
+
+
+def test_unknown_target_layer(small_spurious, tmp_path):
+    cfg = spurious_config(
+        small_spurious, tmp_path, strategy="attention_penalty", target_layer="layer9", epochs=1
+    )
+    with pytest.raises(ConfigError, match="layer9"):
+        train_classifier(cfg, progress=False)
 
 
 def test_reweight_and_input_grad_penalty_train(small_spurious, tmp_path):
@@ -171,3 +182,14 @@ def test_config_from_dict_round_trip_and_errors(spurious):
 def test_config_validation(changes, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(train_manifest="m.csv", **changes)
+
+
+def test_progress_bar_and_epoch_summary_on_a_terminal(
+    small_spurious, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    cfg = spurious_config(small_spurious, tmp_path, epochs=1)
+    train_classifier(cfg, progress=True)
+    err = capsys.readouterr()
+    text = err.err + err.out
+    assert "epoch 1/1" in text and "loss" in text and "acc" in text

@@ -214,7 +214,7 @@ def _axis_names(i: int) -> tuple[str, str]:
     return ("x", "y") if i == 0 else (f"x{i + 1}", f"y{i + 1}")
 
 
-def _panels(data: ReportData, metric: str, *, title: str, yrange: Sequence[float] | None,
+def _panels(data: ReportData, metric: str, *, yrange: Sequence[float] | None,
             baseline: str | None = None) -> dict[str, Any] | None:
     """One subplot per role, bars per model by cell; ``baseline`` adds diamond markers."""
     cells = _cell_info(data)
@@ -308,13 +308,13 @@ def _box_from_quantiles(data: ReportData, metric: str) -> dict[str, Any] | None:
 def attention_figures(data: ReportData) -> list[FigureSpec]:
     """Mass by role (with CIs), lift by role, and the distribution of confounder mass."""
     out = []
-    mass = _panels(data, "mass", title="Attention mass by role", yrange=(0, 1))
+    mass = _panels(data, "mass", yrange=(0, 1))
     if mass:
         out.append(FigureSpec("fig-mass", "Attention mass by role",
                               "Share of each map's mass inside the role's regions; bars are "
                               "means per cell, error bars 95% bootstrap CIs (none for small "
                               "cells, marked \u2020).", mass))
-    lift = _panels(data, "lift", title="Lift by role", yrange=None)
+    lift = _panels(data, "lift", yrange=None)
     if lift:
         out.append(FigureSpec("fig-lift", "Lift by role",
                               "Mass divided by the role's area: 1 is what a uniform map gets, "
@@ -472,7 +472,7 @@ def intervention_figures(data: ReportData) -> list[FigureSpec]:
          "Drop of the explained class's probability; diamonds: a random patch of the same "
          "area."),
     ):
-        fig = _panels(data, metric, title=title, yrange=None, baseline=f"{metric}_random")
+        fig = _panels(data, metric, yrange=None, baseline=f"{metric}_random")
         if fig:
             out.append(FigureSpec(f"fig-{metric}", title, note, fig))
     return out

@@ -103,9 +103,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> ReportData:
 
     samples = _read_table(run_dir / "samples.parquet", SAMPLE_COLUMNS)
     groups_path = run_dir / "groups.parquet"
-    if groups_path.is_file():
-        groups = _read_table(groups_path, GROUP_COLUMNS)
-    else:
+    groups = _read_table(groups_path, GROUP_COLUMNS) if groups_path.is_file() else None
+    if groups is None or groups.empty:
         groups = pd.DataFrame({c: pd.Series(dtype=object) for c in GROUP_COLUMNS})
     tables = {}
     for name in _OPTIONAL_TABLES:
@@ -144,8 +143,10 @@ def _read_table(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         frame = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises several unrelated types for a bad file
         raise DataError(f"{path}: unreadable parquet ({type(err).__name__}: {err})") from err
+    # A table with no rows (the audit writes one when a statistic does not apply) is shown as
+    # empty whatever its columns.
     missing = [c for c in required if c not in frame.columns]
-    if missing:
+    if missing and (len(frame) or len(frame.columns)):
         raise DataError(f"{path}: missing column {missing[0]!r}")
     return frame
 

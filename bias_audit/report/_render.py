@@ -187,7 +187,7 @@ def _gallery_item(data: ReportData, item: dict[str, Any]) -> dict[str, Any]:
                                  max_side=THUMB_SIDE))[..., 0] >= 128
             for m in masks
         ])
-        outlined = draw_outlines(thumb, small, width=2 if THUMB_SIDE >= 120 else 1)
+        outlined = draw_outlines(thumb, small, width=2 if max(thumb.shape[:2]) >= 120 else 1)
     else:
         outlined = thumb
     panels = [{"title": "image + regions", "uri": data_uri(thumbnail(outlined))}]

@@ -269,3 +269,9 @@ def test_skipped_rows_are_listed_and_raise_names_the_row(world, tmp_path, capsys
     assert list(skipped["row"]) == [4] and skipped["column"].iloc[0] == "image"
     assert result.summary["data"]["skipped"] == 1 and result.summary["data"]["n"] == N - 1
     assert len(result.samples) == 2 * (N - 1)
+
+
+def test_report_command_renders_a_finished_run(run1, capsys):
+    assert main(["report", str(run1), "-q"]) == 0, capsys.readouterr().err
+    html = (run1 / "report.html").read_text()
+    assert "tiny" in html

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 from torch import nn
 
 from .._naming import ROLES, column
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..data import Batch
+    from ..explain import Explanation
 
 __all__ = ["StepSpec", "audit_batch", "explain_batch", "batch_rows", "MAP_OK"]
 
@@ -54,7 +59,7 @@ def _numpy(t: torch.Tensor):
     return t.detach().float().cpu().numpy()
 
 
-def audit_batch(model: nn.Module, batch, *, spec: StepSpec) -> pd.DataFrame:
+def audit_batch(model: nn.Module, batch: Batch, *, spec: StepSpec) -> pd.DataFrame:
     """Explain one batch, measure attention per region and role, and occlude the roles.
 
     One explain pass gives the predictions and the maps; interventions cost one extra forward
@@ -76,7 +81,7 @@ def audit_batch(model: nn.Module, batch, *, spec: StepSpec) -> pd.DataFrame:
     return batch_rows(model, batch, explain_batch(model, batch, spec=spec), spec=spec)
 
 
-def explain_batch(model: nn.Module, batch, *, spec: StepSpec):
+def explain_batch(model: nn.Module, batch: Batch, *, spec: StepSpec) -> Explanation:
     """The model half of :func:`audit_batch`: one explain pass -> an ``Explanation``."""
     from ..explain import explain
 
@@ -88,7 +93,7 @@ def explain_batch(model: nn.Module, batch, *, spec: StepSpec):
     )  # fmt: skip
 
 
-def batch_rows(model: nn.Module, batch, exp, *, spec: StepSpec) -> pd.DataFrame:
+def batch_rows(model: nn.Module, batch: Batch, exp: Explanation, *, spec: StepSpec) -> pd.DataFrame:
     """The table half of :func:`audit_batch`: metrics (and interventions) -> rows.
 
     Without interventions it never calls ``model``, so it can run beside the next batch's

@@ -194,6 +194,10 @@ def test_check_exit_codes(run1, capsys):
     assert "nowhere" in capsys.readouterr().err
     assert main(["check", str(run1)]) == 2
     assert "no criterion" in capsys.readouterr().err
+    assert main(["check", str(run1), "--max-flip-rate", "0.5", "--model", "nope"]) == 2
+    assert "--model: no model 'nope'" in capsys.readouterr().err
+    assert main(["check", str(run1), "--max-flip-rate", "1.5"]) == 2
+    assert "--max-flip-rate: expected 0..1" in capsys.readouterr().err
 
 
 def test_check_reports_small_cells(run1, tmp_path, capsys):

@@ -201,10 +201,15 @@ class StatsConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class InterventionsConfig:
-    """``[interventions]``: occlude each role (and a same-area random patch) and re-predict."""
+    """``[interventions]``: occlude each role and re-predict.
+
+    Each role costs one forward pass; ``baseline`` adds one more per role for a random patch of
+    the same area (the ``flip_random:``/``drop_random:`` columns, NaN when it is off).
+    """
 
     enabled: bool = True
     fill: str = "blur"
+    baseline: bool = True
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -404,9 +409,11 @@ class AuditConfig:
         )
 
         r = section("interventions")
-        r.refuse_unknown(("enabled", "fill"))
+        r.refuse_unknown(("enabled", "fill", "baseline"))
         interventions = InterventionsConfig(
-            enabled=r.bool_("enabled", True), fill=r.str_("fill", "blur", choices=FILLS)
+            enabled=r.bool_("enabled", True),
+            fill=r.str_("fill", "blur", choices=FILLS),
+            baseline=r.bool_("baseline", True),
         )
 
         r = section("report")

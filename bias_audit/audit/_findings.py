@@ -179,27 +179,27 @@ def draft_findings(
         if flip in rows.columns and rand in rows.columns and rows[flip].notna().any():
             f = rows[flip].to_numpy(float)
             r = rows[rand].to_numpy(float)
+            has_baseline = bool(np.isfinite(r).any())
+            if not has_baseline:
+                # No random-patch baseline was run: judge the flip rate against zero.
+                r = np.where(np.isfinite(f), 0.0, np.nan)
             ok = np.isfinite(f) & np.isfinite(r)
             fm, lo, hi = _mean_ci(f[ok], bootstrap, seed + 100 + i)
             rm = float(r[ok].mean()) if ok.any() else math.nan
+            base = (
+                f"against {_pct(rm)}% for random patches of the same area"
+                if has_baseline
+                else "(no random-patch baseline was run)"
+            )
             out.append(
                 _finding(
-                    "confounder_reliance",
-                    model,
-                    metric=flip,
-                    value=fm,
-                    ci_low=lo,
-                    ci_high=hi,
-                    p_value=_one_sided_wilcoxon(f[ok] - r[ok]),
-                    effect=fm - rm,
+                    "confounder_reliance", model, metric=flip, value=fm, ci_low=lo, ci_high=hi,
+                    p_value=_one_sided_wilcoxon(f[ok] - r[ok]), effect=fm - rm,
                     proposed=severity_of("flip_excess", fm - rm),
-                    text=(
-                        f"{model}: occluding the confounder regions flips {_pct(fm)}% "
-                        f"[{_pct(lo)}, {_pct(hi)}] of predictions, against {_pct(rm)}% for random "
-                        "patches of the same area"
-                    ),
+                    text=(f"{model}: occluding the confounder regions flips {_pct(fm)}% "
+                          f"[{_pct(lo)}, {_pct(hi)}] of predictions, {base}"),
                 )
-            )
+            )  # fmt: skip
         if nan_maps and nan_maps.get(model):
             out.append(
                 _finding(

@@ -317,6 +317,7 @@ def _spec(config: AuditConfig, plan: _Plan, ds) -> StepSpec:
         groups=config.data.groups,
         interventions=config.interventions.enabled,
         fill=config.interventions.fill,
+        baseline=config.interventions.baseline,
         seed=config.stats.seed,
     )
 
@@ -666,6 +667,7 @@ def _summary(config, ds, plans, layers, samples, findings, nan_maps, dev, *, tim
         "interventions": {
             "enabled": config.interventions.enabled,
             "fill": config.interventions.fill,
+            "baseline": config.interventions.baseline,
         },  # fmt: skip
         "stats": {
             "min_group_size": config.stats.min_group_size,

@@ -38,7 +38,9 @@ class StepSpec:
         target_layer: dotted layer name, or None for explain's automatic choice.
         roles: ``{"causal": (...), "confounder": (...)}`` region names.
         groups: group attribute names (columns copied from the batch).
-        interventions: also occlude each role (and a same-area random patch).
+        interventions: also occlude each role (one forward pass per role).
+        baseline: with interventions, also occlude a same-area random patch per role (one
+            more pass per role); off, the ``*_random:`` columns are NaN.
         fill: occlusion fill.
         seed: seed of the random patches.
     """
@@ -51,6 +53,7 @@ class StepSpec:
     roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     groups: tuple[str, ...] = ()
     interventions: bool = True
+    baseline: bool = True
     fill: str = "blur"
     seed: int = 0
 
@@ -137,7 +140,7 @@ def batch_rows(model: nn.Module, batch: Batch, exp: Explanation, *, spec: StepSp
         stacked = _role_masks(masks, present, batch.regions, roles)
         occ = occlusion_effect(
             model, batch.images.to(device), stacked.to(device), target.cpu(),
-            fill=spec.fill, logits=logits, seed=spec.seed,
+            fill=spec.fill, logits=logits, baseline=spec.baseline, seed=spec.seed,
         )  # fmt: skip
         for j, role in enumerate(ROLES):
             data[column("flip", role)] = _numpy(occ.flip[:, j])

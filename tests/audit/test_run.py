@@ -279,3 +279,25 @@ def test_report_command_renders_a_finished_run(run1, capsys):
     assert main(["report", str(run1), "-q"]) == 0, capsys.readouterr().err
     html = (run1 / "report.html").read_text()
     assert "tiny" in html
+
+
+def test_interventions_without_baseline_cost_one_pass_per_role(world):
+    ds = load_manifest(world["manifest"], groups=["gender"], image_size=SIZE, mean=MEAN, std=STD)
+    model = load_model(checkpoint=world["biased"])
+    batch = collate([ds[i] for i in range(4)])
+    roles = {"causal": ("coat",), "confounder": ("face", "hair")}
+    spec = StepSpec(
+        model="m", classes=tuple(ds.classes), roles=roles, target_layer="features", baseline=False
+    )
+    calls = []
+    handle = model.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        rows = audit_batch(model, batch, spec=spec)
+    finally:
+        handle.remove()
+    assert len(calls) == 1 + 3
+    assert rows["flip_random:confounder"].isna().all() and rows["flip:confounder"].notna().all()
+    cfg = AuditConfig.from_toml(
+        write_config(world, "nobase.toml", extra="[interventions]\nbaseline = false\n")
+    )
+    assert cfg.interventions.baseline is False

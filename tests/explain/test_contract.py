@@ -156,3 +156,27 @@ def test_works_under_no_grad_and_inference_tensors(model, mode):
         exp = explain(model, images, ("gradcam", "guided_backprop"), targets=targets)
     assert exp.maps["gradcam"].max() > 0
     torch.testing.assert_close(exp.maps["gradcam"], expected.maps["gradcam"])
+
+
+@pytest.mark.parametrize(
+    ("methods", "calls"),
+    [
+        (("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam", "counterfactual"), 1),
+        (("cam",), 0),
+        (("gradcam", "guided_gradcam"), 2),  # the layer gradient, then the guided one
+        (("guided_backprop", "deconvnet"), 2),  # one per ReLU rule, no layer gradient
+    ],
+)
+def test_one_backward_per_gradient(model, monkeypatch, methods, calls):
+    model.eval()
+    seen = []
+    real = torch.autograd.grad
+
+    def counting(*args, **kwargs):
+        seen.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    explain(model, images, methods, target_layer="layer4")
+    assert len(seen) == calls

@@ -177,3 +177,28 @@ def test_a_failing_batch_stops_the_run_and_keeps_earlier_parts(slow_config, tmp_
     with pytest.raises(RunError, match="batch 2 broke"):
         audit(slow_config, out=tmp_path / "r", progress=False)
     assert len(_parts(tmp_path / "r")) == 2
+
+
+def test_real_sigint_exits_130_with_one_line(slow_config, reference, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bias_audit", "run", str(slow_config), "--out", str(out), "-q"],
+        env=_env(BIAS_AUDIT_TEST_DELAY="0.3"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(_parts(out)) < 2:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the run never wrote 2 batches"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert err.count("\n") == 1 and "Traceback" not in err and "--resume" in err
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert main(["run", str(slow_config), "--out", str(out), "--resume", "-q"]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "samples.parquet"), reference)

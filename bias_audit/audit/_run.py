@@ -314,7 +314,9 @@ def _spec(config: AuditConfig, plan: _Plan, ds) -> StepSpec:
     return StepSpec(
         model=plan.cfg.name,
         classes=tuple(ds.classes),
-        methods=config.explain.methods,
+        # Only the first method feeds the samples table; the others are computed for the
+        # gallery's selection alone, so they cost nothing per image of the dataset.
+        methods=config.explain.methods[:1],
         target=config.explain.target,
         target_layer=plan.cfg.target_layer or config.explain.target_layer,
         roles={"causal": config.regions.causal, "confounder": config.regions.confounder},
@@ -576,11 +578,19 @@ def _gallery(samples, config, loaded, store, dev, layers) -> None:
             chunk = list(range(start, min(start + config.data.batch_size, len(idx))))
             batch = collate([ds[idx[j]] for j in chunk])
             targets = batch.labels.to(dev) if spec.target == "label" else None
-            exp = explain(model, batch.images.to(dev), methods=spec.methods[:1],
+            exp = explain(model, batch.images.to(dev), methods=config.explain.methods,
                           target_layer=spec.target_layer, targets=targets)  # fmt: skip
-            small = _shrink(exp.maps[spec.methods[0]].detach().float().cpu())
+            small = _shrink(exp.maps[config.explain.methods[0]].detach().float().cpu())
             for j, m in zip(chunk, small, strict=True):
                 arrays[f"map/{name}/{keys[j]}"] = m.numpy().astype(np.float16)
+            # The other methods are kept for the gallery only: guided ones as (3, h, w) signed.
+            for method in config.explain.methods[1:]:
+                x = exp.maps[method].detach().float().cpu()
+                lead = x.shape[:-2]
+                x = _shrink(x.reshape(-1, *x.shape[-2:]))
+                x = x.reshape(*lead, *x.shape[-2:])
+                for j, m in zip(chunk, x, strict=True):
+                    arrays[f"method/{method}/{name}/{keys[j]}"] = m.numpy().astype(np.float16)
             if m_i == 0:
                 imgs = _denormalise(batch.images, ds.mean, ds.std)
                 masks = _shrink(batch.masks.float().flatten(0, 1)).reshape(
@@ -601,7 +611,11 @@ def _gallery(samples, config, loaded, store, dev, layers) -> None:
                 "mass": {role: _num(mr.get(column("mass", role))) for role in ROLES},
             }
     store.write_npz("maps.npz", arrays)
-    store.write_json("gallery.json", {"regions": regions, "size": size, "items": items})
+    store.write_json(
+        "gallery.json",
+        {"regions": regions, "size": size, "methods": list(config.explain.methods),
+         "items": items},
+    )  # fmt: skip
 
 
 def _num(v: Any) -> float:

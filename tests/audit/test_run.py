@@ -107,6 +107,7 @@ def test_summary_has_provenance_and_findings(run1, world):
 def test_gallery_is_bounded_and_matches_its_index(run1):
     gallery = json.loads((run1 / "gallery.json").read_text())
     items = gallery["items"]
+    assert gallery["methods"] == ["gradcam", "gradcam++"]
     assert len(items) == 4 * 2  # 4 cells x gallery_per_cell
     assert [i["reason"] for i in items[:2]] == ["confounder", "random"]
     samples = pd.read_parquet(run1 / "samples.parquet")
@@ -120,6 +121,7 @@ def test_gallery_is_bounded_and_matches_its_index(run1):
             assert npz[f"masks/{k}"].shape == (3, SIZE, SIZE)
             for model in ("biased", "debiased"):
                 assert npz[f"map/{model}/{k}"].dtype == np.float16
+                assert npz[f"method/gradcam++/{model}/{k}"].shape == (SIZE, SIZE)
                 assert item["models"][model]["pred"] in ("doctor", "nurse")
         # the confounder pick of a cell is its most confounder-reliant image
         cell = items[0]["cell"]

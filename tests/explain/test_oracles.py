@@ -56,6 +56,7 @@ def test_auto_layer_is_the_last_spatial_output(resnet18, images64):
     assert exp.layer_shape == (2, 2)
 
 
+@pytest.mark.filterwarnings("ignore:.*(required_grads|backward hooks on ReLU).*:UserWarning")
 def test_guided_backprop_and_guided_gradcam_equal_captum():
     from captum.attr import GuidedBackprop, GuidedGradCam
 
@@ -79,6 +80,7 @@ def test_guided_backprop_and_guided_gradcam_equal_captum():
     torch.testing.assert_close(exp.maps["guided_gradcam"], ggc, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.filterwarnings("ignore:.*(required_grads|backward hooks on ReLU).*:UserWarning")
 def test_guided_backprop_with_reused_inplace_relu(resnet18, images64):
     # torchvision ResNets reuse one nn.ReLU(inplace=True) per block.
     from captum.attr import GuidedBackprop

@@ -1,1 +1,22 @@
-"""Placeholder: filled by its issue."""
+"""The HTML audit report: one self-contained file built from a run folder.
+
+Imported on demand only (``bias_audit.render_report`` is lazy), because it loads plotly and
+jinja2.
+"""
+
+from __future__ import annotations
+
+from ._images import data_uri, draw_outlines, jet, overlay_map, thumbnail
+from ._load import ReportData, load_run
+from ._render import render_report
+
+__all__ = [
+    "ReportData",
+    "data_uri",
+    "draw_outlines",
+    "jet",
+    "load_run",
+    "overlay_map",
+    "render_report",
+    "thumbnail",
+]

@@ -1,0 +1,478 @@
+"""Plotly figures of the report, built from aggregates so the file size does not grow with n.
+
+Every user string that reaches a figure goes through :func:`plot_text`: plotly renders a small
+HTML subset in labels, and escaping makes a group value such as ``<b>`` show as typed.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .._naming import ROLES, cell_name, column
+from ._load import ReportData
+
+__all__ = [
+    "FigureSpec",
+    "plot_text",
+    "sample_cells",
+    "metric_frame",
+    "wilson",
+    "attention_figures",
+    "performance_figures",
+    "rate_gaps",
+    "worst_group",
+    "comparison_figures",
+    "intervention_figures",
+]
+
+#: Plotly's qualitative palette without red/green as the only contrast.
+MODEL_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9")
+SMALL_MARK = " \u2020"
+LEGEND_TOP = {"orientation": "h", "y": 1.02, "yanchor": "bottom"}
+TILTED = {"tickangle": -30, "automargin": True}
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One chart: ``figure`` is a plotly figure dict (data + layout); ``note`` a plain caption."""
+
+    id: str
+    title: str
+    note: str
+    figure: dict[str, Any]
+
+
+def plot_text(value: object) -> str:
+    """Escape a user string for plotly's pseudo-HTML labels (it decodes &lt; back to <)."""
+    return html.escape(str(value), quote=False)
+
+
+def _clean(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def sample_cells(data: ReportData) -> pd.Series:
+    """Cell name of each samples row: group attribute values then the label, as in design.md."""
+    attrs = [a for a in data.summary.get("data", {}).get("groups", []) if a in data.samples]
+    label = "label"
+    parts = [data.samples[a].astype(str) for a in attrs] + [data.samples[label].astype(str)]
+    return pd.Series(
+        [cell_name(values) for values in zip(*parts, strict=True)],
+        index=data.samples.index,
+        dtype=object,
+    )
+
+
+def _cell_info(data: ReportData) -> list[tuple[str, int, bool]]:
+    return [(str(c["cell"]), int(c.get("n", 0)), bool(c.get("small", False))) for c in data.cells]
+
+
+def metric_frame(data: ReportData, metric: str) -> pd.DataFrame:
+    """Per model x cell: value, ci_low, ci_high, n, small for ``metric``.
+
+    Read from ``groups.parquet`` when it has the metric; otherwise the mean over the samples
+    table's non-NaN values, without an interval (ci columns NaN). Small cells never get a CI.
+    """
+    cols = ["model", "cell", "n", "small", "value", "ci_low", "ci_high"]
+    g = data.groups
+    rows = g[g["metric"] == metric] if not g.empty else g
+    if not rows.empty:
+        out = rows[cols].copy()
+    elif metric in data.samples:
+        frame = data.samples.assign(_cell=sample_cells(data))
+        agg = frame.groupby(["model", "_cell"], sort=False)[metric].mean().reset_index()
+        small = {c: (n, s) for c, n, s in _cell_info(data)}
+        out = pd.DataFrame(
+            {
+                "model": agg["model"].astype(str),
+                "cell": agg["_cell"],
+                "n": [small.get(c, (0, False))[0] for c in agg["_cell"]],
+                "small": [small.get(c, (0, False))[1] for c in agg["_cell"]],
+                "value": agg[metric],
+                "ci_low": np.nan,
+                "ci_high": np.nan,
+            }
+        )
+    else:
+        return pd.DataFrame(columns=cols)
+    out["model"] = out["model"].astype(str)
+    out["cell"] = out["cell"].astype(str)
+    out.loc[out["small"].astype(bool), ["ci_low", "ci_high"]] = np.nan
+    return out.reset_index(drop=True)
+
+
+def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval for k successes in n trials; (NaN, NaN) when n == 0."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _accuracy_frame(data: ReportData) -> pd.DataFrame:
+    acc = metric_frame(data, "accuracy")
+    if not acc.empty and acc["ci_low"].notna().any():
+        return acc
+    # groups.parquet lacks accuracy: counts from the samples give the Wilson interval directly.
+    frame = data.samples.assign(_cell=sample_cells(data))
+    small = {c: s for c, _, s in _cell_info(data)}
+    rows = []
+    for (model, cell), part in frame.groupby(["model", "_cell"], sort=False):
+        n, k = len(part), int(part["correct"].astype(bool).sum())
+        lo, hi = wilson(k, n)
+        is_small = small.get(cell, False)
+        rows.append(
+            {
+                "model": str(model),
+                "cell": str(cell),
+                "n": n,
+                "small": is_small,
+                "value": k / n if n else math.nan,
+                "ci_low": math.nan if is_small else lo,
+                "ci_high": math.nan if is_small else hi,
+            }
+        )
+    return pd.DataFrame(rows, columns=["model", "cell", "n", "small", "value", "ci_low", "ci_high"])
+
+
+def _cell_label(cell: str, n: int, small: bool) -> str:
+    return plot_text(f"{cell} (n={n})") + (SMALL_MARK if small else "")
+
+
+def _bar_trace(frame: pd.DataFrame, model: str, cells: Sequence[tuple[str, int, bool]], *,
+               color: str, xaxis: str = "x", yaxis: str = "y", showlegend: bool = True,
+               name: str | None = None) -> list[dict[str, Any]]:
+    """Bars of one model over the cells: one trace with CIs, one hatched trace for small cells.
+
+    Small cells get their own trace (sharing the model's slot via ``offsetgroup``) because
+    plotly draws a zero-length error bar for a null, which would read as a certain value.
+    """
+    part = frame[frame["model"] == model].set_index("cell")
+    name = name or plot_text(model)
+    groups: dict[bool, dict[str, list[Any]]] = {
+        flag: {"x": [], "y": [], "plus": [], "minus": [], "hover": []} for flag in (False, True)
+    }
+    for cell, n, small in cells:
+        if cell not in part.index:
+            continue
+        row = part.loc[cell]
+        v, lo, hi = _clean(row["value"]), _clean(row["ci_low"]), _clean(row["ci_high"])
+        has_ci = not small and v is not None and lo is not None and hi is not None
+        g = groups[small]
+        g["x"].append(_cell_label(cell, n, small))
+        g["y"].append(v)
+        g["plus"].append(hi - v if has_ci else 0.0)
+        g["minus"].append(v - lo if has_ci else 0.0)
+        ci = f"[{lo:.3f}, {hi:.3f}]" if has_ci else ("no CI: small cell" if small else "no CI")
+        g["hover"].append(f"{_fmt(v)} {ci}, n={int(row['n'])}")
+    traces = []
+    for small, g in groups.items():
+        if not g["x"]:
+            continue
+        trace: dict[str, Any] = {
+            "type": "bar",
+            "name": name + (" (small cells)" if small else ""),
+            "legendgroup": name,
+            "offsetgroup": name,
+            "showlegend": showlegend and not small,
+            "x": g["x"],
+            "y": g["y"],
+            "marker": {"color": color},
+            "customdata": g["hover"],
+            "hovertemplate": "%{x}<br>%{customdata}<extra>%{fullData.name}</extra>",
+            "xaxis": xaxis,
+            "yaxis": yaxis,
+        }
+        if small:
+            trace["marker"] = {"color": color, "opacity": 0.55, "pattern": {"shape": "/"}}
+        elif any(g["plus"]) or any(g["minus"]):
+            trace["error_y"] = {"type": "data", "array": g["plus"], "arrayminus": g["minus"],
+                                "visible": True}
+        traces.append(trace)
+    return traces
+
+
+def _fmt(v: float | None) -> str:
+    return "\u2013" if v is None else f"{v:.3f}"
+
+
+def _axis_names(i: int) -> tuple[str, str]:
+    return ("x", "y") if i == 0 else (f"x{i + 1}", f"y{i + 1}")
+
+
+def _panels(data: ReportData, metric: str, *, yrange: Sequence[float] | None,
+            baseline: str | None = None) -> dict[str, Any] | None:
+    """One subplot per role, bars per model by cell; ``baseline`` adds diamond markers."""
+    cells = _cell_info(data)
+    frames = {role: metric_frame(data, column(metric, role)) for role in ROLES}
+    if all(f.empty for f in frames.values()):
+        return None
+    traces: list[dict[str, Any]] = []
+    layout: dict[str, Any] = {"barmode": "group"}  # the caption carries the title
+    n_roles = len(ROLES)
+    gap = 0.06
+    width = (1 - gap * (n_roles - 1)) / n_roles
+    for i, role in enumerate(ROLES):
+        xa, ya = _axis_names(i)
+        start = i * (width + gap)
+        layout[f"xaxis{i + 1 if i else ''}"] = {
+            "domain": [start, start + width],
+            "anchor": ya,
+            "title": {"text": role},
+            "tickangle": -30,
+            "automargin": True,
+        }
+        layout[f"yaxis{i + 1 if i else ''}"] = {
+            "anchor": xa,
+            **({"range": list(yrange)} if yrange else {}),
+            **({"matches": "y"} if i else {"title": {"text": metric}}),
+        }
+        for j, model in enumerate(data.models):
+            color = MODEL_COLORS[j % len(MODEL_COLORS)]
+            traces.extend(
+                _bar_trace(frames[role], model, cells, color=color, xaxis=xa, yaxis=ya,
+                           showlegend=i == 0)
+            )
+            if baseline:
+                base = metric_frame(data, column(baseline, role))
+                if base.empty:
+                    continue
+                for trace in _bar_trace(base, model, cells, color=color, xaxis=xa, yaxis=ya,
+                                        showlegend=i == 0,
+                                        name=plot_text(model) + " \u00b7 random patch"):
+                    # Markers at the bar's position: a scatter has no offsetgroup, so the
+                    # baseline sits over the middle of the cell's group of bars.
+                    trace.update(
+                        type="scatter",
+                        mode="markers",
+                        marker={"color": color, "symbol": "diamond-open", "size": 10,
+                                "line": {"width": 2}},
+                    )
+                    trace.pop("offsetgroup")
+                    traces.append(trace)
+    layout["legend"] = {"orientation": "h", "y": 1.12, "yanchor": "bottom"}
+    layout["margin"] = {"t": 90, "b": 40}
+    layout["height"] = 460
+    return {"data": traces, "layout": layout}
+
+
+def _box_from_quantiles(data: ReportData, metric: str) -> dict[str, Any] | None:
+    """Box plots from per-cell quantiles (Tukey fences), so size is O(cells), not O(images)."""
+    if metric not in data.samples:
+        return None
+    frame = data.samples.assign(_cell=sample_cells(data))
+    traces = []
+    for j, model in enumerate(data.models):
+        part = frame[frame["model"].astype(str) == model]
+        stats: dict[str, list[Any]] = {k: [] for k in
+                                       ("x", "q1", "median", "q3", "lowerfence", "upperfence",
+                                        "mean")}
+        for cell, n, small in _cell_info(data):
+            values = part.loc[part["_cell"] == cell, metric].to_numpy(dtype=float)
+            values = values[np.isfinite(values)]
+            if values.size == 0:
+                continue
+            q1, med, q3 = np.quantile(values, [0.25, 0.5, 0.75])
+            iqr = q3 - q1
+            lo = values[values >= q1 - 1.5 * iqr].min()
+            hi = values[values <= q3 + 1.5 * iqr].max()
+            for key, v in zip(stats, (_cell_label(cell, n, small), q1, med, q3, lo, hi,
+                                      values.mean()), strict=True):
+                stats[key].append(v if isinstance(v, str) else float(v))
+        if stats["x"]:
+            traces.append({"type": "box", "name": plot_text(model), **stats,
+                           "marker": {"color": MODEL_COLORS[j % len(MODEL_COLORS)]},
+                           "boxmean": True})
+    if not traces:
+        return None
+    return {"data": traces, "layout": {"boxmode": "group", "height": 400,
+                                       "yaxis": {"title": {"text": metric}, "range": [0, 1]},
+                                       "xaxis": TILTED,
+                                       "legend": LEGEND_TOP}}
+
+
+def attention_figures(data: ReportData) -> list[FigureSpec]:
+    """Mass by role (with CIs), lift by role, and the distribution of confounder mass."""
+    out = []
+    mass = _panels(data, "mass", yrange=(0, 1))
+    if mass:
+        out.append(FigureSpec("fig-mass", "Attention mass by role",
+                              "Share of each map's mass inside the role's regions; bars are "
+                              "means per cell, error bars 95% bootstrap CIs (none for small "
+                              "cells, marked \u2020).", mass))
+    lift = _panels(data, "lift", yrange=None)
+    if lift:
+        out.append(FigureSpec("fig-lift", "Lift by role",
+                              "Mass divided by the role's area: 1 is what a uniform map gets, "
+                              "above 1 means attention concentrates on the role.", lift))
+    box = _box_from_quantiles(data, column("mass", "confounder"))
+    if box:
+        out.append(FigureSpec("fig-confounder-box", "Distribution of confounder mass",
+                              "Per cell: quartiles, Tukey whiskers and mean (dashed) over the "
+                              "images; computed from all images, drawn from their quantiles.",
+                              box))
+    return out
+
+
+def worst_group(data: ReportData) -> list[dict[str, Any]]:
+    """Per model: the cell with the lowest accuracy among cells that are not small."""
+    acc = _accuracy_frame(data)
+    rows = []
+    for model in data.models:
+        part = acc[(acc["model"] == model) & ~acc["small"].astype(bool)].dropna(subset=["value"])
+        if part.empty:
+            continue
+        worst = part.loc[part["value"].idxmin()]
+        mean = data.samples.loc[data.samples["model"].astype(str) == model, "correct"]
+        rows.append({"model": model, "cell": str(worst["cell"]), "n": int(worst["n"]),
+                     "value": _clean(worst["value"]), "ci_low": _clean(worst["ci_low"]),
+                     "ci_high": _clean(worst["ci_high"]),
+                     "overall": float(mean.astype(bool).mean()) if len(mean) else None})
+    return rows
+
+
+def rate_gaps(data: ReportData) -> pd.DataFrame:
+    """TPR and FPR per class within each value of each group attribute, and their gaps.
+
+    For class c within the rows of attribute value g: TPR = P(pred = c | label = c),
+    FPR = P(pred = c | label != c). The gap is max minus min over the values of the attribute;
+    NaN when a value has no positive (TPR) or no negative (FPR) rows.
+
+    Returns:
+        One row per model x attribute x class: columns model, attribute, class, tpr_gap,
+        fpr_gap, and ``rates``: a list of (value, n, tpr, fpr).
+    """
+    s = data.samples
+    attrs = [a for a in data.summary.get("data", {}).get("groups", []) if a in s]
+    classes = data.summary.get("data", {}).get("classes") or sorted(s["label"].astype(str).unique())
+    rows = []
+    for model in data.models:
+        part = s[s["model"].astype(str) == model]
+        label, pred = part["label"].astype(str), part["pred"].astype(str)
+        for attr in attrs:
+            for cls in classes:
+                rates = []
+                for value, idx in part.groupby(part[attr].astype(str)).groups.items():
+                    pos, hit = label[idx] == cls, pred[idx] == cls
+                    tpr = float(hit[pos].mean()) if pos.any() else math.nan
+                    fpr = float(hit[~pos].mean()) if (~pos).any() else math.nan
+                    rates.append((str(value), len(idx), tpr, fpr))
+                tprs = [r[2] for r in rates if not math.isnan(r[2])]
+                fprs = [r[3] for r in rates if not math.isnan(r[3])]
+                rows.append({"model": model, "attribute": attr, "class": str(cls),
+                             "tpr_gap": max(tprs) - min(tprs) if len(tprs) > 1 else math.nan,
+                             "fpr_gap": max(fprs) - min(fprs) if len(fprs) > 1 else math.nan,
+                             "rates": rates})
+    return pd.DataFrame(rows, columns=["model", "attribute", "class", "tpr_gap", "fpr_gap",
+                                       "rates"])
+
+
+def performance_figures(data: ReportData) -> list[FigureSpec]:
+    """Accuracy per cell with Wilson CIs, and TPR/FPR gaps per attribute and class."""
+    out = []
+    acc = _accuracy_frame(data)
+    cells = _cell_info(data)
+    if not acc.empty:
+        traces = [t for j, m in enumerate(data.models)
+                  for t in _bar_trace(acc, m, cells, color=MODEL_COLORS[j % len(MODEL_COLORS)])]
+        out.append(FigureSpec("fig-accuracy", "Accuracy per cell",
+                              "Bars: accuracy; error bars: Wilson 95% intervals (none for small "
+                              "cells, marked \u2020).",
+                              {"data": traces, "layout": {"barmode": "group", "height": 400,
+                                                          "yaxis": {"range": [0, 1],
+                                                                    "title": {"text": "accuracy"}},
+                                                          "xaxis": TILTED,
+                                                          "legend": LEGEND_TOP}}))
+    gaps = rate_gaps(data)
+    if not gaps.empty:
+        traces = []
+        for j, model in enumerate(data.models):
+            part = gaps[gaps["model"] == model]
+            xs, ys = [], []
+            for r in part.itertuples(index=False):
+                for kind, v in (("TPR", r.tpr_gap), ("FPR", r.fpr_gap)):
+                    xs.append(plot_text(f"{kind} gap \u00b7 {r.attribute} \u00b7 {r[2]}"))
+                    ys.append(_clean(v))
+            traces.append({"type": "bar", "name": plot_text(model), "x": xs, "y": ys,
+                           "marker": {"color": MODEL_COLORS[j % len(MODEL_COLORS)]}})
+        out.append(FigureSpec("fig-rate-gaps", "TPR and FPR gaps",
+                              "For each class, the largest difference in true- and "
+                              "false-positive rate between the values of a group attribute.",
+                              {"data": traces, "layout": {"barmode": "group", "height": 380,
+                                                          "yaxis": {"title": {"text": "gap"}},
+                                                          "legend": LEGEND_TOP}}))
+    return out
+
+
+_DIFF_COLUMNS = ("diff", "difference", "mean_diff", "estimate", "value")
+
+
+def comparison_columns(frame: pd.DataFrame) -> dict[str, str] | None:
+    """Which columns of comparisons.parquet hold the difference, its CI and the labels."""
+    value = next((c for c in _DIFF_COLUMNS if c in frame), None)
+    if value is None or "ci_low" not in frame or "ci_high" not in frame:
+        return None
+    return {"value": value}
+
+
+def comparison_figures(data: ReportData) -> list[FigureSpec]:
+    """Forest plot of the paired model differences in ``comparisons.parquet``."""
+    frame = data.comparisons
+    if frame is None or frame.empty:
+        return []
+    cols = comparison_columns(frame)
+    if cols is None:
+        return []
+    labels = []
+    for r in frame.to_dict("records"):
+        pair = " \u2212 ".join(str(r[c]) for c in ("model_a", "model_b") if c in r)
+        cell = r.get("cell")
+        cell = "all cells" if cell is None or pd.isna(cell) else str(cell)
+        parts = [pair, str(r.get("metric", "")), cell]
+        labels.append(plot_text(" \u00b7 ".join(p for p in parts if p)))
+    v = frame[cols["value"]].astype(float)
+    lo, hi = frame["ci_low"].astype(float), frame["ci_high"].astype(float)
+    plus = [None if math.isnan(a) else float(a) for a in (hi - v)]
+    minus = [None if math.isnan(a) else float(a) for a in (v - lo)]
+    trace = {"type": "scatter", "mode": "markers", "x": [_clean(a) for a in v], "y": labels,
+             "marker": {"color": MODEL_COLORS[0], "size": 8},
+             "error_x": {"type": "data", "array": plus, "arrayminus": minus}}
+    height = max(300, 26 * len(labels) + 120)
+    layout = {"height": height, "margin": {"l": 300}, "showlegend": False,
+              "xaxis": {"title": {"text": "paired difference", }, "zeroline": True},
+              "yaxis": {"autorange": "reversed", "automargin": True}}
+    return [FigureSpec("fig-comparison", "Paired differences between models",
+                       "Mean paired difference over the same images, with its paired "
+                       "bootstrap 95% CI; 0 means no difference.", {"data": [trace],
+                                                                   "layout": layout})]
+
+
+def intervention_figures(data: ReportData) -> list[FigureSpec]:
+    """Flip rate and score drop when each role is occluded, against a random patch."""
+    out = []
+    for metric, title, note in (
+        ("flip", "Flip rate when a role is occluded",
+         "Share of predictions that change when the role's pixels are filled; diamonds: a "
+         "random patch of the same area (the baseline)."),
+        ("drop", "Score drop when a role is occluded",
+         "Drop of the explained class's probability; diamonds: a random patch of the same "
+         "area."),
+    ):
+        fig = _panels(data, metric, yrange=None, baseline=f"{metric}_random")
+        if fig:
+            out.append(FigureSpec(f"fig-{metric}", title, note, fig))
+    return out

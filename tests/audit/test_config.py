@@ -1,0 +1,170 @@
+"""Config validation: every bad key is named, unknown keys refused, paths resolved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bias_audit.audit import AuditConfig
+from bias_audit.cli import main
+from bias_audit.errors import ConfigError
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "manifest.csv").write_text("id,path,label\n")
+    (tmp_path / "m.pt").write_bytes(b"x")
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(body)
+    return cfg
+
+
+GOOD = """
+title = "t"
+[data]
+manifest = "data/manifest.csv"
+groups = ["gender"]
+image_size = 32
+[regions]
+causal = ["coat"]
+confounder = ["face", "hair"]
+[explain]
+methods = ["gradcam"]
+[[models]]
+name = "a"
+checkpoint = "m.pt"
+[[models]]
+name = "b"
+checkpoint = "m.pt"
+classes = ["x", "y"]
+"""
+
+
+def test_good_config_resolves_paths_and_keeps_text(tmp_path):
+    cfg = AuditConfig.from_toml(_write(tmp_path, GOOD))
+    assert cfg.data.manifest == (tmp_path / "data" / "manifest.csv").resolve()
+    assert cfg.models[1].classes == ("x", "y")
+    assert cfg.regions.confounder == ("face", "hair")
+    assert cfg.source_text == GOOD
+    assert cfg.to_toml() == GOOD
+    assert cfg.run_dir() == tmp_path.resolve() / "runs" / "config"
+    assert cfg.run_dir(tmp_path / "o") == tmp_path / "o"
+    # defaults
+    assert cfg.stats.min_group_size == 20 and cfg.interventions.enabled
+
+
+def test_samples_hash_ignores_title_and_report(tmp_path):
+    a = AuditConfig.from_toml(_write(tmp_path, GOOD))
+    b = AuditConfig.from_toml(
+        _write(tmp_path, GOOD.replace('title = "t"', 'title = "u"') + "[report]\nenabled = false\n")
+    )
+    c = AuditConfig.from_toml(_write(tmp_path, GOOD.replace("image_size = 32", "image_size = 64")))
+    assert a.samples_hash() == b.samples_hash() != c.samples_hash()
+
+
+def test_from_dict_roundtrips_through_rendered_toml(tmp_path):
+    cfg = AuditConfig.from_toml(_write(tmp_path, GOOD))
+    d = AuditConfig.from_dict(
+        {
+            "data": {"manifest": "data/manifest.csv"},
+            "models": [{"name": "a", "checkpoint": "m.pt"}],
+        },
+        base_dir=tmp_path,
+    )
+    assert d.data.manifest == cfg.data.manifest
+    text = d.to_toml()
+    (tmp_path / "again.toml").write_text(text)
+    again = AuditConfig.from_toml(tmp_path / "again.toml")
+    assert again.data == d.data and again.models == d.models and again.stats == d.stats
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (("[explain]", "[explain]\nbogus = 1"), r"\[explain\]: unknown key 'bogus'"),
+        (('title = "t"', 'title = "t"\ncolour = 1'), r"top level: unknown key 'colour'"),
+        (
+            ('methods = ["gradcam"]', 'methods = ["gradcm"]'),
+            r"\[explain\] methods: unknown method 'gradcm'; expected one of .*gradcam",
+        ),
+        (("image_size = 32", 'image_size = "big"'), r"\[data\] image_size: expected an integer"),
+        (
+            ("image_size = 32", "image_size = 2"),
+            r"\[data\] image_size: expected an integer between",
+        ),
+        (
+            ('manifest = "data/manifest.csv"', 'manifest = "nope.csv"'),
+            r"\[data\] manifest: file not found: .*nope.csv",
+        ),
+        (
+            ('name = "b"\ncheckpoint = "m.pt"', 'name = "b"\ncheckpoint = "gone.pt"'),
+            r"\[models.b\] checkpoint: file not found: .*gone.pt",
+        ),
+        (('name = "b"', 'name = "a"'), r"\[models.a\] name: duplicate model name 'a'"),
+        (('name = "b"', 'name = "a/b"'), r"\[models.a/b\] name: expected letters"),
+        (("[explain]", '[explain]\ntarget = "true"'), r"\[explain\] target: expected one of"),
+        (('causal = ["coat"]', 'causal = ["hair"]'), r"\[regions\] confounder: .*'hair'.*causal"),
+        (('groups = ["gender"]', 'groups = ["label"]'), r"\[data\] groups: the label column"),
+        (('groups = ["gender"]', "groups = [1]"), r"\[data\] groups: expected a list of strings"),
+        (("[regions]", "[stats]\nbootstrap = -1\n[regions]"), r"\[stats\] bootstrap: expected an"),
+        (
+            ("[regions]", "[interventions]\nenabled = 1\n[regions]"),
+            r"\[interventions\] enabled: expected true or false",
+        ),
+        (
+            ("[regions]", '[interventions]\nfill = "pink"\n[regions]'),
+            r"\[interventions\] fill: expected one of",
+        ),
+        (("[regions]", "[data.extra]\n[regions]"), r"\[data\]: unknown key 'extra'"),
+        (
+            ('name = "b"\ncheckpoint = "m.pt"\n', 'name = "b"\ncheckpoint = "m.pt"\nlayer = "x"\n'),
+            r"\[models.b\]: unknown key 'layer'",
+        ),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, edit, match):
+    body = GOOD.replace(*edit)
+    assert body != GOOD
+    with pytest.raises(ConfigError, match=match):
+        AuditConfig.from_toml(_write(tmp_path, body))
+
+
+def test_missing_sections_and_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"nothere.toml: config file not found"):
+        AuditConfig.from_toml(tmp_path / "nothere.toml")
+    with pytest.raises(ConfigError, match=r"\[\[models\]\]: missing"):
+        AuditConfig.from_toml(_write(tmp_path, GOOD.split("[[models]]")[0]))
+    with pytest.raises(ConfigError, match=r"\[data\]: missing"):
+        AuditConfig.from_dict({"models": []})
+    bad = _write(tmp_path, "[data\n")
+    with pytest.raises(ConfigError, match=r"config.toml: not valid TOML"):
+        AuditConfig.from_toml(bad)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (("[explain]", "[explain]\nbogus = 1"), "unknown key 'bogus'"),
+        (('methods = ["gradcam"]', 'methods = ["gradcm"]'), "unknown method 'gradcm'"),
+        (("image_size = 32", "image_size = 3.5"), "image_size: expected an integer"),
+        (('manifest = "data/manifest.csv"', 'manifest = "nope.csv"'), "file not found"),
+    ],
+)
+def test_cli_reports_config_errors_on_one_line(tmp_path, capsys, edit, match):
+    cfg = _write(tmp_path, GOOD.replace(*edit))
+    code = main(["run", str(cfg), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and match in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_usage_errors_exit_2(capsys):
+    assert main(["frobnicate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "frobnicate" in err and err.count("\n") == 1
+    assert main(["run"]) == 2
+    assert "config" in capsys.readouterr().err
+    assert main(["--help"]) == 0

@@ -1,0 +1,305 @@
+"""End-to-end: the CLI as a subprocess on a tiny generated world; resume; refusal; check."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bias_audit.audit import AuditConfig, AuditResult, StepSpec, audit, audit_batch
+from bias_audit.cli import main
+from bias_audit.data import collate, load_manifest
+from bias_audit.errors import ConfigError
+from bias_audit.explain import explain
+from bias_audit.models import load_model
+from tests.audit.conftest import MEAN, SIZE, STD, N, write_config
+
+REPO = Path(__file__).resolve().parents[2]
+METRICS = ("mass", "lift", "rank", "pointing", "loc_iou")
+NAMES = ("coat", "face", "hair", "causal", "confounder", "background")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
+    return env
+
+
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bias_audit", *map(str, args)],
+        capture_output=True, text=True, env=_env(**env), timeout=300,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run1(world) -> Path:
+    out = world["root"] / "run1"
+    proc = _cli("run", write_config(world), "--out", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""  # --quiet, and no TTY: no progress bars
+    return out
+
+
+def test_cli_run_writes_the_documented_run_folder(run1):
+    for name in ("config.toml", "samples.parquet", "groups.parquet", "gaps.parquet",
+                 "fairness.parquet", "comparisons.parquet", "skipped.parquet", "maps.npz",
+                 "gallery.json", "summary.json"):  # fmt: skip
+        assert (run1 / name).is_file(), name
+    samples = pd.read_parquet(run1 / "samples.parquet")
+    expected = ["model", "id", "label", "pred", "correct", "prob", "target", "gender"]
+    expected += [f"area:{n}" for n in NAMES]
+    expected += [f"{m}:{n}" for m in METRICS for n in NAMES]
+    expected += [f"{k}:{r}" for r in ("causal", "confounder", "background")
+                 for k in ("flip", "drop", "flip_random", "drop_random")]  # fmt: skip
+    assert set(expected) <= set(samples.columns)
+    assert len(samples) == 2 * N
+    assert not samples.duplicated(["model", "id"]).any()
+    assert list(dict.fromkeys(samples["model"])) == ["biased", "debiased"]
+    assert (samples["correct"] == (samples["pred"] == samples["label"])).all()
+    assert samples["prob"].between(0, 1).all()
+    # roles partition the image: causal + confounder + background masses sum to 1
+    total = samples[["mass:causal", "mass:confounder", "mass:background"]].sum(axis=1)
+    np.testing.assert_allclose(total[samples["map_ok"]], 1.0, atol=1e-4)
+    # s007 has no face annotation: its face metrics are NaN, never 0
+    s7 = samples[samples["id"] == "s007"]
+    assert s7[[f"{m}:face" for m in METRICS]].isna().all().all()
+    assert s7["mass:hair"].notna().all()
+    assert set(samples["flip:confounder"].dropna().unique()) <= {0.0, 1.0}
+
+
+def test_summary_has_provenance_and_findings(run1, world):
+    summary = json.loads((run1 / "summary.json").read_text())
+    assert summary["config"] == (world["root"] / "audit.toml").read_text()
+    assert (run1 / "config.toml").read_text() == summary["config"]
+    data = summary["data"]
+    assert data["n"] == N and data["fingerprint"].startswith("sha256:")
+    assert data["regions"] == ["coat", "face", "hair"] and data["classes"] == ["doctor", "nurse"]
+    assert {c["cell"] for c in data["cells"]} == {
+        "female / doctor", "female / nurse", "male / doctor", "male / nurse"}  # fmt: skip
+    import hashlib
+
+    for m in summary["models"]:
+        digest = hashlib.sha256((world["root"] / f"{m['name']}.pt").read_bytes()).hexdigest()
+        assert m["sha256"] == "sha256:" + digest
+        assert m["target_layer"] == "features" and m["layer_shape"] == [SIZE // 2, SIZE // 2]
+        assert m["nan_maps"] >= 0
+    prov = summary["provenance"]
+    assert prov["torch"] == torch.__version__ and prov["seed"] == 0
+    assert {"total_s", "per_model_s"} <= set(summary["timings"])
+    for f in summary["findings"]:
+        assert {"rule", "severity", "model", "value", "ci_low", "ci_high", "p_value",
+                "p_adjusted", "text"} <= set(f)  # fmt: skip
+        assert f["severity"] in ("high", "medium", "low", "info")
+    rules = {f["rule"] for f in summary["findings"]}
+    assert {"confounder_attention", "worst_group_accuracy"} <= rules
+
+
+def test_gallery_is_bounded_and_matches_its_index(run1):
+    gallery = json.loads((run1 / "gallery.json").read_text())
+    items = gallery["items"]
+    assert gallery["methods"] == ["gradcam", "gradcam++"]
+    assert len(items) == 4 * 2  # 4 cells x gallery_per_cell
+    assert [i["reason"] for i in items[:2]] == ["confounder", "random"]
+    samples = pd.read_parquet(run1 / "samples.parquet")
+    first = samples[samples["model"] == "biased"].set_index("id")
+    with np.load(run1 / "maps.npz") as npz:
+        for item in items:
+            k = item["key"]
+            assert (
+                npz[f"image/{k}"].shape == (SIZE, SIZE, 3) and npz[f"image/{k}"].dtype == np.uint8
+            )
+            assert npz[f"masks/{k}"].shape == (3, SIZE, SIZE)
+            for model in ("biased", "debiased"):
+                assert npz[f"map/{model}/{k}"].dtype == np.float16
+                assert npz[f"method/gradcam++/{model}/{k}"].shape == (SIZE, SIZE)
+                assert item["models"][model]["pred"] in ("doctor", "nurse")
+        # the confounder pick of a cell is its most confounder-reliant image
+        cell = items[0]["cell"]
+        in_cell = first[(first["gender"] + " / " + first["label"]) == cell]
+        assert items[0]["id"] == in_cell["mass:confounder"].idxmax()
+
+
+def test_step_matches_a_direct_computation(world):
+    ds = load_manifest(world["manifest"], groups=["gender"], image_size=SIZE, mean=MEAN, std=STD,
+                       min_group_size=5)  # fmt: skip
+    model = load_model(checkpoint=world["biased"])
+    batch = collate([ds[i] for i in range(6)])
+    spec = StepSpec(model="biased", classes=tuple(ds.classes), roles={
+        "causal": ("coat",), "confounder": ("face", "hair")}, groups=("gender",),
+        target_layer="features")  # fmt: skip
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+    handle = model.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    try:
+        rows = audit_batch(model, batch, spec=spec)
+    finally:
+        handle.remove()
+    # one explain pass, then per role one occluded pass and one random-patch pass
+    assert len(calls) == 1 + 2 * 3
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    exp = explain(model, batch.images)
+    maps = exp.maps["gradcam"]
+    conf = batch.masks[:, [ds.regions.index("face"), ds.regions.index("hair")]].any(dim=1)
+    expected = (maps * conf).sum(dim=(1, 2)) / maps.sum(dim=(1, 2))
+    np.testing.assert_allclose(rows["mass:confounder"], expected.numpy(), rtol=1e-5)
+    with torch.no_grad():
+        probs = model(batch.images).softmax(dim=1)
+    np.testing.assert_allclose(rows["prob"], probs.max(dim=1).values.numpy(), rtol=1e-5)
+    assert list(rows["id"]) == batch.ids
+    no_int = audit_batch(model, batch, spec=StepSpec(**{**spec.__dict__, "interventions": False}))
+    assert not any(c.startswith("flip") for c in no_int.columns)
+
+
+def test_refuses_to_overwrite_and_force_replaces(run1, world, capsys):
+    cfg = write_config(world)
+    before = (run1 / "samples.parquet").read_bytes()
+    assert main(["run", str(cfg), "--out", str(run1), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "exists and is not empty" in err and "--force" in err and err.count("\n") == 1
+    assert (run1 / "samples.parquet").read_bytes() == before
+    other = world["root"] / "forced"
+    other.mkdir()
+    (other / "samples.parquet").write_text("stale")
+    (other / "notes.txt").write_text("mine")
+    assert main(["run", str(cfg), "--out", str(other), "--force", "--quiet"]) == 0
+    assert (other / "notes.txt").read_text() == "mine"  # only run files are replaced
+    a = pd.read_parquet(run1 / "samples.parquet")
+    b = pd.read_parquet(other / "samples.parquet")
+    pd.testing.assert_frame_equal(a, b)  # deterministic: same config, same rows
+
+
+def test_check_exit_codes(run1, capsys):
+    ok = main(["check", str(run1), "--max-confounder-mass", "1", "--min-worst-group-accuracy",
+               "0", "--max-flip-rate", "1"])  # fmt: skip
+    assert ok == 0
+    assert "FAIL" not in capsys.readouterr().out
+    bad = main(["check", str(run1), "--max-confounder-mass", "0.01", "--min-worst-group-accuracy",
+                "0.99", "--model", "biased"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert bad == 1
+    samples = pd.read_parquet(run1 / "samples.parquet")
+    mass = samples.loc[samples["model"] == "biased", "mass:confounder"].mean()
+    fails = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == 2 and all("biased" in f for f in fails)
+    assert f"confounder mass = {mass:.4f}" in out
+    assert main(["check", str(run1.parent / "nowhere"), "--max-confounder-mass", "0.3"]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["check", str(run1)]) == 2
+    assert "no criterion" in capsys.readouterr().err
+    assert main(["check", str(run1), "--max-flip-rate", "0.5", "--model", "nope"]) == 2
+    assert "--model: no model 'nope'" in capsys.readouterr().err
+    assert main(["check", str(run1), "--max-flip-rate", "1.5"]) == 2
+    assert "--max-flip-rate: expected 0..1" in capsys.readouterr().err
+
+
+def test_check_reports_small_cells(run1, tmp_path, capsys):
+    # with a minimum group size above every cell, nothing can be judged: reported, not failed
+    summary = json.loads((run1 / "summary.json").read_text())
+    summary["stats"]["min_group_size"] = 1000
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "summary.json").write_text(json.dumps(summary))
+    (copy / "samples.parquet").write_bytes((run1 / "samples.parquet").read_bytes())
+    assert main(["check", str(copy), "--min-worst-group-accuracy", "0.99"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("TOO SMALL") == 8 and "female / doctor" in out
+
+
+def test_compare_runs_paired(run1, world, capsys, tmp_path):
+    assert main(["compare", str(run1), str(run1), "--model-b", "debiased",
+                 "--out", str(tmp_path / "cmp.csv")]) == 0  # fmt: skip
+    table = pd.read_csv(tmp_path / "cmp.csv")
+    samples = pd.read_parquet(run1 / "samples.parquet")
+    a = samples[samples["model"] == "biased"].set_index("id")["mass:confounder"]
+    b = samples[samples["model"] == "debiased"].set_index("id")["mass:confounder"]
+    row = table[table["metric"] == "mass:confounder"].iloc[0]
+    assert row["mean_diff"] == pytest.approx((a - b).mean(), rel=1e-6)
+    assert row["ci_low"] <= row["mean_diff"] <= row["ci_high"] and row["n"] == N
+    assert row["model_a"] == "A/biased" and row["model_b"] == "B/debiased"
+    assert "mass:confounder" in capsys.readouterr().out
+    assert main(["compare", str(run1), str(run1), "--model-a", "nope"]) == 2
+    assert "--model-a: no model 'nope'" in capsys.readouterr().err
+
+
+def test_result_load_roundtrip(run1):
+    r = AuditResult.load(run1)
+    assert len(r.samples) == 2 * N and r.summary["title"] == "tiny"
+    assert len(r.findings) == len(r.summary["findings"])
+
+
+def test_region_not_in_manifest_is_named(world, tmp_path):
+    cfg = AuditConfig.from_toml(write_config(world, "bad.toml", replace=('"coat"', '"gown"')))
+    with pytest.raises(ConfigError, match=r"\[regions\] causal: region 'gown' is not in"):
+        audit(cfg, out=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_all_zero_maps_are_counted_not_scored(world):
+    ds = load_manifest(world["manifest"], groups=["gender"], image_size=SIZE, mean=MEAN, std=STD)
+    model = load_model(checkpoint=world["biased"])
+    with torch.no_grad():
+        model.fc.weight.zero_()  # no gradient reaches the layer: every Grad-CAM map is zero
+    batch = collate([ds[i] for i in range(4)])
+    spec = StepSpec(model="dead", classes=tuple(ds.classes), roles={"confounder": ("hair",)},
+                    groups=("gender",), interventions=False)  # fmt: skip
+    rows = audit_batch(model, batch, spec=spec)
+    assert not rows["map_ok"].any()
+    assert rows[[c for c in rows.columns if c.startswith(("mass:", "rank:"))]].isna().all().all()
+    assert rows["area:hair"].notna().all()  # areas do not depend on the map
+
+
+def test_skipped_rows_are_listed_and_raise_names_the_row(world, tmp_path, capsys):
+    root = world["root"]
+    table = pd.read_csv(world["manifest"])
+    table.loc[3, "image"] = "img/missing.png"
+    table.to_csv(root / "broken.csv", index=False)
+    cfg = write_config(world, "broken.toml", replace=('"manifest.csv"', '"broken.csv"'))
+    assert main(["run", str(cfg), "--out", str(tmp_path / "raise"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.png" in err and "row 4" in err and err.count("\n") == 1
+    skip = write_config(
+        world, "skip.toml", replace=('"manifest.csv"', '"broken.csv"\non_error = "skip"')
+    )
+    result = audit(skip, out=tmp_path / "skip", progress=False)
+    skipped = pd.read_parquet(tmp_path / "skip" / "skipped.parquet")
+    assert list(skipped["row"]) == [4] and skipped["column"].iloc[0] == "image"
+    assert result.summary["data"]["skipped"] == 1 and result.summary["data"]["n"] == N - 1
+    assert len(result.samples) == 2 * (N - 1)
+
+
+def test_report_command_renders_a_finished_run(run1, capsys):
+    assert main(["report", str(run1), "-q"]) == 0, capsys.readouterr().err
+    html = (run1 / "report.html").read_text()
+    assert "tiny" in html
+
+
+def test_interventions_without_baseline_cost_one_pass_per_role(world):
+    ds = load_manifest(world["manifest"], groups=["gender"], image_size=SIZE, mean=MEAN, std=STD)
+    model = load_model(checkpoint=world["biased"])
+    batch = collate([ds[i] for i in range(4)])
+    roles = {"causal": ("coat",), "confounder": ("face", "hair")}
+    spec = StepSpec(
+        model="m", classes=tuple(ds.classes), roles=roles, target_layer="features", baseline=False
+    )
+    calls = []
+    handle = model.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        rows = audit_batch(model, batch, spec=spec)
+    finally:
+        handle.remove()
+    assert len(calls) == 1 + 3
+    assert rows["flip_random:confounder"].isna().all() and rows["flip:confounder"].notna().all()
+    cfg = AuditConfig.from_toml(
+        write_config(world, "nobase.toml", extra="[interventions]\nbaseline = false\n")
+    )
+    assert cfg.interventions.baseline is False

@@ -709,8 +709,7 @@ def _summary(config, ds, plans, layers, samples, findings, nan_maps, dev, *, tim
 
 
 def _render(run_dir: Path) -> None:
-    try:
-        from ..report import render_report
-    except ImportError:
-        return  # the report layer is optional at run time; `bias-audit report` renders later
+    # Imported here, not at the top: plotly and jinja2 load only when a report is rendered.
+    from ..report import render_report
+
     render_report(run_dir)

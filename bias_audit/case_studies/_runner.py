@@ -1,4 +1,4 @@
-"""run_case_study: generate the data, train the models, audit them and judge the acceptance criteria.
+"""run_case_study: generate the data, train the models, audit them, judge the acceptance.
 
 The settings are data shipped with each case study (``case_studies/<name>/train.toml``,
 ``audit.toml``, ``expected.toml``); this module only wires the layers together.
@@ -171,7 +171,9 @@ _EXPECTED_KEYS = {
 
 
 def _value(groups: pd.DataFrame, model: str, cell: str, metric: str) -> float:
-    rows = groups[(groups["model"] == model) & (groups["cell"] == cell) & (groups["metric"] == metric)]
+    rows = groups[
+        (groups["model"] == model) & (groups["cell"] == cell) & (groups["metric"] == metric)
+    ]
     return float(rows["value"].iloc[0]) if len(rows) else math.nan
 
 
@@ -224,7 +226,11 @@ def check_acceptance(
         limit = b["max_accuracy_counter_stereotypical"]
         out.append(_check(f"accuracy [{cell}]", biased, acc, "<=", limit))
     every = [*cells["stereotypical"], *cells["counter_stereotypical"]]
-    conf, causal, flip = column("mass", CONFOUNDER), column("mass", "causal"), column("flip", CONFOUNDER)
+    conf, causal, flip = (
+        column("mass", CONFOUNDER),
+        column("mass", "causal"),
+        column("flip", CONFOUNDER),
+    )
     for model in d["models"]:
         for cell in every:
             acc = _value(groups, model, cell, "accuracy")

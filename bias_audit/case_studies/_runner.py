@@ -250,9 +250,10 @@ def check_acceptance(
         )
         model_flip = _value(groups, model, "all", flip)
         # A debiased model that never flips makes the ratio infinite, which passes.
-        ratio = biased_flip / model_flip if model_flip > 0 else (
-            math.inf if biased_flip > 0 else math.nan
-        )  # fmt: skip
+        if model_flip > 0 or math.isnan(model_flip):
+            ratio = biased_flip / model_flip
+        else:
+            ratio = math.inf if biased_flip > 0 else math.nan
         out.append(_check(f"{flip} ratio", pair, ratio, ">=", occ["min_flip_ratio"]))
         out.append(
             _check(f"{flip} difference", pair, biased_flip - model_flip, ">=",

@@ -54,7 +54,7 @@ def tables(acc: dict[str, dict[str, float]], overall: dict[str, dict[str, float]
 
 def passing():
     acc = {
-        "biased": dict(zip(CELLS, (0.97, 0.96, 0.40, 0.75))),
+        "biased": dict(zip(CELLS, (0.97, 0.96, 0.40, 0.75), strict=True)),
         "debiased_data": dict.fromkeys(CELLS, 0.95),
         "debiased_penalty": dict.fromkeys(CELLS, 0.90),
     }

@@ -97,6 +97,9 @@ def _build_parser() -> _Parser:
     cs.add_argument("--out", type=Path, default=None)
     cs.add_argument("--quick", action="store_true", help="a small, fast version")
     cs.add_argument("--force", action="store_true", help="overwrite an existing output folder")
+    cs.add_argument("--strict", action="store_true", help="exit 1 when an acceptance check fails")
+    cs.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
+    cs.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     return p
 
 
@@ -281,10 +284,23 @@ def _cmd_case_study(args: argparse.Namespace) -> int:
             f"in this version ({err})"
         ) from err
     args._run_dir = args.out
-    result = run_case_study(args.name, out=args.out, quick=args.quick, force=args.force)
-    if not args.quiet and result is not None:
-        print(f"case study {args.name}: {getattr(result, 'run_dir', result)}")
-    return EXIT_OK
+    result = run_case_study(
+        args.name,
+        out=args.out,
+        quick=args.quick,
+        force=args.force,
+        progress=not args.quiet,
+        device=args.device,
+        threads=args.threads,
+    )
+    failed = result.failed()
+    if not args.quiet:
+        print(result.summary_text())
+    elif failed:
+        for c in failed:
+            print(c.line)
+    # The demo exits 0 on a failed acceptance check (it is printed); --strict makes it a gate.
+    return EXIT_CHECK_FAILED if args.strict and not result.passed else EXIT_OK
 
 
 _COMMANDS = {
@@ -303,7 +319,7 @@ def _interrupted(args: argparse.Namespace | None) -> str:
         resume = f"bias-audit run {args.config}" + (f" --out {out}" if out else "") + " --resume"
         return f"interrupted; completed batches are saved: resume with `{resume}`"
     if args is not None and args.command == "case-study":
-        return "interrupted; run the same command again with --force to start over"
+        return "interrupted; run the same command again to continue (--force starts over)"
     return "interrupted"
 
 

@@ -1,7 +1,8 @@
 """Shipped case studies: data generators that reproduce published dataset-bias experiments.
 
 ``CASE_STUDIES`` maps a case study's name (as given to ``bias-audit case-study NAME``) to the
-module that generates its data. The runner that trains, audits and reports is added on top.
+module that generates its data. ``run_case_study(name)`` runs one end to end: data, trained
+models, audit, report and the acceptance checks of ``case_studies/<name>/expected.toml``.
 """
 
 from __future__ import annotations
@@ -9,8 +10,27 @@ from __future__ import annotations
 from types import ModuleType
 
 from . import nurse_doctor
+from ._runner import (
+    AcceptanceCheck,
+    CaseStudyResult,
+    audit_config_text,
+    check_acceptance,
+    load_expected,
+    run_case_study,
+    train_plan,
+)
 
-__all__ = ["CASE_STUDIES", "nurse_doctor"]
+__all__ = [
+    "CASE_STUDIES",
+    "AcceptanceCheck",
+    "CaseStudyResult",
+    "audit_config_text",
+    "check_acceptance",
+    "load_expected",
+    "nurse_doctor",
+    "run_case_study",
+    "train_plan",
+]
 
 #: name -> generator module (each has ``generate(out_dir, *, seed, image_size, n, quick, force)``,
 #: ``SPLITS``, ``CLASSES``, ``REGIONS`` and ``ROLES``).

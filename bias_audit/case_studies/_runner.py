@@ -1,0 +1,509 @@
+"""run_case_study: generate the data, train the models, audit them, judge the acceptance.
+
+The settings are data shipped with each case study (``case_studies/<name>/train.toml``,
+``audit.toml``, ``expected.toml``); this module only wires the layers together.
+
+Run folder (``out``)::
+
+    data/                 the generated splits (skipped when complete)
+    models/<model>/       model.pt, last.pt, history.json (resumed when interrupted)
+    audit.toml            the audit config, filled in
+    audit/                the audit run folder, with report.html
+    case_study.json       written last: the acceptance checks and timings (the "finished" mark)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import string
+import sys
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .._io import write_json, write_text
+from .._naming import CONFOUNDER, column
+from .._resources import resource_dir
+from ..errors import ConfigError, RunError
+
+__all__ = [
+    "AcceptanceCheck",
+    "CaseStudyResult",
+    "audit_config_text",
+    "check_acceptance",
+    "load_expected",
+    "run_case_study",
+    "train_plan",
+]
+
+#: CLI name -> shipped folder under ``resource_dir("case_studies")``.
+_FOLDERS = {"nurse-doctor": "nurse_doctor"}
+#: Keys the runner sets itself; a train.toml must not.
+_RUNNER_KEYS = ("train_manifest", "out", "val_manifest", "device")
+FINISHED = "case_study.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcceptanceCheck:
+    """One acceptance criterion, measured.
+
+    Attributes:
+        name: what is judged, e.g. ``"accuracy [female / doctor]"``.
+        model: the model judged (``"biased vs debiased_data"`` for a comparison).
+        value: the measured value; NaN when the audit did not produce it (then ``passed`` is
+            False).
+        op: ``">="``, ``"<="`` or ``">"``.
+        limit: the threshold from ``expected.toml``.
+        passed: whether ``value op limit`` holds.
+    """
+
+    name: str
+    model: str
+    value: float
+    op: str
+    limit: float
+    passed: bool
+
+    @property
+    def line(self) -> str:
+        value = "n/a" if math.isnan(self.value) else f"{self.value:.4g}"
+        status = "pass" if self.passed else "FAIL"
+        return f"{status:4}  {self.model:32} {self.name:34} {value:>9} {self.op} {self.limit:g}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaseStudyResult:
+    """What :func:`run_case_study` produced; everything is also in ``run_dir``.
+
+    Attributes:
+        name: the case study, e.g. ``"nurse-doctor"``.
+        run_dir: the case study's folder (``out``).
+        audit_dir: the audit run folder, ``run_dir / "audit"``.
+        report: ``audit_dir / "report.html"``, or None when the report was not rendered.
+        quick: whether this was a ``--quick`` run.
+        findings: the audit's findings (dicts: rule, severity, model, metric, value, text ...).
+        checks: the acceptance checks, in ``expected.toml`` order.
+        seconds: wall time per stage (``generate``, ``train:<model>``, ``audit``, ``total``);
+            the stages of the run that did the work when ``reused``.
+        reused: True when ``run_dir`` already held this finished case study and nothing ran.
+    """
+
+    name: str
+    run_dir: Path
+    audit_dir: Path
+    report: Path | None
+    quick: bool
+    findings: tuple[dict[str, Any], ...] = ()
+    checks: tuple[AcceptanceCheck, ...] = ()
+    seconds: Mapping[str, float] = field(default_factory=dict)
+    reused: bool = False
+
+    @property
+    def passed(self) -> bool:
+        """True when every acceptance check passed."""
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    def failed(self) -> tuple[AcceptanceCheck, ...]:
+        """The acceptance checks that failed."""
+        return tuple(c for c in self.checks if not c.passed)
+
+    def summary_text(self, *, max_findings: int = 8) -> str:
+        """The report's path, the headline findings and the acceptance table, for the CLI."""
+        lines = [f"case study {self.name}{' (quick)' if self.quick else ''}: {self.run_dir}"]
+        if self.reused:
+            lines.append("(already finished here: nothing re-run; pass --force to start over)")
+        lines.append(f"report: {self.report if self.report is not None else '(not rendered)'}")
+        order = {"high": 0, "medium": 1, "low": 2, "info": 3}
+        headline = sorted(
+            (f for f in self.findings if f.get("severity") in ("high", "medium")),
+            key=lambda f: order.get(f.get("severity", "info"), 9),
+        )[:max_findings]
+        if headline:
+            lines.append("headline findings:")
+            lines += [f"  [{f['severity']}] {f['text']}" for f in headline]
+        n_fail = len(self.failed())
+        lines.append(f"acceptance ({len(self.checks) - n_fail}/{len(self.checks)} passed):")
+        lines += [f"  {c.line}" for c in self.checks]
+        if n_fail:
+            lines.append(f"ACCEPTANCE FAILED: {n_fail} check(s) did not pass")
+        if self.seconds:
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in self.seconds.items())
+            lines.append(f"seconds: {parts}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# acceptance
+
+
+def load_expected(path: str | Path) -> dict[str, Any]:
+    """Read an ``expected.toml``. Raises ConfigError naming the file on a missing or bad file."""
+    path = Path(path)
+    try:
+        expected = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: expected-numbers file not found") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+    for section, keys in _EXPECTED_KEYS.items():
+        table = expected.get(section)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [{section}] missing")
+        for key in keys:
+            if key not in table:
+                raise ConfigError(f"{path}: [{section}] {key} missing")
+    return expected
+
+
+_EXPECTED_KEYS = {
+    "cells": ("stereotypical", "counter_stereotypical"),
+    "biased": ("model", "min_accuracy_stereotypical", "max_accuracy_counter_stereotypical"),
+    "debiased": ("models", "min_accuracy_every_cell"),
+    "attention": ("min_confounder_mass_ratio", "max_p_value", "min_causal_minus_confounder"),
+    "occlusion": ("min_flip_ratio", "min_flip_difference"),
+}
+
+
+def _value(groups: pd.DataFrame, model: str, cell: str, metric: str) -> float:
+    rows = groups[
+        (groups["model"] == model) & (groups["cell"] == cell) & (groups["metric"] == metric)
+    ]
+    return float(rows["value"].iloc[0]) if len(rows) else math.nan
+
+
+def _p_value(comparisons: pd.DataFrame, a: str, b: str, metric: str) -> float:
+    if comparisons.empty:
+        return math.nan
+    pair = ((comparisons["model_a"] == a) & (comparisons["model_b"] == b)) | (
+        (comparisons["model_a"] == b) & (comparisons["model_b"] == a)
+    )
+    rows = comparisons[pair & (comparisons["cell"] == "all") & (comparisons["metric"] == metric)]
+    if not len(rows):
+        return math.nan
+    col = "p_adjusted" if "p_adjusted" in rows.columns else "p_value"
+    return float(rows[col].iloc[0])
+
+
+def _check(name: str, model: str, value: float, op: str, limit: float) -> AcceptanceCheck:
+    ok = {">=": value >= limit, "<=": value <= limit, ">": value > limit}[op]
+    return AcceptanceCheck(
+        name=name, model=model, value=float(value), op=op, limit=float(limit),
+        passed=bool(ok) and not math.isnan(value),
+    )  # fmt: skip
+
+
+def check_acceptance(
+    groups: pd.DataFrame, comparisons: pd.DataFrame, expected: Mapping[str, Any]
+) -> tuple[AcceptanceCheck, ...]:
+    """Judge the acceptance criteria from an audit's tables.
+
+    Args:
+        groups: the audit's ``groups.parquet`` (``model, cell, metric, value``; cell ``"all"``
+            holds the means over every image).
+        comparisons: the audit's ``comparisons.parquet`` (``model_a, model_b, cell, metric,
+            p_value`` and optionally ``p_adjusted``, which is preferred).
+        expected: the content of ``expected.toml`` (see :func:`load_expected`).
+
+    Returns:
+        One :class:`AcceptanceCheck` per criterion, model and cell. A value the tables lack is
+        NaN and fails its check.
+    """
+    cells, b, d = expected["cells"], expected["biased"], expected["debiased"]
+    att, occ = expected["attention"], expected["occlusion"]
+    biased = b["model"]
+    out: list[AcceptanceCheck] = []
+    for cell in cells["stereotypical"]:
+        acc = _value(groups, biased, cell, "accuracy")
+        out.append(_check(f"accuracy [{cell}]", biased, acc, ">=", b["min_accuracy_stereotypical"]))
+    for cell in cells["counter_stereotypical"]:
+        acc = _value(groups, biased, cell, "accuracy")
+        limit = b["max_accuracy_counter_stereotypical"]
+        out.append(_check(f"accuracy [{cell}]", biased, acc, "<=", limit))
+    every = [*cells["stereotypical"], *cells["counter_stereotypical"]]
+    conf, causal, flip = (
+        column("mass", CONFOUNDER),
+        column("mass", "causal"),
+        column("flip", CONFOUNDER),
+    )
+    for model in d["models"]:
+        for cell in every:
+            acc = _value(groups, model, cell, "accuracy")
+            out.append(_check(f"accuracy [{cell}]", model, acc, ">=", d["min_accuracy_every_cell"]))
+    biased_mass = _value(groups, biased, "all", conf)
+    biased_flip = _value(groups, biased, "all", flip)
+    for model in d["models"]:
+        pair = f"{biased} vs {model}"
+        mass = _value(groups, model, "all", conf)
+        ratio = biased_mass / mass if mass > 0 else math.nan
+        out.append(_check(f"{conf} ratio", pair, ratio, ">=", att["min_confounder_mass_ratio"]))
+        p = _p_value(comparisons, biased, model, conf)
+        out.append(_check(f"{conf} paired p", pair, p, "<=", att["max_p_value"]))
+        diff = _value(groups, model, "all", causal) - mass
+        out.append(
+            _check(f"{causal} - {conf}", model, diff, ">", att["min_causal_minus_confounder"])
+        )
+        model_flip = _value(groups, model, "all", flip)
+        # A debiased model that never flips makes the ratio infinite, which passes.
+        if model_flip > 0 or math.isnan(model_flip):
+            ratio = biased_flip / model_flip
+        else:
+            ratio = math.inf if biased_flip > 0 else math.nan
+        out.append(_check(f"{flip} ratio", pair, ratio, ">=", occ["min_flip_ratio"]))
+        out.append(
+            _check(f"{flip} difference", pair, biased_flip - model_flip, ">=",
+                   occ["min_flip_difference"])
+        )  # fmt: skip
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# the run
+
+
+def _folder(name: str) -> Path:
+    if name not in _FOLDERS:
+        raise ConfigError(
+            f"case study {name!r}: unknown; expected one of {', '.join(sorted(_FOLDERS))}"
+        )
+    return resource_dir("case_studies") / _FOLDERS[name]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: not found") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from err
+
+
+def _merge(*tables: Mapping[str, Any] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for t in tables:
+        out.update(t or {})
+    return out
+
+
+def train_plan(
+    train_toml: str | Path, data_dir: str | Path, models_dir: str | Path, *, quick: bool,
+    device: str | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
+    """Read ``train.toml`` into the generation settings and one TrainConfig per model.
+
+    Returns:
+        ``(data settings, {model name: TrainConfig})`` in the file's model order.
+
+    Raises:
+        ConfigError: a bad file, a missing ``split``, a key the runner sets, or a TrainConfig
+            error, each naming the file and the model.
+    """
+    from ..models import TrainConfig
+
+    path = Path(train_toml)
+    raw = _read_toml(path)
+    quick_raw = raw.get("quick", {}) if quick else {}
+    data = _merge(raw.get("data"), quick_raw.get("data"))
+    models = raw.get("models")
+    if not isinstance(models, dict) or not models:
+        raise ConfigError(f"{path}: no [models.<name>] tables")
+    configs: dict[str, Any] = {}
+    for name in models:
+        where = f"{path}: [models.{name}]"
+        values = _merge(
+            raw.get("common"), models[name], quick_raw.get("common"),
+            quick_raw.get("models", {}).get(name),
+        )  # fmt: skip
+        for key in _RUNNER_KEYS:
+            if key in values:
+                raise ConfigError(f"{where} {key}: set by the runner; remove it")
+        split = values.pop("split", None)
+        if not isinstance(split, str):
+            raise ConfigError(f"{where} split: expected the name of a generated split")
+        values.setdefault("image_size", data.get("image_size", 64))
+        values["train_manifest"] = str(Path(data_dir) / split / "manifest.csv")
+        values["out"] = str(Path(models_dir) / name)
+        values["device"] = device
+        try:
+            configs[name] = TrainConfig.from_dict(values)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: {err}") from err
+        except TypeError as err:
+            raise ConfigError(f"{where}: {err}") from err
+    return data, configs
+
+
+def audit_config_text(template: str, *, title: str, image_size: int, models: Sequence[str]) -> str:
+    """Fill the shipped ``audit.toml`` template; checkpoint paths are relative to the run folder."""
+    tables = "\n\n".join(
+        f'[[models]]\nname = "{m}"\ncheckpoint = "models/{m}/model.pt"' for m in models
+    )
+    try:
+        return string.Template(template).substitute(
+            title=title, image_size=image_size, models=tables
+        )
+    except (KeyError, ValueError) as err:
+        raise ConfigError(f"audit.toml template: unknown or bad placeholder {err}") from err
+
+
+def _say(progress: bool, text: str) -> None:
+    if progress:
+        print(text, file=sys.stderr, flush=True)
+
+
+def run_case_study(
+    name: str,
+    *,
+    out: str | Path | None = None,
+    quick: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    device: str | None = None,
+    threads: int | None = 1,
+) -> CaseStudyResult:
+    """Run a shipped case study end to end: data, three trained models, audit, report, acceptance.
+
+    Resumable: a re-run after an interruption keeps the complete data, resumes each model from
+    its last epoch and the audit from its last batch. A model already trained with the same
+    settings is reused as it is. When ``out`` already holds this finished case study
+    (``case_study.json``), nothing is re-run: the acceptance is judged again from the audit
+    folder and returned with ``reused=True``. Nothing is overwritten without ``force``; settings
+    that differ from the folder's (e.g. ``quick`` on a full run's folder) raise.
+
+    Args:
+        name: the case study, e.g. ``"nurse-doctor"``.
+        out: the case study folder (default ``runs/<name>``, ``runs/<name>-quick`` if quick).
+        quick: the small, fast version (fewer images; settings from ``[quick.*]``).
+        force: start over: regenerate, retrain and re-audit.
+        progress: stage messages on stderr (and the layers' bars on a terminal).
+        device: "cpu" (default), "cuda", "auto".
+        threads: torch CPU threads during the run (restored after); None leaves it alone. One
+            by default: on a shared 2-core machine 2 threads made the quick run 3x slower.
+
+    Returns:
+        A :class:`CaseStudyResult` (also summarised in ``out/case_study.json``).
+
+    Raises:
+        ConfigError: an unknown case study or a bad shipped settings file (named).
+        DataError, RunError: from the layers: e.g. ``out`` holds data or models made with other
+            settings and ``force`` is False.
+    """
+    import torch
+
+    folder = _folder(name)
+    out = Path(out) if out is not None else Path("runs") / (name + ("-quick" if quick else ""))
+    out = out.resolve()
+    audit_dir = out / "audit"
+    finished = out / FINISHED
+    expected = load_expected(folder / "expected.toml")
+    if finished.is_file() and not force:
+        return _reuse(name, out, finished, quick, expected)
+
+    old_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _run(name, folder, out, audit_dir, quick, force, progress, device, expected)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _run(
+    name: str, folder: Path, out: Path, audit_dir: Path, quick: bool, force: bool,
+    progress: bool, device: str | None, expected: Mapping[str, Any],
+) -> CaseStudyResult:  # fmt: skip
+    from ..audit import AuditConfig, audit
+    from ..models import train_classifier
+    from . import CASE_STUDIES
+
+    t_start = time.perf_counter()
+    seconds: dict[str, float] = {}
+    data_settings, configs = train_plan(
+        folder / "train.toml", out / "data", out / "models", quick=quick, device=device
+    )
+    generator = CASE_STUDIES[name]
+
+    _say(progress, f"[1/3] generating data into {out / 'data'}")
+    t0 = time.perf_counter()
+    gen_kwargs = {k: v for k, v in data_settings.items() if k in ("image_size", "seed", "n")}
+    generator.generate(out / "data", quick=quick, force=force, **gen_kwargs)
+    seconds["generate"] = time.perf_counter() - t0
+
+    for i, (model, config) in enumerate(configs.items(), 1):
+        _say(progress, f"[2/3] training {model} ({i}/{len(configs)}, {config.epochs} epochs)")
+        t0 = time.perf_counter()
+        # resume=True continues an interrupted run, and is a no-op on a finished one; a model
+        # made with other settings or data is refused by the trainer unless force.
+        train_classifier(config, resume=not force, force=force, progress=progress)
+        seconds[f"train:{model}"] = time.perf_counter() - t0
+
+    _say(progress, f"[3/3] auditing {', '.join(configs)} on the test split")
+    t0 = time.perf_counter()
+    mode = " (quick)" if quick else ""
+    text = audit_config_text(
+        (folder / "audit.toml").read_text(encoding="utf-8"),
+        title=f"Case study: nurse or doctor?{mode}",
+        image_size=int(data_settings.get("image_size", 64)),
+        models=list(configs),
+    )
+    config_path = out / "audit.toml"
+    write_text(config_path, text)
+    config = AuditConfig.from_toml(config_path)
+    resume = (audit_dir / "progress").is_dir() and not force
+    result = audit(
+        config, out=audit_dir, resume=resume, force=force, device=device, progress=progress
+    )  # fmt: skip
+    seconds["audit"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_start
+
+    checks = check_acceptance(result.groups, result.comparisons, expected)
+    report = audit_dir / "report.html"
+    case = CaseStudyResult(
+        name=name, run_dir=out, audit_dir=audit_dir,
+        report=report if report.is_file() else None, quick=quick,
+        findings=tuple(result.findings), checks=checks, seconds=seconds,
+    )  # fmt: skip
+    write_json(
+        out / FINISHED,
+        {
+            "name": name,
+            "quick": quick,
+            "passed": case.passed,
+            "checks": [_jsonable(asdict(c)) for c in checks],
+            "seconds": seconds,
+        },
+    )
+    return case
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
+
+
+def _reuse(
+    name: str, out: Path, finished: Path, quick: bool, expected: Mapping[str, Any]
+) -> CaseStudyResult:
+    from ..audit import AuditResult
+
+    try:
+        info = json.loads(finished.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise RunError(f"{finished}: unreadable ({err}); pass --force to start over") from err
+    if bool(info.get("quick")) != quick:
+        held = "a --quick" if info.get("quick") else "a full"
+        raise RunError(f"{out}: holds {held} run of {name}; pass --force or choose another --out")
+    audit_dir = out / "audit"
+    result = AuditResult.load(audit_dir)
+    report = audit_dir / "report.html"
+    return CaseStudyResult(
+        name=name, run_dir=out, audit_dir=audit_dir,
+        report=report if report.is_file() else None, quick=quick,
+        findings=tuple(result.findings),
+        checks=check_acceptance(result.groups, result.comparisons, expected),
+        seconds=dict(info.get("seconds", {})), reused=True,
+    )  # fmt: skip

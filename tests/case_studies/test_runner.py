@@ -1,0 +1,227 @@
+"""The case study runner: acceptance checks on constructed tables, settings files, and the quick
+nurse/doctor case study end to end through the CLI (the slowest test of the suite)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import bias_audit.case_studies as cs
+from bias_audit._resources import resource_dir
+from bias_audit.case_studies import check_acceptance, load_expected, run_case_study, train_plan
+from bias_audit.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = resource_dir("case_studies") / "nurse_doctor"
+CELLS = ("male / doctor", "female / nurse", "female / doctor", "male / nurse")
+MODELS = ("biased", "debiased_data", "debiased_penalty")
+
+
+def tables(acc: dict[str, dict[str, float]], overall: dict[str, dict[str, float]], p: float):
+    """A groups table (accuracy per cell, metric means in cell "all") and a comparisons table."""
+    rows = [
+        {"model": m, "cell": c, "metric": "accuracy", "value": v}
+        for m, cells in acc.items()
+        for c, v in cells.items()
+    ]
+    rows += [
+        {"model": m, "cell": "all", "metric": k, "value": v}
+        for m, metrics in overall.items()
+        for k, v in metrics.items()
+    ]
+    comparisons = pd.DataFrame(
+        [
+            {
+                "model_a": "biased",
+                "model_b": m,
+                "cell": "all",
+                "metric": "mass:confounder",
+                "p_value": p / 10,
+                "p_adjusted": p,
+            }
+            for m in MODELS[1:]
+        ]  # fmt: skip
+    )
+    return pd.DataFrame(rows), comparisons
+
+
+def passing():
+    acc = {
+        "biased": dict(zip(CELLS, (0.97, 0.96, 0.40, 0.75), strict=True)),
+        "debiased_data": dict.fromkeys(CELLS, 0.95),
+        "debiased_penalty": dict.fromkeys(CELLS, 0.90),
+    }
+    overall = {
+        "biased": {"mass:confounder": 0.30, "mass:causal": 0.2, "flip:confounder": 0.45},
+        "debiased_data": {"mass:confounder": 0.15, "mass:causal": 0.6, "flip:confounder": 0.15},
+        "debiased_penalty": {"mass:confounder": 0.05, "mass:causal": 0.5, "flip:confounder": 0.0},
+    }
+    return acc, overall
+
+
+def by_key(checks):
+    return {(c.model, c.name): c for c in checks}
+
+
+def test_acceptance_passes_at_the_limits():
+    expected = load_expected(SHIPPED / "expected.toml")
+    acc, overall = passing()
+    checks = check_acceptance(*tables(acc, overall, p=0.0009), expected)
+    # 4 biased cells, 4 cells x 2 debiased models, 5 attention/occlusion checks per debiased model
+    assert len(checks) == 4 + 8 + 10
+    assert all(c.passed for c in checks), [c.line for c in checks if not c.passed]
+    got = by_key(checks)
+    ratio = got[("biased vs debiased_data", "mass:confounder ratio")]
+    assert ratio.value == pytest.approx(2.0) and ratio.op == ">="
+    assert got[("biased vs debiased_data", "mass:confounder paired p")].value == 0.0009
+    assert got[("debiased_data", "mass:causal - mass:confounder")].value == pytest.approx(0.45)
+    assert got[("biased vs debiased_data", "flip:confounder ratio")].value == pytest.approx(3.0)
+    diff = got[("biased vs debiased_data", "flip:confounder difference")]
+    assert diff.value == pytest.approx(0.30)
+    # a debiased model that never flips: infinite ratio, which passes
+    assert math.isinf(got[("biased vs debiased_penalty", "flip:confounder ratio")].value)
+
+
+def test_acceptance_fails_each_criterion_by_name():
+    expected = load_expected(SHIPPED / "expected.toml")
+    acc, overall = passing()
+    acc["biased"]["female / nurse"] = 0.94  # below .95 on a stereotypical cell
+    acc["biased"]["male / nurse"] = 0.76  # above .75 on a counter-stereotypical cell
+    acc["debiased_penalty"]["female / doctor"] = 0.89
+    overall["debiased_data"]["mass:confounder"] = 0.16  # ratio 1.875
+    overall["debiased_penalty"]["mass:causal"] = 0.05  # causal == confounder: not greater
+    overall["debiased_data"]["flip:confounder"] = 0.26  # diff .19, ratio 1.7
+    del overall["debiased_penalty"]["flip:confounder"]  # missing: NaN fails
+    checks = check_acceptance(*tables(acc, overall, p=0.002), expected)
+    failed = {(c.model, c.name) for c in checks if not c.passed}
+    assert failed == {
+        ("biased", "accuracy [female / nurse]"),
+        ("biased", "accuracy [male / nurse]"),
+        ("debiased_penalty", "accuracy [female / doctor]"),
+        ("biased vs debiased_data", "mass:confounder ratio"),
+        ("biased vs debiased_data", "mass:confounder paired p"),
+        ("biased vs debiased_penalty", "mass:confounder paired p"),
+        ("debiased_penalty", "mass:causal - mass:confounder"),
+        ("biased vs debiased_data", "flip:confounder ratio"),
+        ("biased vs debiased_data", "flip:confounder difference"),
+        ("biased vs debiased_penalty", "flip:confounder ratio"),
+        ("biased vs debiased_penalty", "flip:confounder difference"),
+    }
+    nan = by_key(checks)[("biased vs debiased_penalty", "flip:confounder difference")]
+    assert math.isnan(nan.value) and "n/a" in nan.line and nan.line.startswith("FAIL")
+
+
+def test_expected_file_errors_name_the_culprit(tmp_path):
+    with pytest.raises(ConfigError, match="expected-numbers file not found"):
+        load_expected(tmp_path / "nope.toml")
+    text = (SHIPPED / "expected.toml").read_text().replace("min_flip_ratio", "min_flip_rat")
+    (tmp_path / "expected.toml").write_text(text)
+    with pytest.raises(ConfigError, match=r"\[occlusion\] min_flip_ratio missing"):
+        load_expected(tmp_path / "expected.toml")
+
+
+def test_train_plan_reads_the_shipped_settings(tmp_path):
+    data, configs = train_plan(
+        SHIPPED / "train.toml", tmp_path / "data", tmp_path / "m", quick=True
+    )
+    assert list(configs) == list(MODELS)
+    assert data["image_size"] == 64
+    b, d, p = (configs[m] for m in MODELS)
+    assert b.train_manifest == str(tmp_path / "data" / "train_biased" / "manifest.csv")
+    assert d.train_manifest.endswith(os.path.join("train_balanced", "manifest.csv"))
+    assert p.strategy == "attention_penalty" and p.confounders == ("face", "hair")
+    assert b.val_manifest is None and b.out == str(tmp_path / "m" / "biased")
+    assert b.image_size == 64
+
+
+def test_quick_tables_override(tmp_path):
+    text = (SHIPPED / "train.toml").read_text()
+    path = tmp_path / "train.toml"
+    path.write_text(text + "\n[quick.common]\nlr = 0.5\n[quick.models.biased]\nepochs = 2\n")
+    _, full = train_plan(path, tmp_path, tmp_path, quick=False)
+    _, quick = train_plan(path, tmp_path, tmp_path, quick=True)
+    assert quick["biased"].epochs == 2 and full["biased"].epochs != 2
+    assert quick["debiased_data"].epochs == full["debiased_data"].epochs
+    assert {c.lr for c in quick.values()} == {0.5} and 0.5 not in {c.lr for c in full.values()}
+
+
+def test_train_plan_errors(tmp_path):
+    text = (SHIPPED / "train.toml").read_text()
+    bad = tmp_path / "train.toml"
+    bad.write_text(text.replace('split = "train_biased"\nstrategy = "erm"', 'strategy = "erm"'))
+    with pytest.raises(ConfigError, match=r"\[models.biased\] split"):
+        train_plan(bad, tmp_path, tmp_path, quick=False)
+    bad.write_text(text + '\n[models.extra]\nsplit = "val"\nout = "x"\n')
+    with pytest.raises(ConfigError, match=r"\[models.extra\] out: set by the runner"):
+        train_plan(bad, tmp_path, tmp_path, quick=False)
+    bad.write_text(text + '\n[models.extra]\nsplit = "val"\nepoch = 3\n')
+    with pytest.raises(ConfigError, match=r"\[models.extra\].*'epoch'"):
+        train_plan(bad, tmp_path, tmp_path, quick=False)
+
+
+def test_unknown_case_study_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="'nurse-dentist'"):
+        run_case_study("nurse-dentist", out=tmp_path)
+
+
+def test_all_is_complete():
+    public = {n for n in vars(cs) if not n.startswith("_")} - {"annotations", "ModuleType"}
+    assert public == set(cs.__all__)
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def test_quick_case_study_end_to_end(tmp_path):
+    """generate + 3 trainings + audit + report + acceptance, through the CLI, then a re-run."""
+    out = tmp_path / "nd"
+    cmd = [sys.executable, "-m", "bias_audit", "case-study", "nurse-doctor", "--quick",
+           "--out", str(out), "--threads", "1"]  # fmt: skip
+    proc = subprocess.run([*cmd, "--strict"], capture_output=True, text=True, env=_env(), cwd=REPO)
+    assert proc.returncode in (0, 1), proc.stderr
+    for path in ("data/test/manifest.csv", "models/biased/model.pt", "audit.toml",
+                 "audit/config.toml", "audit/samples.parquet", "audit/report.html"):  # fmt: skip
+        assert (out / path).is_file(), path
+    assert (out / "audit.toml").read_text() == (out / "audit" / "config.toml").read_text()
+    info = json.loads((out / "case_study.json").read_text())
+    checks = {(c["model"], c["name"]): c for c in info["checks"]}
+    assert len(checks) == 22 and all(c["value"] is not None for c in checks.values())
+    # --strict: exit 1 exactly when a check failed, each failure printed
+    n_failed = sum(not c["passed"] for c in checks.values())
+    assert proc.returncode == (1 if n_failed else 0)
+    assert f"report: {out / 'audit' / 'report.html'}" in proc.stdout
+    assert proc.stdout.count("\n  FAIL ") == n_failed
+    # What quick mode reliably shows: the biased model fails the counter-stereotypical cells,
+    # the data-debiased model does not, and its attention moved off face and hair.
+    assert all(checks[("debiased_data", f"accuracy [{c}]")]["passed"] for c in CELLS)
+    for cell in ("female / doctor", "male / nurse"):
+        assert checks[("biased", f"accuracy [{cell}]")]["passed"]
+    for name in ("mass:confounder ratio", "mass:confounder paired p", "flip:confounder ratio"):
+        assert checks[("biased vs debiased_data", name)]["passed"], name
+    assert checks[("debiased_data", "mass:causal - mass:confounder")]["passed"]
+    # the acceptance was judged from the audit's own tables
+    groups = pd.read_parquet(out / "audit" / "groups.parquet")
+    acc = groups.query("model == 'biased' and cell == 'male / nurse' and metric == 'accuracy'")
+    assert checks[("biased", "accuracy [male / nurse]")]["value"] == pytest.approx(
+        float(acc["value"].iloc[0])
+    )
+
+    # A finished folder is reused, not overwritten: the same table again, nothing retrained.
+    stamp = (out / "models" / "biased" / "model.pt").stat().st_mtime_ns
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO)
+    assert again.returncode == 0, again.stderr
+    assert "already finished here" in again.stdout
+    assert (out / "models" / "biased" / "model.pt").stat().st_mtime_ns == stamp
+    table = lambda text: [ln for ln in text.splitlines() if ln.startswith(("  pass", "  FAIL"))]  # noqa: E731
+    assert table(again.stdout) == table(proc.stdout)
+    # ... and a full run into the quick run's folder is refused by name
+    full = subprocess.run(cmd[:5] + cmd[6:], capture_output=True, text=True, env=_env(), cwd=REPO)
+    assert full.returncode == 2 and "holds a --quick run" in full.stderr

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._penalty import gradcam_mass, input_grad_energy
+from ._penalty import gradcam_evidence_mass, gradcam_mass, input_grad_energy
 
 __all__ = ["BALANCED_SAMPLING", "STRATEGIES", "Step", "cell_sampling_weights", "cell_loss_weights"]
 
@@ -90,7 +90,11 @@ def _group_dro(step: Step) -> tuple[Tensor, Tensor]:
 def _attention_penalty(step: Step) -> tuple[Tensor, Tensor]:
     cfg = step.config
     present = step.confounder.flatten(1).any(1)
-    if cfg.penalty == "gradcam":
+    if cfg.penalty == "gradcam" and cfg.penalty_map == "evidence":
+        logits, per_image = gradcam_evidence_mass(
+            step.model, step.images, step.confounder, target_layer=step.target_layer
+        )
+    elif cfg.penalty == "gradcam":
         logits, per_image = gradcam_mass(
             step.model, step.images, step.labels, step.confounder, target_layer=step.target_layer
         )

@@ -53,6 +53,10 @@ class TrainConfig:
         strategy: "erm", "balanced", "reweight", "group_dro" or "attention_penalty".
         penalty_weight: λ of attention_penalty. penalty: "gradcam" (Grad-CAM mass inside
             the confounders) or "input_grad" (RRR's input-gradient energy).
+        penalty_map: which Grad-CAM map the "gradcam" penalty measures: "evidence" (default:
+            the share of |Grad-CAM| of every class's margin inside the confounders, see
+            ``gradcam_evidence_mass``) or "label" (the ReLU'd map of the label's margin, see
+            ``gradcam_mass``; it did not debias the nurse/doctor case study).
         target_layer: layer of the Grad-CAM penalty; None picks the last spatial layer.
         dro_eta: step size of the Group DRO weights.
         select: "worst_group_accuracy" (default when groups are given) or "accuracy".
@@ -81,6 +85,7 @@ class TrainConfig:
     strategy: str = "erm"
     penalty_weight: float = 1.0
     penalty: str = "gradcam"
+    penalty_map: str = "evidence"
     target_layer: str | None = None
     dro_eta: float = 0.01
     select: str | None = None
@@ -128,6 +133,7 @@ class TrainConfig:
         _choose("scheduler", self.scheduler, ("none", "cosine"))
         _choose("strategy", self.strategy, tuple(STRATEGIES))
         _choose("penalty", self.penalty, ("gradcam", "input_grad"))
+        _choose("penalty_map", self.penalty_map, ("evidence", "label"))
         _choose("resize", self.resize, ("crop", "letterbox"))
         if self.select is None:
             fix("select", "worst_group_accuracy" if self.groups else "accuracy")

@@ -10,6 +10,7 @@ from bias_audit.models import (
     TrainConfig,
     build_model,
     find_target_layer,
+    gradcam_evidence_mass,
     gradcam_mass,
     input_grad_energy,
 )
@@ -53,6 +54,40 @@ def test_gradcam_mass_matches_captum(tiny):
     torch.testing.assert_close(mass.detach(), expected, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(logits.detach(), model(images).detach())
     assert mass[3] == 0  # empty region
+
+
+def test_gradcam_evidence_mass_matches_captum(tiny):
+    model, images, region = tiny
+    logits, mass = gradcam_evidence_mass(model, images, region, target_layer="features")
+    lgc = LayerGradCam(model, model.features)
+    per_class = torch.stack(
+        [
+            lgc.attribute(images, target=torch.full((4,), c), relu_attributions=False)[:, 0]
+            for c in range(3)
+        ],
+        dim=1,
+    ).detach()  # (N,C,4,4)
+    # Each class's margin map G_c - mean_j G_j, unrectified, then its absolute value.
+    cam = (per_class - per_class.mean(1, keepdim=True)).abs()
+    cover = region.float().reshape(4, 4, 8, 4, 8).mean((2, 4))[:, None]
+    expected = ((cam * cover).sum((2, 3)) / cam.sum((2, 3))).mean(1)
+    torch.testing.assert_close(mass.detach(), expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits.detach(), model(images).detach())
+    assert mass[3] == 0 and (mass[:3] > 0).all()
+    # A different quantity from the ReLU'd label map: the oracle above is not trivially met.
+    _, label_mass = gradcam_mass(
+        model, images, torch.zeros(4, dtype=torch.long), region, target_layer="features"
+    )
+    assert not torch.allclose(label_mass.detach(), mass.detach())
+
+
+def test_gradcam_evidence_mass_is_differentiable(tiny):
+    model, images, region = tiny
+    model.train()
+    _, mass = gradcam_evidence_mass(model, images, region, target_layer="features")
+    grads = torch.autograd.grad(mass.sum(), [model.fc.weight, model.features[0].weight])
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    assert not model.features._forward_hooks
 
 
 def test_gradcam_mass_is_differentiable_wrt_parameters(tiny):

@@ -131,11 +131,16 @@ def test_unknown_target_layer(small_spurious, tmp_path):
         train_classifier(cfg, progress=False)
 
 
-def test_reweight_and_input_grad_penalty_train(small_spurious, tmp_path):
-    for strategy, extra in (("reweight", {}), ("attention_penalty", {"penalty": "input_grad"})):
+def test_reweight_and_other_penalties_train(small_spurious, tmp_path):
+    runs = (
+        ("reweight", {}),
+        ("attention_penalty", {"penalty": "input_grad"}),
+        ("attention_penalty", {"penalty_map": "label"}),
+    )
+    for i, (strategy, extra) in enumerate(runs):
         cfg = spurious_config(
             small_spurious,
-            tmp_path / strategy,
+            tmp_path / f"{i}_{strategy}",
             strategy=strategy,
             epochs=1,
             val_manifest=None,
@@ -173,6 +178,7 @@ def test_config_from_dict_round_trip_and_errors(spurious):
         ({"lr": -1.0}, "lr"),
         ({"optimizer": "lbfgs"}, "optimizer"),
         ({"penalty": "l2"}, "penalty"),
+        ({"penalty_map": "relu"}, "penalty_map"),
         ({"select": "f1"}, "select"),
         ({"strategy": "attention_penalty"}, "confounders"),
         ({"groups": "spot"}, "groups"),

@@ -92,11 +92,20 @@ def _attention_penalty(step: Step) -> tuple[Tensor, Tensor]:
     present = step.confounder.flatten(1).any(1)
     if cfg.penalty == "gradcam" and cfg.penalty_map == "evidence":
         logits, per_image = gradcam_evidence_mass(
-            step.model, step.images, step.confounder, target_layer=step.target_layer
+            step.model,
+            step.images,
+            step.confounder,
+            target_layer=step.target_layer,
+            window=cfg.penalty_window,
         )
     elif cfg.penalty == "gradcam":
         logits, per_image = gradcam_mass(
-            step.model, step.images, step.labels, step.confounder, target_layer=step.target_layer
+            step.model,
+            step.images,
+            step.labels,
+            step.confounder,
+            target_layer=step.target_layer,
+            window=cfg.penalty_window,
         )
     else:
         logits, per_image = input_grad_energy(step.model, step.images, step.confounder)

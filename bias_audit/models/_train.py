@@ -57,6 +57,10 @@ class TrainConfig:
             the share of |Grad-CAM| of every class's margin inside the confounders, see
             ``gradcam_evidence_mass``) or "label" (the ReLU'd map of the label's margin, see
             ``gradcam_mass``; it did not debias the nurse/doctor case study).
+        penalty_window: odd; the Grad-CAM penalty counts a layer cell as confounder by the
+            region's share of the window x window cells around it (1: the cell's own
+            footprint). 3 (default) also charges the cells beside the region, whose
+            receptive fields see it.
         target_layer: layer of the Grad-CAM penalty; None picks the last spatial layer.
         dro_eta: step size of the Group DRO weights.
         select: "worst_group_accuracy" (default when groups are given) or "accuracy".
@@ -86,6 +90,7 @@ class TrainConfig:
     penalty_weight: float = 1.0
     penalty: str = "gradcam"
     penalty_map: str = "evidence"
+    penalty_window: int = 3
     target_layer: str | None = None
     dro_eta: float = 0.01
     select: str | None = None
@@ -134,6 +139,9 @@ class TrainConfig:
         _choose("strategy", self.strategy, tuple(STRATEGIES))
         _choose("penalty", self.penalty, ("gradcam", "input_grad"))
         _choose("penalty_map", self.penalty_map, ("evidence", "label"))
+        w = self.penalty_window
+        if not isinstance(w, int) or isinstance(w, bool) or w < 1 or w % 2 == 0:
+            raise ConfigError(f"penalty_window: expected an odd integer >= 1, got {w!r}")
         _choose("resize", self.resize, ("crop", "letterbox"))
         if self.select is None:
             fix("select", "worst_group_accuracy" if self.groups else "accuracy")

@@ -14,6 +14,7 @@ from bias_audit.models import (
     gradcam_mass,
     input_grad_energy,
 )
+from bias_audit.models._penalty import _coverage
 from bias_audit.models._strategies import (
     STRATEGIES,
     Step,
@@ -79,6 +80,43 @@ def test_gradcam_evidence_mass_matches_captum(tiny):
         model, images, torch.zeros(4, dtype=torch.long), region, target_layer="features"
     )
     assert not torch.allclose(label_mass.detach(), mass.detach())
+
+
+def test_coverage_window_by_hand():
+    region = torch.zeros(1, 16, 16, dtype=torch.bool)
+    region[0, :4, :4] = True  # exactly the top-left cell of a 4x4 layer
+    region[0, 12:, 14:] = True  # half of the bottom-right cell
+    own = _coverage(region, (4, 4), 1)
+    expected = torch.zeros(1, 4, 4)
+    expected[0, 0, 0], expected[0, 3, 3] = 1.0, 0.5
+    torch.testing.assert_close(own, expected)
+    # 3x3 neighbourhoods, zero outside the layer: each neighbour of a cell gets its share / 9
+    wide = _coverage(region, (4, 4), 3)
+    expected = torch.zeros(1, 4, 4)
+    expected[0, :2, :2] = 1 / 9
+    expected[0, 2:, 2:] = 0.5 / 9
+    torch.testing.assert_close(wide, expected)
+    for bad in (0, 2, True):
+        with pytest.raises(ConfigError, match="penalty_window"):
+            _coverage(region, (4, 4), bad)
+
+
+def test_window_changes_the_penalised_cells(tiny):
+    model, images, region = tiny
+    lgc = LayerGradCam(model, model.features)
+    g = torch.stack(
+        [
+            lgc.attribute(images, target=torch.full((4,), c), relu_attributions=False)[:, 0]
+            for c in range(3)
+        ],
+        dim=1,
+    ).detach()
+    cam = (g - g.mean(1, keepdim=True)).abs()
+    cover = region.float().reshape(4, 4, 8, 4, 8).mean((2, 4))
+    cover = F.pad(cover, (1, 1, 1, 1)).unfold(1, 3, 1).unfold(2, 3, 1).mean((3, 4))[:, None]
+    expected = ((cam * cover).sum((2, 3)) / cam.sum((2, 3))).mean(1)
+    _, mass = gradcam_evidence_mass(model, images, region, target_layer="features", window=3)
+    torch.testing.assert_close(mass.detach(), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_gradcam_evidence_mass_is_differentiable(tiny):

@@ -179,6 +179,7 @@ def test_config_from_dict_round_trip_and_errors(spurious):
         ({"optimizer": "lbfgs"}, "optimizer"),
         ({"penalty": "l2"}, "penalty"),
         ({"penalty_map": "relu"}, "penalty_map"),
+        ({"penalty_window": 2}, "penalty_window"),
         ({"select": "f1"}, "select"),
         ({"strategy": "attention_penalty"}, "confounders"),
         ({"groups": "spot"}, "groups"),

@@ -115,12 +115,21 @@ def _attention_penalty(step: Step) -> tuple[Tensor, Tensor]:
     return ce + cfg.penalty_weight * penalty, logits
 
 
+def _mask_confounders(step: Step) -> tuple[Tensor, Tensor]:
+    # Not an attention penalty: the confounder pixels are set to 0, the normalised dataset
+    # mean, before the forward pass, so the model never sees them. It edits the input, so it
+    # is a strategy of its own; attention_penalty stays "cross-entropy + λ x attention".
+    logits = step.model(step.images * ~step.confounder[:, None])
+    return F.cross_entropy(logits, step.labels), logits
+
+
 STRATEGIES: dict[str, Callable[[Step], tuple[Tensor, Tensor]]] = {
     "erm": _erm,
     "balanced": _erm,
     "reweight": _reweight,
     "group_dro": _group_dro,
     "attention_penalty": _attention_penalty,
+    "mask_confounders": _mask_confounders,
 }
 
 #: Strategies whose epochs are drawn with cell-balanced sampling instead of a permutation.

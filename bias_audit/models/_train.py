@@ -50,7 +50,9 @@ class TrainConfig:
         optimizer: "adam" (AdamW-style decoupled decay is not used: plain Adam) or "sgd"
             (momentum 0.9).
         scheduler: "none" or "cosine" (per-epoch cosine decay to 0, stateless).
-        strategy: "erm", "balanced", "reweight", "group_dro" or "attention_penalty".
+        strategy: "erm", "balanced", "reweight", "group_dro", "attention_penalty" or
+            "mask_confounders" (cross-entropy on the images with the ``confounders`` pixels
+            set to the dataset mean; an input edit, not an attention penalty).
         penalty_weight: λ of attention_penalty. penalty: "gradcam" (Grad-CAM mass inside
             the confounders) or "input_grad" (RRR's input-gradient energy).
         penalty_map: which Grad-CAM map the "gradcam" penalty measures: "evidence" (default:
@@ -146,8 +148,8 @@ class TrainConfig:
         if self.select is None:
             fix("select", "worst_group_accuracy" if self.groups else "accuracy")
         _choose("select", self.select, _SELECT)
-        if self.strategy == "attention_penalty" and not self.confounders:
-            raise ConfigError("confounders: attention_penalty needs at least one region name")
+        if self.strategy in ("attention_penalty", "mask_confounders") and not self.confounders:
+            raise ConfigError(f"confounders: {self.strategy} needs at least one region name")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -215,3 +217,26 @@ def test_reweight_loss_by_hand(tiny):
     loss, logits = STRATEGIES["reweight"](_step(model, images, labels, cells, state))
     ce = F.cross_entropy(logits.detach(), labels, reduction="none")
     torch.testing.assert_close(loss.detach(), (ce * torch.tensor([0.5, 0.5, 2.0, 1.0])).mean())
+
+
+def test_mask_confounders_loss_by_hand(tiny):
+    model, images, region = tiny
+    model.train()
+    labels = torch.tensor([0, 1, 2, 0])
+    step = _step(
+        model,
+        images,
+        labels,
+        torch.zeros(4, dtype=torch.long),
+        {},
+        strategy="mask_confounders",
+        confounders=("spot",),
+    )
+    step = dataclasses.replace(step, confounder=region)
+    torch.manual_seed(0)
+    loss, logits = STRATEGIES["mask_confounders"](step)
+    masked = images.clone()
+    masked[:, :, :12, :20] = 0  # image 3 has no region and stays whole
+    masked[3] = images[3]
+    torch.testing.assert_close(logits.detach(), model(masked).detach())
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(model(masked), labels).detach())

@@ -48,7 +48,9 @@ def test_erm_takes_the_shortcut(strategy_runs, val_ds):
     assert res.history[res.best_epoch - 1]["val_worst_group_acc"] == pytest.approx(worst)
 
 
-@pytest.mark.parametrize("strategy", ["balanced", "group_dro", "attention_penalty"])
+@pytest.mark.parametrize(
+    "strategy", ["balanced", "group_dro", "attention_penalty", "mask_confounders"]
+)
 def test_strategies_raise_worst_group_accuracy(strategy_runs, val_ds, strategy):
     _, erm = strategy_runs("erm")
     _, res = strategy_runs(strategy)
@@ -182,6 +184,7 @@ def test_config_from_dict_round_trip_and_errors(spurious):
         ({"penalty_window": 2}, "penalty_window"),
         ({"select": "f1"}, "select"),
         ({"strategy": "attention_penalty"}, "confounders"),
+        ({"strategy": "mask_confounders"}, "confounders"),
         ({"groups": "spot"}, "groups"),
         ({"mean": (0.5, 0.5)}, "mean"),
     ],

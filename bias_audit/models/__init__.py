@@ -10,7 +10,7 @@ from __future__ import annotations
 from ._build import SmallCNN, build_model, list_archs
 from ._checkpoint import FORMAT, CheckpointMeta, read_checkpoint, read_metadata, save_checkpoint
 from ._load import load_model, load_state_dict_strict
-from ._penalty import find_target_layer, gradcam_mass, input_grad_energy
+from ._penalty import find_target_layer, gradcam_evidence_mass, gradcam_mass, input_grad_energy
 from ._strategies import STRATEGIES
 from ._train import TrainConfig, TrainResult, train_classifier
 
@@ -23,6 +23,7 @@ __all__ = [
     "TrainResult",
     "build_model",
     "find_target_layer",
+    "gradcam_evidence_mass",
     "gradcam_mass",
     "input_grad_energy",
     "list_archs",

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-__all__ = ["find_target_layer", "gradcam_mass", "input_grad_energy"]
+__all__ = ["find_target_layer", "gradcam_evidence_mass", "gradcam_mass", "input_grad_energy"]
 
 
 def find_target_layer(model: nn.Module, images: Tensor) -> str:
@@ -44,8 +44,29 @@ def find_target_layer(model: nn.Module, images: Tensor) -> str:
     return seen[-1]
 
 
+def _coverage(region: Tensor, shape: tuple[int, int], window: int) -> Tensor:
+    """(N,S,S) bool -> (N,h,w): the share of each layer cell's neighbourhood in the region.
+
+    ``window`` 1 is the cell's own footprint (area pooling). A larger odd window averages
+    over the window x window cells around it, zero outside the image: a deep cell sees far
+    beyond its footprint, so a coat cell beside the hair still encodes the hair.
+    """
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1 or window % 2 == 0:
+        raise ConfigError(f"penalty_window: expected an odd integer >= 1, got {window!r}")
+    cover = F.adaptive_avg_pool2d(region[:, None].float(), shape)
+    if window > 1:
+        cover = F.avg_pool2d(cover, window, stride=1, padding=window // 2)
+    return cover[:, 0]
+
+
 def gradcam_mass(
-    model: nn.Module, images: Tensor, labels: Tensor, region: Tensor, *, target_layer: str
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    region: Tensor,
+    *,
+    target_layer: str,
+    window: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Grad-CAM of the true class and its share of mass inside ``region``, differentiably.
 
@@ -59,6 +80,8 @@ def gradcam_mass(
         images: (N,3,S,S). labels: (N,) long.
         region: (N,S,S) bool, the union of the confounder regions.
         target_layer: dotted module name.
+        window: odd; each cell's coverage is the region's share of the window x window
+            cells around it (1: the cell itself). See ``_coverage``.
 
     Returns:
         ``(logits (N,C), mass (N,))``; mass is in [0,1] and 0 where the map is all zero.
@@ -77,10 +100,56 @@ def gradcam_mass(
     (grads,) = torch.autograd.grad(score, acts, create_graph=True)
     alpha = grads.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((alpha * acts).sum(dim=1))  # (N,h,w)
-    cover = F.adaptive_avg_pool2d(region[:, None].float(), cam.shape[-2:])[:, 0]
+    cover = _coverage(region, tuple(cam.shape[-2:]), window)
     # The epsilon keeps an all-zero map at mass 0 (no gradient) instead of NaN.
     mass = (cam * cover).sum(dim=(1, 2)) / (cam.sum(dim=(1, 2)) + 1e-8)
     return logits, mass
+
+
+def gradcam_evidence_mass(
+    model: nn.Module, images: Tensor, region: Tensor, *, target_layer: str, window: int = 1
+) -> tuple[Tensor, Tensor]:
+    """Share of every class's absolute Grad-CAM evidence inside ``region``, differentiably.
+
+    For each class c the unrectified map is G_c = Σ_k α_k^c A^k, α^c the spatial mean of
+    ∂S_c/∂A^k with S_c = logit_c - mean_j logit_j (class c's margin). The penalty is the
+    share of |G_c| inside the region, averaged over the classes. The absolute value is the
+    point: a ReLU'd label map (:func:`gradcam_mass`) can be emptied inside the region while
+    the confounder still drives the prediction through negative evidence (the hair lowering
+    the *other* class) or through cells the ReLU hides; |G_c| counts evidence for and against
+    every class. On the nurse/doctor case study only this form debiased the model (see
+    ``case_studies/nurse_doctor/FEASIBILITY.md``).
+
+    Costs one extra backward pass per class (with ``create_graph``), so it suits models with
+    a handful of classes.
+
+    Args:
+        images: (N,3,S,S).
+        region: (N,S,S) bool, the union of the confounder regions; area-averaged to the
+            layer's (h, w) as in :func:`gradcam_mass`.
+        target_layer: dotted module name.
+        window: odd neighbourhood, in layer cells, of each cell's coverage (see ``_coverage``).
+
+    Returns:
+        ``(logits (N,C), mass (N,))``; mass is in [0,1], 0 where every map is all zero.
+    """
+    module = model.get_submodule(target_layer)
+    captured: list[Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        logits = model(images)
+    finally:
+        handle.remove()
+    acts = captured[-1]
+    cover = _coverage(region, tuple(acts.shape[-2:]), window)
+    margins = logits - logits.mean(dim=1, keepdim=True)
+    n_classes = logits.shape[1]
+    mass = logits.new_zeros(len(logits))
+    for c in range(n_classes):
+        (grads,) = torch.autograd.grad(margins[:, c].sum(), acts, create_graph=True)
+        cam = ((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1)).abs()  # (N,h,w)
+        mass = mass + (cam * cover).sum(dim=(1, 2)) / (cam.sum(dim=(1, 2)) + 1e-8)
+    return logits, mass / n_classes
 
 
 def input_grad_energy(model: nn.Module, images: Tensor, region: Tensor) -> tuple[Tensor, Tensor]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._penalty import gradcam_mass, input_grad_energy
+from ._penalty import gradcam_evidence_mass, gradcam_mass, input_grad_energy
 
 __all__ = ["BALANCED_SAMPLING", "STRATEGIES", "Step", "cell_sampling_weights", "cell_loss_weights"]
 
@@ -90,9 +90,22 @@ def _group_dro(step: Step) -> tuple[Tensor, Tensor]:
 def _attention_penalty(step: Step) -> tuple[Tensor, Tensor]:
     cfg = step.config
     present = step.confounder.flatten(1).any(1)
-    if cfg.penalty == "gradcam":
+    if cfg.penalty == "gradcam" and cfg.penalty_map == "evidence":
+        logits, per_image = gradcam_evidence_mass(
+            step.model,
+            step.images,
+            step.confounder,
+            target_layer=step.target_layer,
+            window=cfg.penalty_window,
+        )
+    elif cfg.penalty == "gradcam":
         logits, per_image = gradcam_mass(
-            step.model, step.images, step.labels, step.confounder, target_layer=step.target_layer
+            step.model,
+            step.images,
+            step.labels,
+            step.confounder,
+            target_layer=step.target_layer,
+            window=cfg.penalty_window,
         )
     else:
         logits, per_image = input_grad_energy(step.model, step.images, step.confounder)
@@ -102,12 +115,21 @@ def _attention_penalty(step: Step) -> tuple[Tensor, Tensor]:
     return ce + cfg.penalty_weight * penalty, logits
 
 
+def _mask_confounders(step: Step) -> tuple[Tensor, Tensor]:
+    # Not an attention penalty: the confounder pixels are set to 0, the normalised dataset
+    # mean, before the forward pass, so the model never sees them. It edits the input, so it
+    # is a strategy of its own; attention_penalty stays "cross-entropy + λ x attention".
+    logits = step.model(step.images * ~step.confounder[:, None])
+    return F.cross_entropy(logits, step.labels), logits
+
+
 STRATEGIES: dict[str, Callable[[Step], tuple[Tensor, Tensor]]] = {
     "erm": _erm,
     "balanced": _erm,
     "reweight": _reweight,
     "group_dro": _group_dro,
     "attention_penalty": _attention_penalty,
+    "mask_confounders": _mask_confounders,
 }
 
 #: Strategies whose epochs are drawn with cell-balanced sampling instead of a permutation.

@@ -50,9 +50,19 @@ class TrainConfig:
         optimizer: "adam" (AdamW-style decoupled decay is not used: plain Adam) or "sgd"
             (momentum 0.9).
         scheduler: "none" or "cosine" (per-epoch cosine decay to 0, stateless).
-        strategy: "erm", "balanced", "reweight", "group_dro" or "attention_penalty".
+        strategy: "erm", "balanced", "reweight", "group_dro", "attention_penalty" or
+            "mask_confounders" (cross-entropy on the images with the ``confounders`` pixels
+            set to the dataset mean; an input edit, not an attention penalty).
         penalty_weight: λ of attention_penalty. penalty: "gradcam" (Grad-CAM mass inside
             the confounders) or "input_grad" (RRR's input-gradient energy).
+        penalty_map: which Grad-CAM map the "gradcam" penalty measures: "evidence" (default:
+            the share of |Grad-CAM| of every class's margin inside the confounders, see
+            ``gradcam_evidence_mass``) or "label" (the ReLU'd map of the label's margin, see
+            ``gradcam_mass``; it did not debias the nurse/doctor case study).
+        penalty_window: odd; the Grad-CAM penalty counts a layer cell as confounder by the
+            region's share of the window x window cells around it (1: the cell's own
+            footprint). 3 (default) also charges the cells beside the region, whose
+            receptive fields see it.
         target_layer: layer of the Grad-CAM penalty; None picks the last spatial layer.
         dro_eta: step size of the Group DRO weights.
         select: "worst_group_accuracy" (default when groups are given) or "accuracy".
@@ -81,6 +91,8 @@ class TrainConfig:
     strategy: str = "erm"
     penalty_weight: float = 1.0
     penalty: str = "gradcam"
+    penalty_map: str = "evidence"
+    penalty_window: int = 3
     target_layer: str | None = None
     dro_eta: float = 0.01
     select: str | None = None
@@ -128,12 +140,16 @@ class TrainConfig:
         _choose("scheduler", self.scheduler, ("none", "cosine"))
         _choose("strategy", self.strategy, tuple(STRATEGIES))
         _choose("penalty", self.penalty, ("gradcam", "input_grad"))
+        _choose("penalty_map", self.penalty_map, ("evidence", "label"))
+        w = self.penalty_window
+        if not isinstance(w, int) or isinstance(w, bool) or w < 1 or w % 2 == 0:
+            raise ConfigError(f"penalty_window: expected an odd integer >= 1, got {w!r}")
         _choose("resize", self.resize, ("crop", "letterbox"))
         if self.select is None:
             fix("select", "worst_group_accuracy" if self.groups else "accuracy")
         _choose("select", self.select, _SELECT)
-        if self.strategy == "attention_penalty" and not self.confounders:
-            raise ConfigError("confounders: attention_penalty needs at least one region name")
+        if self.strategy in ("attention_penalty", "mask_confounders") and not self.confounders:
+            raise ConfigError(f"confounders: {self.strategy} needs at least one region name")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,9 +12,11 @@ from bias_audit.models import (
     TrainConfig,
     build_model,
     find_target_layer,
+    gradcam_evidence_mass,
     gradcam_mass,
     input_grad_energy,
 )
+from bias_audit.models._penalty import _coverage
 from bias_audit.models._strategies import (
     STRATEGIES,
     Step,
@@ -53,6 +57,77 @@ def test_gradcam_mass_matches_captum(tiny):
     torch.testing.assert_close(mass.detach(), expected, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(logits.detach(), model(images).detach())
     assert mass[3] == 0  # empty region
+
+
+def test_gradcam_evidence_mass_matches_captum(tiny):
+    model, images, region = tiny
+    logits, mass = gradcam_evidence_mass(model, images, region, target_layer="features")
+    lgc = LayerGradCam(model, model.features)
+    per_class = torch.stack(
+        [
+            lgc.attribute(images, target=torch.full((4,), c), relu_attributions=False)[:, 0]
+            for c in range(3)
+        ],
+        dim=1,
+    ).detach()  # (N,C,4,4)
+    # Each class's margin map G_c - mean_j G_j, unrectified, then its absolute value.
+    cam = (per_class - per_class.mean(1, keepdim=True)).abs()
+    cover = region.float().reshape(4, 4, 8, 4, 8).mean((2, 4))[:, None]
+    expected = ((cam * cover).sum((2, 3)) / cam.sum((2, 3))).mean(1)
+    torch.testing.assert_close(mass.detach(), expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(logits.detach(), model(images).detach())
+    assert mass[3] == 0 and (mass[:3] > 0).all()
+    # A different quantity from the ReLU'd label map: the oracle above is not trivially met.
+    _, label_mass = gradcam_mass(
+        model, images, torch.zeros(4, dtype=torch.long), region, target_layer="features"
+    )
+    assert not torch.allclose(label_mass.detach(), mass.detach())
+
+
+def test_coverage_window_by_hand():
+    region = torch.zeros(1, 16, 16, dtype=torch.bool)
+    region[0, :4, :4] = True  # exactly the top-left cell of a 4x4 layer
+    region[0, 12:, 14:] = True  # half of the bottom-right cell
+    own = _coverage(region, (4, 4), 1)
+    expected = torch.zeros(1, 4, 4)
+    expected[0, 0, 0], expected[0, 3, 3] = 1.0, 0.5
+    torch.testing.assert_close(own, expected)
+    # 3x3 neighbourhoods, zero outside the layer: each neighbour of a cell gets its share / 9
+    wide = _coverage(region, (4, 4), 3)
+    expected = torch.zeros(1, 4, 4)
+    expected[0, :2, :2] = 1 / 9
+    expected[0, 2:, 2:] = 0.5 / 9
+    torch.testing.assert_close(wide, expected)
+    for bad in (0, 2, True):
+        with pytest.raises(ConfigError, match="penalty_window"):
+            _coverage(region, (4, 4), bad)
+
+
+def test_window_changes_the_penalised_cells(tiny):
+    model, images, region = tiny
+    lgc = LayerGradCam(model, model.features)
+    g = torch.stack(
+        [
+            lgc.attribute(images, target=torch.full((4,), c), relu_attributions=False)[:, 0]
+            for c in range(3)
+        ],
+        dim=1,
+    ).detach()
+    cam = (g - g.mean(1, keepdim=True)).abs()
+    cover = region.float().reshape(4, 4, 8, 4, 8).mean((2, 4))
+    cover = F.pad(cover, (1, 1, 1, 1)).unfold(1, 3, 1).unfold(2, 3, 1).mean((3, 4))[:, None]
+    expected = ((cam * cover).sum((2, 3)) / cam.sum((2, 3))).mean(1)
+    _, mass = gradcam_evidence_mass(model, images, region, target_layer="features", window=3)
+    torch.testing.assert_close(mass.detach(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_gradcam_evidence_mass_is_differentiable(tiny):
+    model, images, region = tiny
+    model.train()
+    _, mass = gradcam_evidence_mass(model, images, region, target_layer="features")
+    grads = torch.autograd.grad(mass.sum(), [model.fc.weight, model.features[0].weight])
+    assert all(torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+    assert not model.features._forward_hooks
 
 
 def test_gradcam_mass_is_differentiable_wrt_parameters(tiny):
@@ -142,3 +217,26 @@ def test_reweight_loss_by_hand(tiny):
     loss, logits = STRATEGIES["reweight"](_step(model, images, labels, cells, state))
     ce = F.cross_entropy(logits.detach(), labels, reduction="none")
     torch.testing.assert_close(loss.detach(), (ce * torch.tensor([0.5, 0.5, 2.0, 1.0])).mean())
+
+
+def test_mask_confounders_loss_by_hand(tiny):
+    model, images, region = tiny
+    model.train()
+    labels = torch.tensor([0, 1, 2, 0])
+    step = _step(
+        model,
+        images,
+        labels,
+        torch.zeros(4, dtype=torch.long),
+        {},
+        strategy="mask_confounders",
+        confounders=("spot",),
+    )
+    step = dataclasses.replace(step, confounder=region)
+    torch.manual_seed(0)
+    loss, logits = STRATEGIES["mask_confounders"](step)
+    masked = images.clone()
+    masked[:, :, :12, :20] = 0  # image 3 has no region and stays whole
+    masked[3] = images[3]
+    torch.testing.assert_close(logits.detach(), model(masked).detach())
+    torch.testing.assert_close(loss.detach(), F.cross_entropy(model(masked), labels).detach())

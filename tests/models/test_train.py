@@ -48,7 +48,9 @@ def test_erm_takes_the_shortcut(strategy_runs, val_ds):
     assert res.history[res.best_epoch - 1]["val_worst_group_acc"] == pytest.approx(worst)
 
 
-@pytest.mark.parametrize("strategy", ["balanced", "group_dro", "attention_penalty"])
+@pytest.mark.parametrize(
+    "strategy", ["balanced", "group_dro", "attention_penalty", "mask_confounders"]
+)
 def test_strategies_raise_worst_group_accuracy(strategy_runs, val_ds, strategy):
     _, erm = strategy_runs("erm")
     _, res = strategy_runs(strategy)
@@ -131,11 +133,16 @@ def test_unknown_target_layer(small_spurious, tmp_path):
         train_classifier(cfg, progress=False)
 
 
-def test_reweight_and_input_grad_penalty_train(small_spurious, tmp_path):
-    for strategy, extra in (("reweight", {}), ("attention_penalty", {"penalty": "input_grad"})):
+def test_reweight_and_other_penalties_train(small_spurious, tmp_path):
+    runs = (
+        ("reweight", {}),
+        ("attention_penalty", {"penalty": "input_grad"}),
+        ("attention_penalty", {"penalty_map": "label"}),
+    )
+    for i, (strategy, extra) in enumerate(runs):
         cfg = spurious_config(
             small_spurious,
-            tmp_path / strategy,
+            tmp_path / f"{i}_{strategy}",
             strategy=strategy,
             epochs=1,
             val_manifest=None,
@@ -173,8 +180,11 @@ def test_config_from_dict_round_trip_and_errors(spurious):
         ({"lr": -1.0}, "lr"),
         ({"optimizer": "lbfgs"}, "optimizer"),
         ({"penalty": "l2"}, "penalty"),
+        ({"penalty_map": "relu"}, "penalty_map"),
+        ({"penalty_window": 2}, "penalty_window"),
         ({"select": "f1"}, "select"),
         ({"strategy": "attention_penalty"}, "confounders"),
+        ({"strategy": "mask_confounders"}, "confounders"),
         ({"groups": "spot"}, "groups"),
         ({"mean": (0.5, 0.5)}, "mean"),
     ],

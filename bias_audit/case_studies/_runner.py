@@ -229,7 +229,8 @@ def check_acceptance(
     conf, causal, flip = (
         column("mass", CONFOUNDER),
         column("mass", "causal"),
-        column("flip", CONFOUNDER),
+        # a single region (the "occluding the hair") or, by default, the confounder role
+        column("flip", occ.get("region", CONFOUNDER)),
     )
     for model in d["models"]:
         for cell in every:

@@ -240,3 +240,20 @@ def test_quick_case_study_end_to_end(tmp_path):
     # ... and a full run into the quick run's folder is refused by name
     full = subprocess.run(cmd[:5] + cmd[6:], capture_output=True, text=True, env=_env(), cwd=REPO)
     assert full.returncode == 2 and "holds a --quick run" in full.stderr
+
+
+def test_generator_options_build_cues_and_name_bad_keys():
+    from bias_audit.case_studies import generator_options, nurse_doctor
+
+    got = generator_options(
+        {"image_size": 64, "seed": 3, "cues": {"beard": 0.3, "clutter": [1, 2]}}, nurse_doctor
+    )
+    assert got["image_size"] == 64 and got["seed"] == 3
+    assert got["cues"] == nurse_doctor.Cues(beard=0.3, clutter=(1, 2))
+    assert generator_options({"n": 8}, nurse_doctor) == {"n": 8}
+    with pytest.raises(ConfigError, match=r"\[data\] epochs: unknown key"):
+        generator_options({"epochs": 3}, nurse_doctor)
+    with pytest.raises(ConfigError, match=r"\[data.cues\] bread: unknown cue"):
+        generator_options({"cues": {"bread": 0.3}}, nurse_doctor)
+    with pytest.raises(ConfigError, match=r"\[data.cues\]: Cues.hair_male"):
+        generator_options({"cues": {"hair_male": [1.0]}}, nurse_doctor)

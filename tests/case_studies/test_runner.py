@@ -124,7 +124,7 @@ def test_occlusion_criterion_defaults_to_the_confounder_role():
     assert expected["occlusion"]["region"] == "hair"
     del expected["occlusion"]["region"]
     acc, overall = passing()
-    for model, values in overall.items():
+    for values in overall.values():
         values["flip:confounder"] = values.pop("flip:hair")
     overall["debiased_data"]["flip:confounder"] = 0.26  # ratio 1.7: fails
     got = by_key(check_acceptance(*tables(acc, overall, p=0.0009), expected))

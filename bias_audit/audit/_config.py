@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._naming import ROLES
 from ..errors import ConfigError
 
 __all__ = [
@@ -201,15 +202,18 @@ class StatsConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class InterventionsConfig:
-    """``[interventions]``: occlude each role and re-predict.
+    """``[interventions]``: occlude each role (and each listed region) and re-predict.
 
-    Each role costs one forward pass; ``baseline`` adds one more per role for a random patch of
-    the same area (the ``flip_random:``/``drop_random:`` columns, NaN when it is off).
+    Each role and each region of ``regions`` costs one forward pass; ``baseline`` adds one more
+    per role or region for a random patch of the same area (the ``flip_random:``/``drop_random:``
+    columns, NaN when it is off). ``regions`` names annotated regions occluded on their own
+    (``flip:<region>``, ``drop:<region>``), e.g. ``["hair"]``; each must be a manifest region.
     """
 
     enabled: bool = True
     fill: str = "blur"
     baseline: bool = True
+    regions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -409,11 +413,21 @@ class AuditConfig:
         )
 
         r = section("interventions")
-        r.refuse_unknown(("enabled", "fill", "baseline"))
+        r.refuse_unknown(("enabled", "fill", "baseline", "regions"))
+        occluded = r.strs("regions", ())
+        # The manifest's regions are only known when the data is opened (the run checks them
+        # then); a role's name here would give a column that reads like the role's.
+        clash = [name for name in occluded if name in ROLES]
+        if clash:
+            raise r.fail(
+                "regions",
+                f"{clash} are role names, not regions; the roles are always occluded",
+            )
         interventions = InterventionsConfig(
             enabled=r.bool_("enabled", True),
             fill=r.str_("fill", "blur", choices=FILLS),
             baseline=r.bool_("baseline", True),
+            regions=occluded,
         )
 
         r = section("report")

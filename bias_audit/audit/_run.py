@@ -164,6 +164,12 @@ def _check_regions(config: AuditConfig, regions: Sequence[str]) -> None:
                     f"{config.source}: [regions] {role}: region {name!r} is not in the "
                     f"manifest {config.data.manifest.name} (its regions: {list(regions)})"
                 )
+    unknown = [name for name in config.interventions.regions if name not in regions]
+    if unknown:
+        raise ConfigError(
+            f"{config.source}: [interventions] regions: {unknown} not in the manifest "
+            f"{config.data.manifest.name} (its regions: {list(regions)})"
+        )
 
 
 def _batches(n: int, size: int) -> list[list[int]]:
@@ -324,6 +330,7 @@ def _spec(config: AuditConfig, plan: _Plan, ds) -> StepSpec:
         interventions=config.interventions.enabled,
         fill=config.interventions.fill,
         baseline=config.interventions.baseline,
+        occlude_regions=config.interventions.regions,
         seed=config.stats.seed,
     )
 
@@ -454,13 +461,15 @@ def _skipped(ds) -> pd.DataFrame:
     return skipped.astype({"column": str, "reason": str})
 
 
-#: Sample columns summarised per cell (when present); per-region masses are added too.
+#: Per-region occlusion columns summarised per cell when ``[interventions] regions`` asks for them.
+OCCLUSION_METRICS = ("flip", "drop", "flip_random")
+#: Sample columns summarised per cell (when present); per-region masses and occlusion are added.
 STAT_METRICS = (
     *(column("mass", r) for r in ROLES),
     column("lift", CONFOUNDER),
     column("pointing", "causal"),
     column("pointing", CONFOUNDER),
-    *(column(k, r) for k in ("flip", "drop", "flip_random") for r in ("causal", CONFOUNDER)),
+    *(column(k, r) for k in OCCLUSION_METRICS for r in ("causal", CONFOUNDER)),
 )
 #: Sample columns tested for gaps between cells and for differences between models.
 TESTED_METRICS = (column("mass", CONFOUNDER), column("mass", "causal"), column("flip", CONFOUNDER))
@@ -474,7 +483,8 @@ def _statistics(samples: pd.DataFrame, config: AuditConfig, regions) -> dict[str
 
     st, groups = config.stats, list(config.data.groups)
     have = set(samples.columns)
-    summarised = [m for m in (*STAT_METRICS, *(column("mass", r) for r in regions)) if m in have]
+    per_region = [column(k, r) for r in regions for k in ("mass", *OCCLUSION_METRICS)]
+    summarised = [m for m in (*STAT_METRICS, *per_region) if m in have]
     tested = [m for m in TESTED_METRICS if m in have]
     classes = sorted(set(samples["label"]) | set(samples["pred"]))
     common = {"groups": groups, "min_group_size": st.min_group_size, "seed": st.seed}

@@ -42,6 +42,8 @@ class StepSpec:
         baseline: with interventions, also occlude a same-area random patch per role (one
             more pass per role); off, the ``*_random:`` columns are NaN.
         fill: occlusion fill.
+        occlude_regions: region names also occluded one by one with the roles (one more pass
+            each, two with the baseline): ``flip:<region>``, ``drop:<region>`` ... columns.
         seed: seed of the random patches.
     """
 
@@ -55,6 +57,7 @@ class StepSpec:
     interventions: bool = True
     baseline: bool = True
     fill: str = "blur"
+    occlude_regions: tuple[str, ...] = ()
     seed: int = 0
 
 
@@ -66,7 +69,8 @@ def audit_batch(model: nn.Module, batch: Batch, *, spec: StepSpec) -> pd.DataFra
     """Explain one batch, measure attention per region and role, and occlude the roles.
 
     One explain pass gives the predictions and the maps; interventions cost one extra forward
-    pass per role plus one per same-area random patch (the baseline), reusing the logits of
+    pass per role and per region of ``spec.occlude_regions`` plus one per same-area random
+    patch (the baseline), reusing the logits of
     the explain pass. Equal to ``batch_rows(model, batch, explain_batch(model, batch, ...))``;
     the run loop calls the two halves separately to overlap them across batches.
 
@@ -138,11 +142,17 @@ def batch_rows(model: nn.Module, batch: Batch, exp: Explanation, *, spec: StepSp
 
         device = next(iter(model.parameters()), torch.empty(0)).device
         stacked = _role_masks(masks, present, batch.regions, roles)
+        names = (*ROLES, *spec.occlude_regions)
+        if spec.occlude_regions:
+            stacked = torch.cat(
+                [stacked, _region_masks(masks, present, batch.regions, spec.occlude_regions)],
+                dim=1,
+            )
         occ = occlusion_effect(
             model, batch.images.to(device), stacked.to(device), target.cpu(),
             fill=spec.fill, logits=logits, baseline=spec.baseline, seed=spec.seed,
         )  # fmt: skip
-        for j, role in enumerate(ROLES):
+        for j, role in enumerate(names):
             data[column("flip", role)] = _numpy(occ.flip[:, j])
             data[column("drop", role)] = _numpy(occ.drop_prob[:, j])
             data[column("flip_random", role)] = _numpy(occ.flip_random[:, j])
@@ -161,3 +171,10 @@ def _role_masks(masks, present, regions, roles) -> torch.Tensor:
 
     by_name, here = role_masks(masks, present, regions, roles)
     return torch.stack([by_name[r] & here[r][:, None, None] for r in ROLES], dim=1)
+
+
+def _region_masks(masks, present, regions, names) -> torch.Tensor:
+    """(N, len(names), H, W) bool: each named region's mask, empty where it is absent (so its
+    occlusion is skipped and its effects are NaN)."""
+    index = {r: i for i, r in enumerate(regions)}
+    return torch.stack([masks[:, index[r]] & present[:, index[r], None, None] for r in names], 1)

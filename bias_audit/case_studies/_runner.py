@@ -21,7 +21,7 @@ import sys
 import time
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ __all__ = [
     "CaseStudyResult",
     "audit_config_text",
     "check_acceptance",
+    "generator_options",
     "load_expected",
     "run_case_study",
     "train_plan",
@@ -229,7 +230,8 @@ def check_acceptance(
     conf, causal, flip = (
         column("mass", CONFOUNDER),
         column("mass", "causal"),
-        column("flip", CONFOUNDER),
+        # a single region (the issue's "occluding the hair") or, by default, the confounder role
+        column("flip", occ.get("region", CONFOUNDER)),
     )
     for model in d["models"]:
         for cell in every:
@@ -351,6 +353,42 @@ def audit_config_text(template: str, *, title: str, image_size: int, models: Seq
         raise ConfigError(f"audit.toml template: unknown or bad placeholder {err}") from err
 
 
+def generator_options(
+    data: Mapping[str, Any], generator: Any, *, where: str = "train.toml"
+) -> dict[str, Any]:
+    """The keyword arguments of ``generator.generate`` from a ``[data]`` table.
+
+    ``image_size``, ``seed`` and ``n`` pass through; a ``cues`` table becomes the generator's
+    ``Cues`` (lists become tuples), so a case study can set cue strengths without code.
+
+    Raises:
+        ConfigError: an unknown key in ``[data]`` or in ``[data.cues]``, or a bad cue value,
+            naming ``where`` and the key.
+    """
+    allowed = ("image_size", "seed", "n", "cues")
+    for key in data:
+        if key not in allowed:
+            raise ConfigError(f"{where}: [data] {key}: unknown key; expected one of "
+                              f"{', '.join(allowed)}")  # fmt: skip
+    out = {k: v for k, v in data.items() if k in ("image_size", "seed", "n")}
+    cues = data.get("cues")
+    if cues is not None:
+        cls = getattr(generator, "Cues", None)
+        if cls is None or not isinstance(cues, Mapping):
+            raise ConfigError(f"{where}: [data] cues: expected a table of cue strengths")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(cues) - known)
+        if unknown:
+            raise ConfigError(f"{where}: [data.cues] {unknown[0]}: unknown cue; expected one of "
+                              f"{', '.join(sorted(known))}")  # fmt: skip
+        try:
+            out["cues"] = cls(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in cues.items()})  # fmt: skip
+        except (ConfigError, TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: [data.cues]: {err}") from err
+    return out
+
+
 def _say(progress: bool, text: str) -> None:
     if progress:
         print(text, file=sys.stderr, flush=True)
@@ -430,7 +468,7 @@ def _run(
 
     _say(progress, f"[1/3] generating data into {out / 'data'}")
     t0 = time.perf_counter()
-    gen_kwargs = {k: v for k, v in data_settings.items() if k in ("image_size", "seed", "n")}
+    gen_kwargs = generator_options(data_settings, generator, where=f"{folder / 'train.toml'}")
     generator.generate(out / "data", quick=quick, force=force, **gen_kwargs)
     seconds["generate"] = time.perf_counter() - t0
 

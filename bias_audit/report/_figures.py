@@ -215,18 +215,20 @@ def _axis_names(i: int) -> tuple[str, str]:
 
 
 def _panels(data: ReportData, metric: str, *, yrange: Sequence[float] | None,
-            baseline: str | None = None) -> dict[str, Any] | None:
-    """One subplot per role, bars per model by cell; ``baseline`` adds diamond markers."""
+            baseline: str | None = None,
+            names: Sequence[str] = ROLES) -> dict[str, Any] | None:
+    """One subplot per role (or region of ``names``), bars per model by cell; ``baseline``
+    adds diamond markers."""
     cells = _cell_info(data)
-    frames = {role: metric_frame(data, column(metric, role)) for role in ROLES}
+    frames = {role: metric_frame(data, column(metric, role)) for role in names}
     if all(f.empty for f in frames.values()):
         return None
     traces: list[dict[str, Any]] = []
     layout: dict[str, Any] = {"barmode": "group"}  # the caption carries the title
-    n_roles = len(ROLES)
+    n_roles = len(names)
     gap = 0.06
     width = (1 - gap * (n_roles - 1)) / n_roles
-    for i, role in enumerate(ROLES):
+    for i, role in enumerate(names):
         xa, ya = _axis_names(i)
         start = i * (width + gap)
         layout[f"xaxis{i + 1 if i else ''}"] = {
@@ -461,8 +463,21 @@ def comparison_figures(data: ReportData) -> list[FigureSpec]:
                                                                    "layout": layout})]
 
 
+def _occluded_regions(data: ReportData) -> list[str]:
+    """Regions occluded on their own (``[interventions] regions``), in the tables' order."""
+    names = data.groups["metric"].unique() if not data.groups.empty else data.samples.columns
+    out: list[str] = []
+    for name in names:
+        metric, sep, region = str(name).partition(":")
+        if sep and metric == "flip" and region not in ROLES and region not in out:
+            out.append(region)
+    return out
+
+
 def intervention_figures(data: ReportData) -> list[FigureSpec]:
-    """Flip rate and score drop when each role is occluded, against a random patch."""
+    """Flip rate and score drop when each role (and each region occluded on its own) is
+    occluded, against a random patch."""
+    names = (*ROLES, *_occluded_regions(data))
     out = []
     for metric, title, note in (
         ("flip", "Flip rate when a role is occluded",
@@ -472,7 +487,7 @@ def intervention_figures(data: ReportData) -> list[FigureSpec]:
          "Drop of the explained class's probability; diamonds: a random patch of the same "
          "area."),
     ):
-        fig = _panels(data, metric, yrange=None, baseline=f"{metric}_random")
+        fig = _panels(data, metric, yrange=None, baseline=f"{metric}_random", names=names)
         if fig:
             out.append(FigureSpec(f"fig-{metric}", title, note, fig))
     return out

@@ -116,6 +116,14 @@ def test_from_dict_roundtrips_through_rendered_toml(tmp_path):
             ("[regions]", '[interventions]\nfill = "pink"\n[regions]'),
             r"\[interventions\] fill: expected one of",
         ),
+        (
+            ("[regions]", '[interventions]\nregions = ["hair", "confounder"]\n[regions]'),
+            r"\[interventions\] regions: \['confounder'\] are role names",
+        ),
+        (
+            ("[regions]", '[interventions]\nregions = ["hair", "hair"]\n[regions]'),
+            r"\[interventions\] regions: duplicate entries \['hair'\]",
+        ),
         (("[regions]", "[data.extra]\n[regions]"), r"\[data\]: unknown key 'extra'"),
         (
             ('name = "b"\ncheckpoint = "m.pt"\n', 'name = "b"\ncheckpoint = "m.pt"\nlayer = "x"\n'),

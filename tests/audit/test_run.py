@@ -303,3 +303,67 @@ def test_interventions_without_baseline_cost_one_pass_per_role(world):
         write_config(world, "nobase.toml", extra="[interventions]\nbaseline = false\n")
     )
     assert cfg.interventions.baseline is False
+
+
+def test_occluded_regions_cost_a_pass_each_and_match_a_direct_occlusion(world):
+    ds = load_manifest(world["manifest"], groups=["gender"], image_size=SIZE, mean=MEAN, std=STD)
+    model = load_model(checkpoint=world["biased"])
+    batch = collate([ds[i] for i in range(4, 10)])  # holds s007, which has no face mask
+    roles = {"causal": ("coat",), "confounder": ("face", "hair")}
+    spec = StepSpec(
+        model="m", classes=tuple(ds.classes), roles=roles, target_layer="features",
+        occlude_regions=("hair", "face"), fill="mean",
+    )  # fmt: skip
+    calls = []
+    handle = model.register_forward_hook(lambda m, i, o: calls.append(1))
+    try:
+        rows = audit_batch(model, batch, spec=spec)
+    finally:
+        handle.remove()
+    # one explain pass, then per role and per region one occluded and one random-patch pass
+    assert len(calls) == 1 + 2 * (3 + 2)
+    for k in ("flip", "drop", "flip_random", "drop_random"):
+        assert {f"{k}:hair", f"{k}:face"} <= set(rows.columns)
+    # the oracle: fill the hair with each image's per-channel mean and predict again
+    images = batch.images
+    hair = batch.masks[:, ds.regions.index("hair")][:, None]
+    occluded = torch.where(hair, images.mean(dim=(2, 3), keepdim=True), images)
+    with torch.no_grad():
+        clean, after = model(images).softmax(1), model(occluded).softmax(1)
+    pred = clean.argmax(1)
+    np.testing.assert_array_equal(rows["flip:hair"], (after.argmax(1) != pred).float().numpy())
+    drop = clean.gather(1, pred[:, None])[:, 0] - after.gather(1, pred[:, None])[:, 0]
+    np.testing.assert_allclose(rows["drop:hair"], drop.numpy(), atol=1e-5)
+    # an absent region is not occluded: NaN, not 0
+    s7 = rows["id"] == "s007"
+    assert rows.loc[s7, ["flip:face", "drop:face"]].isna().all().all()
+    assert rows.loc[~s7, "flip:face"].notna().all()
+
+
+def test_occluded_regions_reach_the_tables_and_the_report(world, tmp_path):
+    from bias_audit.report import load_run
+    from bias_audit.report._figures import intervention_figures
+
+    extra = '[interventions]\nregions = ["hair"]\nbaseline = false\n'
+    cfg = AuditConfig.from_toml(write_config(world, "hair.toml", extra=extra))
+    assert cfg.interventions.regions == ("hair",)
+    result = audit(cfg, out=tmp_path / "r", progress=False)
+    samples = result.samples
+    assert samples["flip:hair"].notna().all() and samples["flip_random:hair"].isna().all()
+    g = result.groups
+    for model in ("biased", "debiased"):
+        part = samples[samples["model"] == model]
+        value = g[(g["model"] == model) & (g["cell"] == "all") & (g["metric"] == "flip:hair")]
+        assert float(value["value"].iloc[0]) == pytest.approx(part["flip:hair"].mean())
+    figures = intervention_figures(load_run(tmp_path / "r"))
+    titles = [a["title"]["text"] for a in (
+        v for k, v in figures[0].figure["layout"].items() if k.startswith("xaxis"))]  # fmt: skip
+    assert titles == ["causal", "confounder", "background", "hair"]
+
+
+def test_occluded_region_not_in_manifest_is_named(world, tmp_path):
+    extra = '[interventions]\nregions = ["hair", "beard"]\n'
+    cfg = AuditConfig.from_toml(write_config(world, "beard.toml", extra=extra))
+    with pytest.raises(ConfigError, match=r"\[interventions\] regions: \['beard'\] not in"):
+        audit(cfg, out=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()

@@ -59,9 +59,9 @@ def passing():
         "debiased_penalty": dict.fromkeys(CELLS, 0.90),
     }
     overall = {
-        "biased": {"mass:confounder": 0.30, "mass:causal": 0.2, "flip:confounder": 0.45},
-        "debiased_data": {"mass:confounder": 0.15, "mass:causal": 0.6, "flip:confounder": 0.15},
-        "debiased_penalty": {"mass:confounder": 0.05, "mass:causal": 0.5, "flip:confounder": 0.0},
+        "biased": {"mass:confounder": 0.30, "mass:causal": 0.2, "flip:hair": 0.45},
+        "debiased_data": {"mass:confounder": 0.15, "mass:causal": 0.6, "flip:hair": 0.15},
+        "debiased_penalty": {"mass:confounder": 0.05, "mass:causal": 0.5, "flip:hair": 0.0},
     }
     return acc, overall
 
@@ -74,7 +74,8 @@ def test_acceptance_passes_at_the_limits():
     expected = load_expected(SHIPPED / "expected.toml")
     acc, overall = passing()
     checks = check_acceptance(*tables(acc, overall, p=0.0009), expected)
-    # 4 biased cells, 4 cells x 2 debiased models, 5 attention/occlusion checks per debiased model
+    # 4 biased cells, 4 cells x 2 debiased models, 5 attention/occlusion checks per debiased model;
+    # the occlusion checks read flip:hair, the region named in [occlusion] region
     assert len(checks) == 4 + 8 + 10
     assert all(c.passed for c in checks), [c.line for c in checks if not c.passed]
     got = by_key(checks)
@@ -82,11 +83,11 @@ def test_acceptance_passes_at_the_limits():
     assert ratio.value == pytest.approx(2.0) and ratio.op == ">="
     assert got[("biased vs debiased_data", "mass:confounder paired p")].value == 0.0009
     assert got[("debiased_data", "mass:causal - mass:confounder")].value == pytest.approx(0.45)
-    assert got[("biased vs debiased_data", "flip:confounder ratio")].value == pytest.approx(3.0)
-    diff = got[("biased vs debiased_data", "flip:confounder difference")]
+    assert got[("biased vs debiased_data", "flip:hair ratio")].value == pytest.approx(3.0)
+    diff = got[("biased vs debiased_data", "flip:hair difference")]
     assert diff.value == pytest.approx(0.30)
     # a debiased model that never flips: infinite ratio, which passes
-    assert math.isinf(got[("biased vs debiased_penalty", "flip:confounder ratio")].value)
+    assert math.isinf(got[("biased vs debiased_penalty", "flip:hair ratio")].value)
 
 
 def test_acceptance_fails_each_criterion_by_name():
@@ -97,8 +98,8 @@ def test_acceptance_fails_each_criterion_by_name():
     acc["debiased_penalty"]["female / doctor"] = 0.89
     overall["debiased_data"]["mass:confounder"] = 0.16  # ratio 1.875
     overall["debiased_penalty"]["mass:causal"] = 0.05  # causal == confounder: not greater
-    overall["debiased_data"]["flip:confounder"] = 0.26  # diff .19, ratio 1.7
-    del overall["debiased_penalty"]["flip:confounder"]  # missing: NaN fails
+    overall["debiased_data"]["flip:hair"] = 0.42  # diff .03, ratio 1.07
+    del overall["debiased_penalty"]["flip:hair"]  # missing: NaN fails
     checks = check_acceptance(*tables(acc, overall, p=0.002), expected)
     failed = {(c.model, c.name) for c in checks if not c.passed}
     assert failed == {
@@ -109,13 +110,27 @@ def test_acceptance_fails_each_criterion_by_name():
         ("biased vs debiased_data", "mass:confounder paired p"),
         ("biased vs debiased_penalty", "mass:confounder paired p"),
         ("debiased_penalty", "mass:causal - mass:confounder"),
-        ("biased vs debiased_data", "flip:confounder ratio"),
-        ("biased vs debiased_data", "flip:confounder difference"),
-        ("biased vs debiased_penalty", "flip:confounder ratio"),
-        ("biased vs debiased_penalty", "flip:confounder difference"),
+        ("biased vs debiased_data", "flip:hair ratio"),
+        ("biased vs debiased_data", "flip:hair difference"),
+        ("biased vs debiased_penalty", "flip:hair ratio"),
+        ("biased vs debiased_penalty", "flip:hair difference"),
     }
-    nan = by_key(checks)[("biased vs debiased_penalty", "flip:confounder difference")]
+    nan = by_key(checks)[("biased vs debiased_penalty", "flip:hair difference")]
     assert math.isnan(nan.value) and "n/a" in nan.line and nan.line.startswith("FAIL")
+
+
+def test_occlusion_criterion_defaults_to_the_confounder_role():
+    expected = load_expected(SHIPPED / "expected.toml")
+    assert expected["occlusion"]["region"] == "hair"
+    del expected["occlusion"]["region"]
+    acc, overall = passing()
+    for values in overall.values():
+        values["flip:confounder"] = values.pop("flip:hair")
+    overall["debiased_data"]["flip:confounder"] = 0.26  # ratio 1.7: fails
+    got = by_key(check_acceptance(*tables(acc, overall, p=0.0009), expected))
+    check = got[("biased vs debiased_data", "flip:confounder ratio")]
+    assert check.value == pytest.approx(0.45 / 0.26) and not check.passed
+    assert ("biased vs debiased_data", "flip:hair ratio") not in got
 
 
 def test_expected_file_errors_name_the_culprit(tmp_path):
@@ -139,10 +154,11 @@ def test_train_plan_reads_the_shipped_settings(tmp_path):
     assert p.strategy == "attention_penalty" and p.confounders == ("face", "hair")
     assert b.val_manifest is None and b.out == str(tmp_path / "m" / "biased")
     assert b.image_size == 64
+    assert data["n"] == {"test": 320} and data["cues"]["hair_male"][3] > 0.5
 
 
 def test_quick_tables_override(tmp_path):
-    text = (SHIPPED / "train.toml").read_text()
+    text = (SHIPPED / "train.toml").read_text().split("\n[quick.")[0]  # the shipped ones aside
     path = tmp_path / "train.toml"
     path.write_text(text + "\n[quick.common]\nlr = 0.5\n[quick.models.biased]\nepochs = 2\n")
     _, full = train_plan(path, tmp_path, tmp_path, quick=False)
@@ -204,7 +220,7 @@ def test_quick_case_study_end_to_end(tmp_path):
     assert all(checks[("debiased_data", f"accuracy [{c}]")]["passed"] for c in CELLS)
     for cell in ("female / doctor", "male / nurse"):
         assert checks[("biased", f"accuracy [{cell}]")]["passed"]
-    for name in ("mass:confounder ratio", "mass:confounder paired p", "flip:confounder ratio"):
+    for name in ("mass:confounder ratio", "mass:confounder paired p", "flip:hair ratio"):
         assert checks[("biased vs debiased_data", name)]["passed"], name
     assert checks[("debiased_data", "mass:causal - mass:confounder")]["passed"]
     # the acceptance was judged from the audit's own tables
@@ -225,3 +241,20 @@ def test_quick_case_study_end_to_end(tmp_path):
     # ... and a full run into the quick run's folder is refused by name
     full = subprocess.run(cmd[:5] + cmd[6:], capture_output=True, text=True, env=_env(), cwd=REPO)
     assert full.returncode == 2 and "holds a --quick run" in full.stderr
+
+
+def test_generator_options_build_cues_and_name_bad_keys():
+    from bias_audit.case_studies import generator_options, nurse_doctor
+
+    got = generator_options(
+        {"image_size": 64, "seed": 3, "cues": {"beard": 0.3, "clutter": [1, 2]}}, nurse_doctor
+    )
+    assert got["image_size"] == 64 and got["seed"] == 3
+    assert got["cues"] == nurse_doctor.Cues(beard=0.3, clutter=(1, 2))
+    assert generator_options({"n": 8}, nurse_doctor) == {"n": 8}
+    with pytest.raises(ConfigError, match=r"\[data\] epochs: unknown key"):
+        generator_options({"epochs": 3}, nurse_doctor)
+    with pytest.raises(ConfigError, match=r"\[data.cues\] bread: unknown cue"):
+        generator_options({"cues": {"bread": 0.3}}, nurse_doctor)
+    with pytest.raises(ConfigError, match=r"\[data.cues\]: Cues.hair_male"):
+        generator_options({"cues": {"hair_male": [1.0]}}, nurse_doctor)

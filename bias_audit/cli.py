@@ -99,7 +99,7 @@ def _build_parser() -> _Parser:
     cs.add_argument("--force", action="store_true", help="overwrite an existing output folder")
     cs.add_argument("--strict", action="store_true", help="exit 1 when an acceptance check fails")
     cs.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
-    cs.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    cs.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     return p
 
 

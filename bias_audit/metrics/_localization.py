@@ -3,7 +3,7 @@
 Every function takes ``maps`` (N, H, W) >= 0 first and ``masks`` (N, H, W) bool (or ``boxes``
 (N, 4)) second, returns a float32 tensor (N,), and gives NaN, never a score, for a degenerate
 input: a map that is all zero or not finite, or an empty region. The definitions are those of
-``docs/readme/metrics.md``.
+the README (section "Metrics, interventions and group statistics").
 
 The inputs may live on any device (CPU or CUDA; masks and boxes on the maps' device); the work
 is vectorised torch on that device and the results come back there. Maps may be float32 or

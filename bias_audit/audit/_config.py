@@ -31,20 +31,6 @@ __all__ = [
     "OutputConfig",
 ]
 
-#: Fallback when the explain layer is not importable; the live list comes from ``explain.METHODS``.
-_KNOWN_METHODS = (
-    "cam",
-    "gradcam",
-    "gradcam++",
-    "xgradcam",
-    "layercam",
-    "hirescam",
-    "scorecam",
-    "counterfactual",
-    "guided_backprop",
-    "deconvnet",
-    "guided_gradcam",
-)
 #: Methods that give signed (N, C, H, W) input gradients rather than a (N, H, W) map.
 GUIDED = ("guided_backprop", "deconvnet", "guided_gradcam")
 TARGETS = ("predicted", "label")
@@ -56,11 +42,10 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _methods() -> tuple[str, ...]:
-    try:
-        from ..explain import METHODS
-    except (ImportError, AttributeError):
-        return _KNOWN_METHODS
-    return tuple(METHODS)
+    # Imported on use: reading a config should not pay for importing the explain engine.
+    from ..explain import METHODS
+
+    return METHODS
 
 
 class _Reader:

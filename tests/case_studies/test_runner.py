@@ -52,6 +52,10 @@ def tables(acc: dict[str, dict[str, float]], overall: dict[str, dict[str, float]
     return pd.DataFrame(rows), comparisons
 
 
+# The occlusion criterion's column: the shipped [occlusion] region (a region or a role).
+FLIP = "flip:" + load_expected(SHIPPED / "expected.toml")["occlusion"]["region"]
+
+
 def passing():
     acc = {
         "biased": dict(zip(CELLS, (0.97, 0.96, 0.40, 0.75), strict=True)),
@@ -59,9 +63,9 @@ def passing():
         "debiased_penalty": dict.fromkeys(CELLS, 0.90),
     }
     overall = {
-        "biased": {"mass:confounder": 0.30, "mass:causal": 0.2, "flip:hair": 0.45},
-        "debiased_data": {"mass:confounder": 0.15, "mass:causal": 0.6, "flip:hair": 0.15},
-        "debiased_penalty": {"mass:confounder": 0.05, "mass:causal": 0.5, "flip:hair": 0.0},
+        "biased": {"mass:confounder": 0.30, "mass:causal": 0.2, FLIP: 0.45},
+        "debiased_data": {"mass:confounder": 0.15, "mass:causal": 0.6, FLIP: 0.15},
+        "debiased_penalty": {"mass:confounder": 0.05, "mass:causal": 0.5, FLIP: 0.0},
     }
     return acc, overall
 
@@ -75,7 +79,7 @@ def test_acceptance_passes_at_the_limits():
     acc, overall = passing()
     checks = check_acceptance(*tables(acc, overall, p=0.0009), expected)
     # 4 biased cells, 4 cells x 2 debiased models, 5 attention/occlusion checks per debiased model;
-    # the occlusion checks read flip:hair, the region named in [occlusion] region
+    # the occlusion checks read the column of [occlusion] region (FLIP)
     assert len(checks) == 4 + 8 + 10
     assert all(c.passed for c in checks), [c.line for c in checks if not c.passed]
     got = by_key(checks)
@@ -83,11 +87,11 @@ def test_acceptance_passes_at_the_limits():
     assert ratio.value == pytest.approx(2.0) and ratio.op == ">="
     assert got[("biased vs debiased_data", "mass:confounder paired p")].value == 0.0009
     assert got[("debiased_data", "mass:causal - mass:confounder")].value == pytest.approx(0.45)
-    assert got[("biased vs debiased_data", "flip:hair ratio")].value == pytest.approx(3.0)
-    diff = got[("biased vs debiased_data", "flip:hair difference")]
+    assert got[("biased vs debiased_data", f"{FLIP} ratio")].value == pytest.approx(3.0)
+    diff = got[("biased vs debiased_data", f"{FLIP} difference")]
     assert diff.value == pytest.approx(0.30)
     # a debiased model that never flips: infinite ratio, which passes
-    assert math.isinf(got[("biased vs debiased_penalty", "flip:hair ratio")].value)
+    assert math.isinf(got[("biased vs debiased_penalty", f"{FLIP} ratio")].value)
 
 
 def test_acceptance_fails_each_criterion_by_name():
@@ -98,8 +102,8 @@ def test_acceptance_fails_each_criterion_by_name():
     acc["debiased_penalty"]["female / doctor"] = 0.89
     overall["debiased_data"]["mass:confounder"] = 0.16  # ratio 1.875
     overall["debiased_penalty"]["mass:causal"] = 0.05  # causal == confounder: not greater
-    overall["debiased_data"]["flip:hair"] = 0.42  # diff .03, ratio 1.07
-    del overall["debiased_penalty"]["flip:hair"]  # missing: NaN fails
+    overall["debiased_data"][FLIP] = 0.42  # diff .03, ratio 1.07
+    del overall["debiased_penalty"][FLIP]  # missing: NaN fails
     checks = check_acceptance(*tables(acc, overall, p=0.002), expected)
     failed = {(c.model, c.name) for c in checks if not c.passed}
     assert failed == {
@@ -110,22 +114,22 @@ def test_acceptance_fails_each_criterion_by_name():
         ("biased vs debiased_data", "mass:confounder paired p"),
         ("biased vs debiased_penalty", "mass:confounder paired p"),
         ("debiased_penalty", "mass:causal - mass:confounder"),
-        ("biased vs debiased_data", "flip:hair ratio"),
-        ("biased vs debiased_data", "flip:hair difference"),
-        ("biased vs debiased_penalty", "flip:hair ratio"),
-        ("biased vs debiased_penalty", "flip:hair difference"),
+        ("biased vs debiased_data", f"{FLIP} ratio"),
+        ("biased vs debiased_data", f"{FLIP} difference"),
+        ("biased vs debiased_penalty", f"{FLIP} ratio"),
+        ("biased vs debiased_penalty", f"{FLIP} difference"),
     }
-    nan = by_key(checks)[("biased vs debiased_penalty", "flip:hair difference")]
+    nan = by_key(checks)[("biased vs debiased_penalty", f"{FLIP} difference")]
     assert math.isnan(nan.value) and "n/a" in nan.line and nan.line.startswith("FAIL")
 
 
 def test_occlusion_criterion_defaults_to_the_confounder_role():
     expected = load_expected(SHIPPED / "expected.toml")
-    assert expected["occlusion"]["region"] == "hair"
     del expected["occlusion"]["region"]
     acc, overall = passing()
     for values in overall.values():
-        values["flip:confounder"] = values.pop("flip:hair")
+        values["flip:hair"] = values.pop(FLIP)  # a region column the default must ignore
+        values["flip:confounder"] = values["flip:hair"]
     overall["debiased_data"]["flip:confounder"] = 0.26  # ratio 1.7: fails
     got = by_key(check_acceptance(*tables(acc, overall, p=0.0009), expected))
     check = got[("biased vs debiased_data", "flip:confounder ratio")]
@@ -220,7 +224,7 @@ def test_quick_case_study_end_to_end(tmp_path):
     assert all(checks[("debiased_data", f"accuracy [{c}]")]["passed"] for c in CELLS)
     for cell in ("female / doctor", "male / nurse"):
         assert checks[("biased", f"accuracy [{cell}]")]["passed"]
-    for name in ("mass:confounder ratio", "mass:confounder paired p", "flip:hair ratio"):
+    for name in ("mass:confounder ratio", "mass:confounder paired p", f"{FLIP} ratio"):
         assert checks[("biased vs debiased_data", name)]["passed"], name
     assert checks[("debiased_data", "mass:causal - mass:confounder")]["passed"]
     # the acceptance was judged from the audit's own tables

@@ -86,14 +86,7 @@ def gradcam_mass(
     Returns:
         ``(logits (N,C), mass (N,))``; mass is in [0,1] and 0 where the map is all zero.
     """
-    module = model.get_submodule(target_layer)
-    captured: list[Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    try:
-        logits = model(images)
-    finally:
-        handle.remove()
-    acts = captured[-1]
+    logits, acts = _forward_capturing(model, images, target_layer)
     # The label's margin over the mean logit, not its raw logit: a shortcut used through
     # another class's logit (a red spot lowering "ring") must count as attention too.
     score = (logits.gather(1, labels[:, None])[:, 0] - logits.mean(dim=1)).sum()
@@ -133,14 +126,7 @@ def gradcam_evidence_mass(
     Returns:
         ``(logits (N,C), mass (N,))``; mass is in [0,1], 0 where every map is all zero.
     """
-    module = model.get_submodule(target_layer)
-    captured: list[Tensor] = []
-    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    try:
-        logits = model(images)
-    finally:
-        handle.remove()
-    acts = captured[-1]
+    logits, acts = _forward_capturing(model, images, target_layer)
     cover = _coverage(region, tuple(acts.shape[-2:]), window)
     margins = logits - logits.mean(dim=1, keepdim=True)
     n_classes = logits.shape[1]
@@ -167,3 +153,17 @@ def input_grad_energy(model: nn.Module, images: Tensor, region: Tensor) -> tuple
     (grads,) = torch.autograd.grad(log_p.sum(), x, create_graph=True)
     energy = ((region[:, None].to(grads.dtype) * grads) ** 2).sum(dim=(1, 2, 3))
     return logits, energy
+
+
+def _forward_capturing(
+    model: nn.Module, images: Tensor, target_layer: str
+) -> tuple[Tensor, Tensor]:
+    """(logits, the target layer's output of the same pass), both kept in the graph."""
+    module = model.get_submodule(target_layer)
+    captured: list[Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        logits = model(images)
+    finally:
+        handle.remove()
+    return logits, captured[-1]

@@ -269,7 +269,9 @@ def _gap_findings(gaps: pd.DataFrame | None) -> list[dict[str, Any]]:
             continue
         out.append(
             _finding(
-                "group_gap", row["model"], metric=row["metric"], value=gap,
+                # The value is the gap, not the metric itself: name it so, or the report would
+                # print "mass:causal = 0.18" beside a cell whose mass is 0.60.
+                "group_gap", row["model"], metric=f"gap in {row['metric']}", value=gap,
                 p_value=float(row["p_value"]), effect=gap, proposed=severity_of("group_gap", gap),
                 source=("gaps", i), cell=row["best_cell"],
                 text=(f"{row['model']}: {row['metric']} ranges from {row['worst_value']:.2f} "

@@ -6,7 +6,6 @@ a run folder without the models or the data.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import pandas as pd
 
 from .._naming import CONFOUNDER, cell_name, column
 from ..errors import ConfigError, RunError
-from ._store import read_table
+from ._store import read_summary, read_table
 
 __all__ = ["Criterion", "check_run"]
 
@@ -45,14 +44,7 @@ class Criterion:
 def _load(run_dir: Path) -> tuple[pd.DataFrame, dict]:
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: not a run folder (no such directory)")
-    summary_path = run_dir / "summary.json"
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise RunError(f"{summary_path}: not found; is the run finished?") from err
-    except (OSError, ValueError) as err:
-        raise RunError(f"{summary_path}: unreadable: {err}") from err
-    return read_table(run_dir / "samples.parquet"), summary
+    return read_table(run_dir / "samples.parquet"), read_summary(run_dir)
 
 
 def check_run(

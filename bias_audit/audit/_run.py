@@ -31,7 +31,7 @@ from ..errors import ConfigError, RunError
 from ._config import AuditConfig, ModelConfig
 from ._findings import draft_findings, settle_findings
 from ._step import MAP_OK, StepSpec, batch_rows, explain_batch
-from ._store import RunStore, read_table
+from ._store import RunStore, read_summary, read_table
 
 __all__ = ["audit", "AuditResult"]
 
@@ -65,16 +65,8 @@ class AuditResult:
     @classmethod
     def load(cls, run_dir: str | Path) -> AuditResult:
         """Read a finished run folder back. Raises RunError naming a missing or broken file."""
-        import json
-
         run_dir = Path(run_dir)
-        path = run_dir / "summary.json"
-        try:
-            summary = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as err:
-            raise RunError(f"{path}: not found; is this a finished run folder?") from err
-        except (OSError, ValueError) as err:
-            raise RunError(f"{path}: unreadable: {err}") from err
+        summary = read_summary(run_dir)
 
         def table(name: str) -> pd.DataFrame:
             p = run_dir / name

@@ -50,6 +50,17 @@ def read_table(path: Path) -> pd.DataFrame:
         raise RunError(f"{path}: cannot read the table: {err}") from err
 
 
+def read_summary(run_dir: Path) -> dict[str, Any]:
+    """Read ``summary.json`` of a run folder, naming the file when it is missing or broken."""
+    path = run_dir / "summary.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise RunError(f"{path}: not found; is this a finished run folder?") from err
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path}: unreadable: {err}") from err
+
+
 class RunStore:
     """One run folder. ``open`` decides between a fresh start, an overwrite and a resume."""
 

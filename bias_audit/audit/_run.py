@@ -112,13 +112,14 @@ def _sha256(path: Path) -> str:
 
 def _plan(config: AuditConfig, m: ModelConfig) -> _Plan:
     from ..data import IMAGENET_MEAN, IMAGENET_STD
-    from ..models import read_metadata
+    from ..models import checkpoint_arch, read_metadata
 
     meta = read_metadata(m.checkpoint)
     classes = m.classes or (meta.classes if meta else None) or config.data.classes
     return _Plan(
         cfg=m,
-        arch=m.arch or (meta.arch if meta else None),
+        arch=m.arch
+        or (checkpoint_arch(meta, where=f"models.{m.name}.checkpoint {str(m.checkpoint)!r}") if meta else None),
         classes=tuple(classes) if classes else None,
         image_size=m.image_size or (meta.image_size if meta else config.data.image_size),
         mean=tuple(meta.mean) if meta else tuple(IMAGENET_MEAN),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._build import SmallCNN, build_model, list_archs
 from ._checkpoint import FORMAT, CheckpointMeta, read_checkpoint, read_metadata, save_checkpoint
-from ._load import load_model, load_state_dict_strict
+from ._load import checkpoint_arch, load_model, load_state_dict_strict
 from ._penalty import find_target_layer, gradcam_evidence_mass, gradcam_mass, input_grad_energy
 from ._strategies import STRATEGIES
 from ._train import TrainConfig, TrainResult, train_classifier
@@ -22,6 +22,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "build_model",
+    "checkpoint_arch",
     "find_target_layer",
     "gradcam_evidence_mass",
     "gradcam_mass",

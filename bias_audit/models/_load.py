@@ -11,9 +11,9 @@ from torch import nn
 from .._device import resolve_device
 from ..errors import CheckpointError, ModelError
 from ._build import build_model
-from ._checkpoint import read_checkpoint
+from ._checkpoint import CheckpointMeta, read_checkpoint
 
-__all__ = ["load_model", "load_state_dict_strict"]
+__all__ = ["checkpoint_arch", "load_model", "load_state_dict_strict"]
 
 
 def load_model(
@@ -59,7 +59,7 @@ def load_model(
     if meta is not None:
         if arch is not None and arch != meta.arch:
             raise ModelError(f"arch {arch!r} disagrees with {meta.arch!r} recorded in {where}")
-        arch = meta.arch
+        arch = arch if arch is not None else checkpoint_arch(meta, where=where)
         if classes is not None and tuple(classes) != meta.classes:
             raise ModelError(
                 f"classes {list(classes)} disagree with {list(meta.classes)} recorded in {where}"
@@ -88,6 +88,23 @@ def load_model(
     if state is not None:
         load_state_dict_strict(model, state, source=str(checkpoint))
     return model.eval().to(dev)
+
+
+def checkpoint_arch(meta: CheckpointMeta, *, where: str) -> str:
+    """The architecture a checkpoint's metadata names, if it names no code to run.
+
+    A checkpoint is data: it may choose a built-in architecture (smallcnn, torchvision), but a
+    ``pkg.module:factory`` is imported and called only when the user writes it.
+
+    Raises:
+        ModelError: the metadata names a factory.
+    """
+    if ":" in meta.arch:
+        raise ModelError(
+            f"{where} asks for the factory {meta.arch!r}: a checkpoint never chooses code to "
+            "run; write that factory as the model's arch yourself if you trust it"
+        )
+    return meta.arch
 
 
 def _infer_num_classes(state: Mapping[str, torch.Tensor] | None) -> int | None:

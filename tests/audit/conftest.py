@@ -97,9 +97,11 @@ gallery_per_cell = 2
 [[models]]
 name = "biased"
 checkpoint = "biased.pt"
+arch = "tests.audit.nets:build"
 [[models]]
 name = "debiased"
 checkpoint = "debiased.pt"
+arch = "tests.audit.nets:build"
 """
 
 

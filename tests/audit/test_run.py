@@ -16,7 +16,7 @@ import torch
 from bias_audit.audit import AuditConfig, AuditResult, StepSpec, audit, audit_batch
 from bias_audit.cli import main
 from bias_audit.data import collate, load_manifest
-from bias_audit.errors import ConfigError
+from bias_audit.errors import ConfigError, ModelError
 from bias_audit.explain import explain
 from bias_audit.models import load_model
 from tests.audit.conftest import MEAN, SIZE, STD, N, write_config
@@ -132,7 +132,7 @@ def test_gallery_is_bounded_and_matches_its_index(run1):
 def test_step_matches_a_direct_computation(world):
     ds = load_manifest(world["manifest"], groups=["gender"], image_size=SIZE, mean=MEAN, std=STD,
                        min_group_size=5)  # fmt: skip
-    model = load_model(checkpoint=world["biased"])
+    model = load_model("tests.audit.nets:build", checkpoint=world["biased"])
     batch = collate([ds[i] for i in range(6)])
     spec = StepSpec(model="biased", classes=tuple(ds.classes), roles={
         "causal": ("coat",), "confounder": ("face", "hair")}, groups=("gender",),
@@ -246,7 +246,7 @@ def test_region_not_in_manifest_is_named(world, tmp_path):
 
 def test_all_zero_maps_are_counted_not_scored(world):
     ds = load_manifest(world["manifest"], groups=["gender"], image_size=SIZE, mean=MEAN, std=STD)
-    model = load_model(checkpoint=world["biased"])
+    model = load_model("tests.audit.nets:build", checkpoint=world["biased"])
     with torch.no_grad():
         model.fc.weight.zero_()  # no gradient reaches the layer: every Grad-CAM map is zero
     batch = collate([ds[i] for i in range(4)])
@@ -285,7 +285,7 @@ def test_report_command_renders_a_finished_run(run1, capsys):
 
 def test_interventions_without_baseline_cost_one_pass_per_role(world):
     ds = load_manifest(world["manifest"], groups=["gender"], image_size=SIZE, mean=MEAN, std=STD)
-    model = load_model(checkpoint=world["biased"])
+    model = load_model("tests.audit.nets:build", checkpoint=world["biased"])
     batch = collate([ds[i] for i in range(4)])
     roles = {"causal": ("coat",), "confounder": ("face", "hair")}
     spec = StepSpec(
@@ -307,7 +307,7 @@ def test_interventions_without_baseline_cost_one_pass_per_role(world):
 
 def test_occluded_regions_cost_a_pass_each_and_match_a_direct_occlusion(world):
     ds = load_manifest(world["manifest"], groups=["gender"], image_size=SIZE, mean=MEAN, std=STD)
-    model = load_model(checkpoint=world["biased"])
+    model = load_model("tests.audit.nets:build", checkpoint=world["biased"])
     batch = collate([ds[i] for i in range(4, 10)])  # holds s007, which has no face mask
     roles = {"causal": ("coat",), "confounder": ("face", "hair")}
     spec = StepSpec(
@@ -367,3 +367,11 @@ def test_occluded_region_not_in_manifest_is_named(world, tmp_path):
     with pytest.raises(ConfigError, match=r"\[interventions\] regions: \['beard'\] not in"):
         audit(cfg, out=tmp_path / "r", progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def test_checkpoint_naming_a_factory_is_refused_unless_the_config_names_it(world, tmp_path):
+    # The world's checkpoints record a factory; without `arch` in the config nothing may run it.
+    cfg = write_config(world, "nofactory.toml", replace=('arch = "tests.audit.nets:build"\n', ""))
+    with pytest.raises(ModelError, match=r"biased\.pt.*tests\.audit\.nets:build.*never chooses"):
+        audit(AuditConfig.from_toml(cfg), out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "samples.parquet").exists()

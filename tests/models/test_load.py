@@ -229,3 +229,21 @@ def test_pretrained_torchvision_state_dict_from_local_file(tmp_path, gen):
     model = load_model("resnet18", checkpoint=path)
     assert model.fc.out_features == 10
     assert os.path.getsize(path) > 0
+
+
+@pytest.mark.parametrize("arch", ["tests.models.evil_factory:build", "os:system"])
+def test_checkpoint_metadata_never_chooses_code(tmp_path, monkeypatch, arch):
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("BIAS_AUDIT_TEST_MARKER", str(marker))
+    meta = CheckpointMeta(
+        arch=arch, classes=("a", "b"), image_size=16, mean=(0.5,) * 3, std=(0.25,) * 3
+    )
+    path = save_checkpoint(tmp_path / "model.pt", SmallCNN(2, width=4).state_dict(), meta)
+    with pytest.raises(ModelError, match=rf"model\.pt.*{arch}.*never chooses code"):
+        load_model(checkpoint=path)
+    assert not marker.exists()
+    # The user naming the factory is the only way it runs.
+    if arch.startswith("tests."):
+        with pytest.raises(SystemExit):
+            load_model(arch, checkpoint=path)
+        assert marker.exists()

@@ -23,10 +23,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bias_audit.audit import AuditConfig, StepSpec, audit, audit_batch  # noqa: E402
-from bias_audit.data import collate, load_manifest  # noqa: E402
-from bias_audit.explain import explain  # noqa: E402
-from bias_audit.models import CheckpointMeta, build_model, load_model, save_checkpoint  # noqa: E402
+from bias_audit.core.architectures import build_model  # noqa: E402
+from bias_audit.core.config import AuditConfig  # noqa: E402
+from bias_audit.core.maps import explain  # noqa: E402
+from bias_audit.io.checkpoints import CheckpointMeta, load_model, save_checkpoint  # noqa: E402
+from bias_audit.io.data import collate, load_manifest  # noqa: E402
+from bias_audit.pipelines import StepSpec, audit, audit_batch  # noqa: E402
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from bias_audit.data import collate, load_manifest
+from bias_audit.io.data import collate, load_manifest
 
 
 def main() -> None:

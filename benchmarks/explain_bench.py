@@ -63,7 +63,7 @@ def _worker(case: str, args: argparse.Namespace) -> dict:
                 model(images)
 
     elif case == "b":
-        from bias_audit.explain import explain
+        from bias_audit.core.maps import explain
 
         def run() -> None:
             explain(model, images, ("gradcam", "gradcam++"), target_layer="layer4", targets=targets)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models import resnet50
 
-from bias_audit.metrics import sample_metrics
+from bias_audit.core.metrics import sample_metrics
 
 N, SIZE, BATCH = 256, 224, 16
 REGIONS = ("coat", "face", "hair", "stethoscope")
@@ -76,7 +76,7 @@ def time_explain(n_images: int, gen: torch.Generator) -> tuple[float, str]:
     for p in model.parameters():
         p.requires_grad_(False)
     try:
-        from bias_audit.explain import explain  # the real engine, once merged
+        from bias_audit.core.maps import explain  # the real engine, once merged
 
         def run(x):
             explain(model, x, methods=("gradcam",), target_layer="layer4")

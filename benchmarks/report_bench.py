@@ -21,8 +21,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10_000)
     parser.add_argument("--out", type=Path, default=Path("/tmp/report-bench"))
     args = parser.parse_args()
-    run = make_run_folder(args.out, n_per_cell=args.images // 4, small=None,
-                          gallery_per_cell=20, image_size=224)
+    run = make_run_folder(
+        args.out, n_per_cell=args.images // 4, small=None, gallery_per_cell=20, image_size=224
+    )
     start = time.perf_counter()
     path = render_report(run, max_per_cell=20)
     took = time.perf_counter() - start

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from bias_audit.models import TrainConfig, train_classifier
+from bias_audit.pipelines import TrainConfig, train_classifier
 
 
 def main() -> None:
@@ -41,15 +41,22 @@ def main() -> None:
             rows.append({"image": f"img/{i}.png", "label": "ab"[i % 2], "g": "xy"[i % 3 % 2]})
         pd.DataFrame(rows).to_csv(root / "m.csv", index=False)
         config = TrainConfig(
-            train_manifest=str(root / "m.csv"), groups=("g",), arch=args.arch,
-            image_size=args.size, epochs=1, batch_size=32, num_workers=args.workers,
+            train_manifest=str(root / "m.csv"),
+            groups=("g",),
+            arch=args.arch,
+            image_size=args.size,
+            epochs=1,
+            batch_size=32,
+            num_workers=args.workers,
             out=str(root / "run"),
         )
         t0 = time.perf_counter()
         train_classifier(config, progress=False)
         seconds = time.perf_counter() - t0
-    print(f"{args.arch}: {args.n} images at {args.size} px, {args.threads} threads, "
-          f"{args.workers} workers: {seconds:.1f} s per epoch")
+    print(
+        f"{args.arch}: {args.n} images at {args.size} px, {args.threads} threads, "
+        f"{args.workers} workers: {seconds:.1f} s per epoch"
+    )
 
 
 if __name__ == "__main__":

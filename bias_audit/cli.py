@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import BiasAuditError, ConfigError
+from bias_audit.errors import BiasAuditError, ConfigError
 
 __all__ = ["main"]
 
@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _build_parser() -> _Parser:
-    from . import __version__
+    from bias_audit import __version__
 
     p = _Parser(prog="bias-audit", description="Audit image classifiers for dataset bias.")
     p.add_argument("--version", action="version", version=f"bias-audit {__version__}")
@@ -105,7 +105,7 @@ def _build_parser() -> _Parser:
 
 def _train_fields() -> list[dataclasses.Field]:
     try:
-        from .models import TrainConfig
+        from bias_audit.pipelines import TrainConfig
     except (ImportError, AttributeError):
         return []
     return [f for f in dataclasses.fields(TrainConfig) if f.init]
@@ -148,11 +148,11 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .audit import AuditConfig
+    from bias_audit.core.config import AuditConfig
 
     config = AuditConfig.from_toml(args.config)
     args._run_dir = config.run_dir(args.out)
-    from .audit import audit
+    from bias_audit.pipelines import audit
 
     result = audit(
         config,
@@ -162,6 +162,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         device=args.device,
         progress=_progress(args),
     )
+    if config.report.enabled:
+        from bias_audit.report import render_report
+
+        render_report(result.run_dir)
     if not args.quiet:
         for f in result.findings:
             print(f"[{f['severity']}] {f['text']}")
@@ -173,7 +177,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import tomllib
 
     try:
-        from .models import TrainConfig, train_classifier
+        from bias_audit.pipelines import TrainConfig, train_classifier
     except ImportError as err:
         raise ConfigError(f"train: the models layer is not available: {err}") from err
     values: dict[str, Any] = {}
@@ -225,7 +229,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     try:
-        from .report import render_report
+        from bias_audit.report import render_report
     except ImportError as err:
         raise ConfigError(f"report: the report layer is not available: {err}") from err
     if not (args.run_dir / "summary.json").is_file():
@@ -237,11 +241,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .audit import compare_runs
+    from bias_audit.pipelines import compare_runs
 
     table = compare_runs(args.run_a, args.run_b, model_a=args.model_a, model_b=args.model_b)
     if args.out is not None:
-        from ._io import atomic_write
+        from bias_audit.io._files import atomic_write
 
         with atomic_write(args.out, "wb" if args.out.suffix == ".parquet" else "w") as fh:
             if args.out.suffix == ".parquet":
@@ -259,7 +263,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .audit import check_run
+    from bias_audit.pipelines import check_run
 
     criteria = check_run(
         args.run_dir,
@@ -277,7 +281,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_case_study(args: argparse.Namespace) -> int:
     try:
-        from .case_studies import run_case_study
+        from bias_audit.case_studies import run_case_study
     except ImportError as err:
         raise ConfigError(
             f"case-study {args.name!r}: bias_audit.case_studies.run_case_study is not available "

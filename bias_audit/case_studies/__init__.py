@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import nurse_doctor
-from ._runner import (
+from bias_audit.case_studies import nurse_doctor
+from bias_audit.case_studies._runner import (
     AcceptanceCheck,
     CaseStudyResult,
     audit_config_text,

@@ -27,10 +27,11 @@ from typing import Any
 
 import pandas as pd
 
-from .._io import write_json, write_text
-from .._naming import CONFOUNDER, column
-from .._resources import resource_dir
-from ..errors import ConfigError, RunError
+from bias_audit.core._naming import CONFOUNDER, column
+from bias_audit.errors import ConfigError, RunError
+from bias_audit.io._files import write_json, write_text
+from bias_audit.io._resources import resource_dir
+from bias_audit.report import render_report
 
 __all__ = [
     "AcceptanceCheck",
@@ -305,7 +306,7 @@ def train_plan(
         ConfigError: a bad file, a missing ``split``, a key the runner sets, or a TrainConfig
             error, each naming the file and the model.
     """
-    from ..models import TrainConfig
+    from bias_audit.pipelines import TrainConfig
 
     path = Path(train_toml)
     raw = _read_toml(path)
@@ -456,9 +457,9 @@ def _run(
     name: str, folder: Path, out: Path, audit_dir: Path, quick: bool, force: bool,
     progress: bool, device: str | None, expected: Mapping[str, Any],
 ) -> CaseStudyResult:  # fmt: skip
-    from ..audit import AuditConfig, audit
-    from ..models import train_classifier
-    from . import CASE_STUDIES
+    from bias_audit.case_studies import CASE_STUDIES
+    from bias_audit.core.config import AuditConfig
+    from bias_audit.pipelines import audit, train_classifier
 
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -497,6 +498,8 @@ def _run(
     result = audit(
         config, out=audit_dir, resume=resume, force=force, device=device, progress=progress
     )  # fmt: skip
+    if config.report.enabled:
+        render_report(result.run_dir)
     seconds["audit"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_start
 
@@ -527,7 +530,7 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 def _reuse(
     name: str, out: Path, finished: Path, quick: bool, expected: Mapping[str, Any]
 ) -> CaseStudyResult:
-    from ..audit import AuditResult
+    from bias_audit.pipelines import AuditResult
 
     try:
         info = json.loads(finished.read_text(encoding="utf-8"))

@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .._io import write_json, write_text
-from ..errors import ConfigError, DataError
+from bias_audit.errors import ConfigError, DataError
+from bias_audit.io._files import write_json, write_text
 
 __all__ = [
     "CLASSES",
@@ -86,13 +86,28 @@ _SKIN_TONES: dict[str, tuple[tuple[int, int, int], ...]] = {
     "dark": ((140, 90, 60), (110, 70, 45), (90, 58, 40)),
 }
 _HAIR_COLOURS = (
-    (25, 20, 18), (45, 30, 20), (60, 45, 35), (80, 50, 30),
-    (120, 80, 45), (200, 165, 100), (150, 60, 30), (150, 150, 150),
+    (25, 20, 18),
+    (45, 30, 20),
+    (60, 45, 35),
+    (80, 50, 30),
+    (120, 80, 45),
+    (200, 165, 100),
+    (150, 60, 30),
+    (150, 150, 150),
 )
 _SCRUBS = (
-    (30, 45, 90), (110, 150, 200), (50, 80, 170), (40, 130, 130), (40, 90, 60),
-    (100, 170, 150), (110, 30, 50), (100, 60, 140), (225, 150, 180), (110, 115, 120),
-    (35, 35, 40), (160, 200, 230),
+    (30, 45, 90),
+    (110, 150, 200),
+    (50, 80, 170),
+    (40, 130, 130),
+    (40, 90, 60),
+    (100, 170, 150),
+    (110, 30, 50),
+    (100, 60, 140),
+    (225, 150, 180),
+    (110, 115, 120),
+    (35, 35, 40),
+    (160, 200, 230),
 )
 #: Near-white scrubs, as worn by nurses in many hospitals: they make coat colour ambiguous.
 _PALE_SCRUBS = ((244, 244, 244),)
@@ -146,13 +161,24 @@ class Cues:
         for name in ("hair_female", "hair_male"):
             probs = getattr(self, name)
             if len(probs) != len(_HAIR_STYLES) or abs(sum(probs) - 1) > 1e-6 or min(probs) < 0:
-                raise ConfigError(f"Cues.{name}: expected {len(_HAIR_STYLES)} probabilities "
-                                  f"summing to 1 for {_HAIR_STYLES}, got {probs!r}")
+                raise ConfigError(
+                    f"Cues.{name}: expected {len(_HAIR_STYLES)} probabilities "
+                    f"summing to 1 for {_HAIR_STYLES}, got {probs!r}"
+                )
         if not 0 < self.strands <= 3:
             raise ConfigError(f"Cues.strands: expected a size in (0, 3], got {self.strands!r}")
-        for name in ("beard", "lipstick", "pale_scrubs", "lapel_shade", "button_shade",
-                     "nurse_collar", "nurse_placket", "stethoscope_doctor", "stethoscope_nurse",
-                     "dark_hair"):
+        for name in (
+            "beard",
+            "lipstick",
+            "pale_scrubs",
+            "lapel_shade",
+            "button_shade",
+            "nurse_collar",
+            "nurse_placket",
+            "stethoscope_doctor",
+            "stethoscope_nurse",
+            "dark_hair",
+        ):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ConfigError(f"Cues.{name}: expected a value in [0, 1], got {value!r}")
@@ -178,8 +204,16 @@ def region_masks(labels: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.isin(labels, ids) for name, ids in _REGION_LABELS.items()}
 
 
-def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0,
-             start: float = 0.0, stop: float = 360.0, n: int = 40) -> list[tuple[float, float]]:
+def _ellipse(
+    cx: float,
+    cy: float,
+    rx: float,
+    ry: float,
+    angle: float = 0.0,
+    start: float = 0.0,
+    stop: float = 360.0,
+    n: int = 40,
+) -> list[tuple[float, float]]:
     """Polygon of a rotated, possibly partial ellipse (PIL's own ellipse cannot rotate)."""
     t = np.deg2rad(np.linspace(start, stop, n))
     x, y = rx * np.cos(t), ry * np.sin(t)
@@ -189,21 +223,24 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, angle: float = 0.0,
     return list(zip(xr.tolist(), yr.tolist(), strict=True))
 
 
-def _rotate(points: list[tuple[float, float]], cx: float, cy: float,
-            angle: float) -> list[tuple[float, float]]:
+def _rotate(
+    points: list[tuple[float, float]], cx: float, cy: float, angle: float
+) -> list[tuple[float, float]]:
     a = math.radians(angle)
     c, s = math.cos(a), math.sin(a)
     return [(cx + (x - cx) * c - (y - cy) * s, cy + (x - cx) * s + (y - cy) * c) for x, y in points]
 
 
-def _jitter_colour(rng: np.random.Generator, colour: tuple[int, int, int],
-                   amount: int) -> tuple[int, int, int]:
+def _jitter_colour(
+    rng: np.random.Generator, colour: tuple[int, int, int], amount: int
+) -> tuple[int, int, int]:
     c = np.clip(np.asarray(colour) + rng.integers(-amount, amount + 1, 3), 0, 255)
     return (int(c[0]), int(c[1]), int(c[2]))
 
 
-def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: int = 96,
-                  cues: Cues = Cues()) -> Portrait:
+def draw_portrait(
+    rng: np.random.Generator, *, label: str, gender: str, size: int = 96, cues: Cues = Cues()
+) -> Portrait:
     """Draw one portrait of a ``label`` ("doctor"/"nurse") of ``gender`` ("female"/"male").
 
     Everything else (hair style, skin tone, colours, pose, scale, position, clutter) is drawn
@@ -233,8 +270,11 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
         elif kind == 1:
             d.ellipse([x0, y0, x0 + w, y0 + h], fill=idx)
         else:
-            d.line([x0, y0, x0 + w, y0 + h * rng.choice([-1, 1])], fill=idx,
-                   width=max(1, int(u(0.01, 0.04) * S)))
+            d.line(
+                [x0, y0, x0 + w, y0 + h * rng.choice([-1, 1])],
+                fill=idx,
+                width=max(1, int(u(0.01, 0.04) * S)),
+            )
 
     # --- pose ---
     s = u(0.82, 1.08)  # scale
@@ -268,44 +308,79 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
     # --- long hair falls behind the shoulders: drawn before the body ---
     if style == "long":
         length = u(0.22, 0.36) * s
-        back = [(hcx - hrx * 1.35, hy), (hcx + hrx * 1.35, hy),
-                (hcx + hrx * 1.5, sy + length), (hcx - hrx * 1.5, sy + length)]
+        back = [
+            (hcx - hrx * 1.35, hy),
+            (hcx + hrx * 1.35, hy),
+            (hcx + hrx * 1.5, sy + length),
+            (hcx - hrx * 1.5, sy + length),
+        ]
         d.polygon(P(_rotate(back, hcx, hy, tilt * 0.5)), fill=_HAIR)
 
     # --- neck and body ---
     nw = 0.05 * s
     d.rectangle(P([(cx - nw, hy + hry * 0.5), (cx + nw, sy + 0.08 * s)]), fill=_NECK)
     tw = u(0.28, 0.33) * s  # half width at the shoulders
-    body = (_ellipse(cx, sy + 0.09 * s, tw, 0.1 * s, start=180, stop=360, n=24)
-            + [(cx + tw * 1.08, 1.05), (cx - tw * 1.08, 1.05)])
+    body = _ellipse(cx, sy + 0.09 * s, tw, 0.1 * s, start=180, stop=360, n=24) + [
+        (cx + tw * 1.08, 1.05),
+        (cx - tw * 1.08, 1.05),
+    ]
     d.polygon(P(body), fill=_COAT)
 
     if label == "doctor":
         lut[_COAT] = _jitter_colour(rng, (244, 244, 244), 8)
         lut[_COAT_DETAIL] = np.clip(lut[_COAT] * cues.lapel_shade, 0, 255)
         lut[_COAT_BUTTON] = np.clip(lut[_COAT] * cues.button_shade, 0, 255)
-        inner = (_SCRUBS[int(rng.integers(0, len(_SCRUBS)))] if u() < 0.3
-                 else _SHIRTS[int(rng.integers(0, len(_SHIRTS)))])
+        inner = (
+            _SCRUBS[int(rng.integers(0, len(_SCRUBS)))]
+            if u() < 0.3
+            else _SHIRTS[int(rng.integers(0, len(_SHIRTS)))]
+        )
         lut[_SHIRT] = _jitter_colour(rng, inner, 8)
         lut[_TIE] = rng.integers(20, 200, 3)
         # the open front: a V at the collar, then a strip down to the bottom edge
         vw, vy = cues.opening * s, sy + 0.2 * s
-        opening = [(cx - nw * 1.1, sy - 0.01), (cx + nw * 1.1, sy - 0.01),
-                   (cx + vw, vy), (cx + vw * 0.6, 1.05), (cx - vw * 0.6, 1.05), (cx - vw, vy)]
+        opening = [
+            (cx - nw * 1.1, sy - 0.01),
+            (cx + nw * 1.1, sy - 0.01),
+            (cx + vw, vy),
+            (cx + vw * 0.6, 1.05),
+            (cx - vw * 0.6, 1.05),
+            (cx - vw, vy),
+        ]
         d.polygon(P(opening), fill=_SHIRT)
         if u() < 0.5:
             # a V-neck top under the coat: the collar shows skin, as a nurse's scrubs do
-            d.polygon(P([(cx - nw * 1.3, sy - 0.01), (cx + nw * 1.3, sy - 0.01),
-                         (cx, sy + u(0.07, 0.11) * s)]), fill=_NECK)
+            d.polygon(
+                P(
+                    [
+                        (cx - nw * 1.3, sy - 0.01),
+                        (cx + nw * 1.3, sy - 0.01),
+                        (cx, sy + u(0.07, 0.11) * s),
+                    ]
+                ),
+                fill=_NECK,
+            )
         elif u() < 0.6:
-            d.polygon(P([(cx - 0.012, sy + 0.02 * s), (cx + 0.012, sy + 0.02 * s),
-                         (cx + 0.02 * s, vy), (cx, vy + 0.04 * s), (cx - 0.02 * s, vy)]),
-                      fill=_TIE)
+            d.polygon(
+                P(
+                    [
+                        (cx - 0.012, sy + 0.02 * s),
+                        (cx + 0.012, sy + 0.02 * s),
+                        (cx + 0.02 * s, vy),
+                        (cx, vy + 0.04 * s),
+                        (cx - 0.02 * s, vy),
+                    ]
+                ),
+                fill=_TIE,
+            )
         # lapels: darker triangles folded back along the opening
         for side in (-1, 1):
-            lapel = [(cx + side * nw * 1.1, sy - 0.01),
-                     (cx + side * (vw + 0.06 * s), sy + 0.06 * s),
-                     (cx + side * (vw + 0.015 * s), sy + 0.1 * s), (cx + side * vw, vy)]
+            lapel = [
+                (cx + side * nw * 1.1, sy - 0.01),
+                (cx + side * (vw + 0.06 * s), sy + 0.06 * s),
+                (cx + side * (vw + 0.015 * s), sy + 0.1 * s),
+                (cx + side * vw, vy),
+            ]
             d.polygon(P(lapel), fill=_COAT_DETAIL)
         r = max(0.6, 0.012 * S)
         for k in range(3):
@@ -313,8 +388,11 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
             d.ellipse([bx - r, by - r, bx + r, by + r], fill=_COAT_BUTTON)
     else:
         pale = u() < cues.pale_scrubs
-        scrub = (_PALE_SCRUBS[int(rng.integers(0, len(_PALE_SCRUBS)))] if pale
-                 else _SCRUBS[int(rng.integers(0, len(_SCRUBS)))])
+        scrub = (
+            _PALE_SCRUBS[int(rng.integers(0, len(_PALE_SCRUBS)))]
+            if pale
+            else _SCRUBS[int(rng.integers(0, len(_SCRUBS)))]
+        )
         lut[_COAT] = _jitter_colour(rng, scrub, 8)
         lut[_COAT_DETAIL] = np.clip(lut[_COAT] * cues.lapel_shade, 0, 255)
         vy = sy + u(0.07, 0.11) * s
@@ -323,28 +401,40 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
         # and open front, so that a single stroke never gives the profession away.
         if u() < cues.nurse_collar:
             for side in (-1, 1):
-                collar = [(cx + side * nw * 1.3, sy - 0.01), (cx + side * nw * 2.4, sy + 0.04 * s),
-                          (cx + side * nw * 0.4, vy + 0.02 * s), (cx, vy)]
+                collar = [
+                    (cx + side * nw * 1.3, sy - 0.01),
+                    (cx + side * nw * 2.4, sy + 0.04 * s),
+                    (cx + side * nw * 0.4, vy + 0.02 * s),
+                    (cx, vy),
+                ]
                 d.polygon(P(collar), fill=_COAT_DETAIL)
         if u() < cues.nurse_placket:
             d.line(P([(cx, vy), (cx, 1.0)]), fill=_COAT_DETAIL, width=max(1, S // 48))
     # Pocket and pen are on both garments, on either side: only the coat's cut tells them apart.
     lut[_POCKET_PEN] = rng.integers(0, 200, 3)
     px, py = cx + rng.choice([-1, 1]) * 0.16 * s, sy + 0.16 * s
-    d.rectangle(P([(px - 0.05 * s, py), (px + 0.05 * s, py + 0.08 * s)]),
-                outline=_COAT_DETAIL, width=max(1, S // 64))
+    d.rectangle(
+        P([(px - 0.05 * s, py), (px + 0.05 * s, py + 0.08 * s)]),
+        outline=_COAT_DETAIL,
+        width=max(1, S // 64),
+    )
     if u() < 0.5:
-        d.rectangle(P([(px - 0.02 * s, py - 0.04 * s), (px - 0.005 * s, py + 0.02 * s)]),
-                    fill=_POCKET_PEN)
+        d.rectangle(
+            P([(px - 0.02 * s, py - 0.04 * s), (px - 0.005 * s, py + 0.02 * s)]), fill=_POCKET_PEN
+        )
     # arm seams, both garments
     for side in (-1, 1):
-        d.line(P([(cx + side * tw * 0.75, sy + 0.1 * s), (cx + side * tw * 0.85, 1.0)]),
-               fill=_COAT_DETAIL, width=max(1, S // 64))
+        d.line(
+            P([(cx + side * tw * 0.75, sy + 0.1 * s), (cx + side * tw * 0.85, 1.0)]),
+            fill=_COAT_DETAIL,
+            width=max(1, S // 64),
+        )
 
     has_steth = u() < (cues.stethoscope_doctor if label == "doctor" else cues.stethoscope_nurse)
     if has_steth:
-        lut[_STETH_TUBE] = (_jitter_colour(rng, (30, 30, 35), 10) if u() < 0.6
-                            else rng.integers(0, 160, 3))
+        lut[_STETH_TUBE] = (
+            _jitter_colour(rng, (30, 30, 35), 10) if u() < 0.6 else rng.integers(0, 160, 3)
+        )
         lut[_STETH_METAL] = _jitter_colour(rng, (185, 190, 200), 10)
         width = max(1, round(0.022 * S))
         loop = _ellipse(cx, sy - 0.005, nw * 2.0, 0.2 * s, start=0, stop=180, n=24)
@@ -354,16 +444,21 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
         drop = (cx + side * nw * 2.6, sy + 0.27 * s)
         d.line(P([end, drop]), fill=_STETH_TUBE, width=width)
         rr = 0.03 * s
-        d.ellipse(P([(drop[0] - rr, drop[1] - rr), (drop[0] + rr, drop[1] + rr)]),
-                  fill=_STETH_METAL)
+        d.ellipse(
+            P([(drop[0] - rr, drop[1] - rr), (drop[0] + rr, drop[1] + rr)]), fill=_STETH_METAL
+        )
 
     # --- head: hair volume behind the face, then the face, then the fringe ---
     if style in ("long", "bob", "short", "bun"):
         grow = {"long": 1.22, "bob": 1.22, "short": 1.1, "bun": 1.08}[style]
         d.polygon(P(_ellipse(hcx, hy - 0.025 * s, hrx * grow, hry * 1.08, tilt)), fill=_HAIR)
     if style == "bob":
-        sides = [(hcx - hrx * 1.25, hy - 0.02), (hcx + hrx * 1.25, hy - 0.02),
-                 (hcx + hrx * 1.2, hy + hry * 0.85), (hcx - hrx * 1.2, hy + hry * 0.85)]
+        sides = [
+            (hcx - hrx * 1.25, hy - 0.02),
+            (hcx + hrx * 1.25, hy - 0.02),
+            (hcx + hrx * 1.2, hy + hry * 0.85),
+            (hcx - hrx * 1.2, hy + hry * 0.85),
+        ]
         d.polygon(P(_rotate(sides, hcx, hy, tilt)), fill=_HAIR)
     if style == "bun":
         bx, by = _rotate([(hcx + u(-0.03, 0.03), hy - hry * 1.15)], hcx, hy, tilt)[0]
@@ -372,25 +467,41 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
     ears = max(1.0, 0.025 * s * S)
     for side in (-1, 1):
         ex, ey = _rotate([(hcx + side * hrx * 0.98, hy + 0.01)], hcx, hy, tilt)[0]
-        d.ellipse([ex * S - ears, ey * S - ears * 1.4, ex * S + ears, ey * S + ears * 1.4],
-                  fill=_FACE)
+        d.ellipse(
+            [ex * S - ears, ey * S - ears * 1.4, ex * S + ears, ey * S + ears * 1.4], fill=_FACE
+        )
     d.polygon(P(_ellipse(hcx, hy, hrx, hry, tilt)), fill=_FACE)
     if style == "buzz":
-        d.polygon(P(_ellipse(hcx, hy, hrx * 1.02, hry * 1.04, tilt, start=195, stop=345)),
-                  fill=_HAIR_SHADE)
+        d.polygon(
+            P(_ellipse(hcx, hy, hrx * 1.02, hry * 1.04, tilt, start=195, stop=345)),
+            fill=_HAIR_SHADE,
+        )
     elif style in ("long", "bob", "short", "bun"):
         # the fringe: a cap over the top of the forehead
         depth = {"long": 0.35, "bob": 0.45, "short": 0.25, "bun": 0.2}[style]
-        cap = _ellipse(hcx, hy - hry * (1 - depth) * 0.2, hrx * 1.03, hry * 1.0, tilt,
-                       start=180, stop=360, n=30)
+        cap = _ellipse(
+            hcx,
+            hy - hry * (1 - depth) * 0.2,
+            hrx * 1.03,
+            hry * 1.0,
+            tilt,
+            start=180,
+            stop=360,
+            n=30,
+        )
         d.polygon(P(cap), fill=_HAIR)
     if style == "long":
         # strands falling in front of the shoulders, over the garment
         for side in (-1, 1):
-            strand = [(hcx + side * hrx * 0.85, hy + 0.02), (hcx + side * hrx * 1.4, hy),
-                      (hcx + side * hrx * u(1.5, 1.9) * cues.strands,
-                       sy + u(0.08, 0.2) * s * cues.strands),
-                      (hcx + side * hrx * 0.9, sy + u(0.04, 0.12) * s * cues.strands)]
+            strand = [
+                (hcx + side * hrx * 0.85, hy + 0.02),
+                (hcx + side * hrx * 1.4, hy),
+                (
+                    hcx + side * hrx * u(1.5, 1.9) * cues.strands,
+                    sy + u(0.08, 0.2) * s * cues.strands,
+                ),
+                (hcx + side * hrx * 0.9, sy + u(0.04, 0.12) * s * cues.strands),
+            ]
             d.polygon(P(_rotate(strand, hcx, hy, tilt * 0.5)), fill=_HAIR_SHADE)
 
     # facial features in the face's own frame
@@ -406,8 +517,9 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
         d.ellipse([x - er, y - er, x + er, y + er], fill=_FACE_DARK)
         d.line([F(side * 0.6, -0.3), F(side * 0.2, -0.32)], fill=_FACE_DARK, width=brow)
     if gender == "male" and u() < cues.beard:
-        beard = _ellipse(hcx, hy + hry * 0.35, hrx * 0.85, hry * 0.62, tilt, start=10, stop=170,
-                         n=20)
+        beard = _ellipse(
+            hcx, hy + hry * 0.35, hrx * 0.85, hry * 0.62, tilt, start=10, stop=170, n=20
+        )
         d.polygon(P(beard), fill=_BEARD)
     mw = max(1, S // 48)
     d.line([F(-0.3, 0.5), F(0.3, 0.5)], fill=_MOUTH, width=mw + int(lipstick))
@@ -417,8 +529,13 @@ def draw_portrait(rng: np.random.Generator, *, label: str, gender: str, size: in
     shade = np.linspace(1.06, 0.94, S, dtype=np.float32)[:, None, None]
     noise = rng.integers(-cues.noise, cues.noise + 1, (S, S, 3)) if cues.noise else 0
     image = np.clip(lut[labels].astype(np.float32) * shade + noise, 0, 255).astype(np.uint8)
-    attrs = {"label": label, "gender": gender, "hair": style, "skin_tone": tone,
-             "stethoscope": "yes" if has_steth else "no"}
+    attrs = {
+        "label": label,
+        "gender": gender,
+        "hair": style,
+        "skin_tone": tone,
+        "stethoscope": "yes" if has_steth else "no",
+    }
     return Portrait(image=image, labels=labels, attrs=attrs)
 
 
@@ -497,8 +614,9 @@ def _write_split(root: Path, split: str, n: int, *, seed: int, size: int, cues: 
     rows = []
     for i, j in enumerate(order):
         label, gender = cells[j]
-        p = draw_portrait(_sample_rng(seed, split, i), label=label, gender=gender, size=size,
-                          cues=cues)
+        p = draw_portrait(
+            _sample_rng(seed, split, i), label=label, gender=gender, size=size, cues=cues
+        )
         sid = f"{split}-{i:05d}"
         image = f"images/{sid}.png"
         # Plain writes: the manifest, written last and atomically, is what marks a split done.
@@ -513,8 +631,16 @@ def _write_split(root: Path, split: str, n: int, *, seed: int, size: int, cues: 
                 row[f"mask:{region}"] = ""
         row.update(hair=p.attrs["hair"], skin_tone=p.attrs["skin_tone"], split=split)
         rows.append(row)
-    columns = ["id", "image", "label", "gender", *(f"mask:{r}" for r in REGIONS),
-               "hair", "skin_tone", "split"]
+    columns = [
+        "id",
+        "image",
+        "label",
+        "gender",
+        *(f"mask:{r}" for r in REGIONS),
+        "hair",
+        "skin_tone",
+        "split",
+    ]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
@@ -524,9 +650,16 @@ def _write_split(root: Path, split: str, n: int, *, seed: int, size: int, cues: 
     return manifest
 
 
-def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, image_size: int = 96,
-             n: int | Mapping[str, int] | None = None, quick: bool = False, force: bool = False,
-             cues: Cues | None = None) -> dict[str, Path]:
+def generate(
+    out_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    image_size: int = 96,
+    n: int | Mapping[str, int] | None = None,
+    quick: bool = False,
+    force: bool = False,
+    cues: Cues | None = None,
+) -> dict[str, Path]:
     """Write the four splits of the nurse/doctor data set, PNG images, PNG masks and manifests.
 
     Layout: ``out_dir/<split>/manifest.csv``, ``out_dir/<split>/images/<id>.png`` (RGB,
@@ -569,8 +702,14 @@ def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, image_size: int 
     for split, k in counts.items():
         _cells(split, k)  # validate every split before writing anything
     root = Path(out_dir)
-    params = {"generator": "nurse-doctor", "version": GENERATOR_VERSION, "seed": seed,
-              "image_size": image_size, "counts": counts, "cues": asdict(cues)}
+    params = {
+        "generator": "nurse-doctor",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "image_size": image_size,
+        "counts": counts,
+        "cues": asdict(cues),
+    }
     params = json.loads(json.dumps(params))  # tuples -> lists, as they come back from disk
     stamp = root / "generator.json"
     manifests = {split: root / split / "manifest.csv" for split in SPLITS}
@@ -583,8 +722,10 @@ def generate(out_dir: str | os.PathLike[str], *, seed: int = 0, image_size: int 
             return manifests
         if previous != params:
             changed = sorted(k for k in params if previous.get(k) != params[k])
-            raise DataError(f"{root}: holds a data set generated with other parameters "
-                            f"({', '.join(changed)}); pass force=True to overwrite it")
+            raise DataError(
+                f"{root}: holds a data set generated with other parameters "
+                f"({', '.join(changed)}); pass force=True to overwrite it"
+            )
     # A stamp is only written once everything else is: its absence means "incomplete, redo".
     if stamp.exists():
         stamp.unlink()

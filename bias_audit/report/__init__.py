@@ -6,9 +6,9 @@ jinja2.
 
 from __future__ import annotations
 
-from ._images import data_uri, draw_outlines, jet, overlay_map, thumbnail
-from ._load import ReportData, load_run
-from ._render import render_report
+from bias_audit.report._images import data_uri, draw_outlines, jet, overlay_map, thumbnail
+from bias_audit.report._load import ReportData, load_run
+from bias_audit.report._render import render_report
 
 __all__ = [
     "ReportData",

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .._naming import ROLES, cell_name, column
-from ._load import ReportData
+from bias_audit.core._naming import ROLES, cell_name, column
+from bias_audit.report._load import ReportData
 
 __all__ = [
     "FigureSpec",
@@ -153,9 +153,17 @@ def _cell_label(cell: str, n: int, small: bool) -> str:
     return plot_text(f"{cell} (n={n})") + (SMALL_MARK if small else "")
 
 
-def _bar_trace(frame: pd.DataFrame, model: str, cells: Sequence[tuple[str, int, bool]], *,
-               color: str, xaxis: str = "x", yaxis: str = "y", showlegend: bool = True,
-               name: str | None = None) -> list[dict[str, Any]]:
+def _bar_trace(
+    frame: pd.DataFrame,
+    model: str,
+    cells: Sequence[tuple[str, int, bool]],
+    *,
+    color: str,
+    xaxis: str = "x",
+    yaxis: str = "y",
+    showlegend: bool = True,
+    name: str | None = None,
+) -> list[dict[str, Any]]:
     """Bars of one model over the cells: one trace with CIs, one hatched trace for small cells.
 
     Small cells get their own trace (sharing the model's slot via ``offsetgroup``) because
@@ -200,8 +208,12 @@ def _bar_trace(frame: pd.DataFrame, model: str, cells: Sequence[tuple[str, int, 
         if small:
             trace["marker"] = {"color": color, "opacity": 0.55, "pattern": {"shape": "/"}}
         elif any(g["plus"]) or any(g["minus"]):
-            trace["error_y"] = {"type": "data", "array": g["plus"], "arrayminus": g["minus"],
-                                "visible": True}
+            trace["error_y"] = {
+                "type": "data",
+                "array": g["plus"],
+                "arrayminus": g["minus"],
+                "visible": True,
+            }
         traces.append(trace)
     return traces
 
@@ -214,9 +226,14 @@ def _axis_names(i: int) -> tuple[str, str]:
     return ("x", "y") if i == 0 else (f"x{i + 1}", f"y{i + 1}")
 
 
-def _panels(data: ReportData, metric: str, *, yrange: Sequence[float] | None,
-            baseline: str | None = None,
-            names: Sequence[str] = ROLES) -> dict[str, Any] | None:
+def _panels(
+    data: ReportData,
+    metric: str,
+    *,
+    yrange: Sequence[float] | None,
+    baseline: str | None = None,
+    names: Sequence[str] = ROLES,
+) -> dict[str, Any] | None:
     """One subplot per role (or region of ``names``), bars per model by cell; ``baseline``
     adds diamond markers."""
     cells = _cell_info(data)
@@ -246,23 +263,35 @@ def _panels(data: ReportData, metric: str, *, yrange: Sequence[float] | None,
         for j, model in enumerate(data.models):
             color = MODEL_COLORS[j % len(MODEL_COLORS)]
             traces.extend(
-                _bar_trace(frames[role], model, cells, color=color, xaxis=xa, yaxis=ya,
-                           showlegend=i == 0)
+                _bar_trace(
+                    frames[role], model, cells, color=color, xaxis=xa, yaxis=ya, showlegend=i == 0
+                )
             )
             if baseline:
                 base = metric_frame(data, column(baseline, role))
                 if base.empty:
                     continue
-                for trace in _bar_trace(base, model, cells, color=color, xaxis=xa, yaxis=ya,
-                                        showlegend=i == 0,
-                                        name=plot_text(model) + " \u00b7 random patch"):
+                for trace in _bar_trace(
+                    base,
+                    model,
+                    cells,
+                    color=color,
+                    xaxis=xa,
+                    yaxis=ya,
+                    showlegend=i == 0,
+                    name=plot_text(model) + " \u00b7 random patch",
+                ):
                     # Markers at the bar's position: a scatter has no offsetgroup, so the
                     # baseline sits over the middle of the cell's group of bars.
                     trace.update(
                         type="scatter",
                         mode="markers",
-                        marker={"color": color, "symbol": "diamond-open", "size": 10,
-                                "line": {"width": 2}},
+                        marker={
+                            "color": color,
+                            "symbol": "diamond-open",
+                            "size": 10,
+                            "line": {"width": 2},
+                        },
                     )
                     trace.pop("offsetgroup")
                     traces.append(trace)
@@ -280,9 +309,9 @@ def _box_from_quantiles(data: ReportData, metric: str) -> dict[str, Any] | None:
     traces = []
     for j, model in enumerate(data.models):
         part = frame[frame["model"].astype(str) == model]
-        stats: dict[str, list[Any]] = {k: [] for k in
-                                       ("x", "q1", "median", "q3", "lowerfence", "upperfence",
-                                        "mean")}
+        stats: dict[str, list[Any]] = {
+            k: [] for k in ("x", "q1", "median", "q3", "lowerfence", "upperfence", "mean")
+        }
         for cell, n, small in _cell_info(data):
             values = part.loc[part["_cell"] == cell, metric].to_numpy(dtype=float)
             values = values[np.isfinite(values)]
@@ -292,19 +321,34 @@ def _box_from_quantiles(data: ReportData, metric: str) -> dict[str, Any] | None:
             iqr = q3 - q1
             lo = values[values >= q1 - 1.5 * iqr].min()
             hi = values[values <= q3 + 1.5 * iqr].max()
-            for key, v in zip(stats, (_cell_label(cell, n, small), q1, med, q3, lo, hi,
-                                      values.mean()), strict=True):
+            for key, v in zip(
+                stats,
+                (_cell_label(cell, n, small), q1, med, q3, lo, hi, values.mean()),
+                strict=True,
+            ):
                 stats[key].append(v if isinstance(v, str) else float(v))
         if stats["x"]:
-            traces.append({"type": "box", "name": plot_text(model), **stats,
-                           "marker": {"color": MODEL_COLORS[j % len(MODEL_COLORS)]},
-                           "boxmean": True})
+            traces.append(
+                {
+                    "type": "box",
+                    "name": plot_text(model),
+                    **stats,
+                    "marker": {"color": MODEL_COLORS[j % len(MODEL_COLORS)]},
+                    "boxmean": True,
+                }
+            )
     if not traces:
         return None
-    return {"data": traces, "layout": {"boxmode": "group", "height": 400,
-                                       "yaxis": {"title": {"text": metric}, "range": [0, 1]},
-                                       "xaxis": TILTED,
-                                       "legend": LEGEND_TOP}}
+    return {
+        "data": traces,
+        "layout": {
+            "boxmode": "group",
+            "height": 400,
+            "yaxis": {"title": {"text": metric}, "range": [0, 1]},
+            "xaxis": TILTED,
+            "legend": LEGEND_TOP,
+        },
+    }
 
 
 def attention_figures(data: ReportData) -> list[FigureSpec]:
@@ -312,21 +356,38 @@ def attention_figures(data: ReportData) -> list[FigureSpec]:
     out = []
     mass = _panels(data, "mass", yrange=(0, 1))
     if mass:
-        out.append(FigureSpec("fig-mass", "Attention mass by role",
-                              "Share of each map's mass inside the role's regions; bars are "
-                              "means per cell, error bars 95% bootstrap CIs (none for small "
-                              "cells, marked \u2020).", mass))
+        out.append(
+            FigureSpec(
+                "fig-mass",
+                "Attention mass by role",
+                "Share of each map's mass inside the role's regions; bars are "
+                "means per cell, error bars 95% bootstrap CIs (none for small "
+                "cells, marked \u2020).",
+                mass,
+            )
+        )
     lift = _panels(data, "lift", yrange=None)
     if lift:
-        out.append(FigureSpec("fig-lift", "Lift by role",
-                              "Mass divided by the role's area: 1 is what a uniform map gets, "
-                              "above 1 means attention concentrates on the role.", lift))
+        out.append(
+            FigureSpec(
+                "fig-lift",
+                "Lift by role",
+                "Mass divided by the role's area: 1 is what a uniform map gets, "
+                "above 1 means attention concentrates on the role.",
+                lift,
+            )
+        )
     box = _box_from_quantiles(data, column("mass", "confounder"))
     if box:
-        out.append(FigureSpec("fig-confounder-box", "Distribution of confounder mass",
-                              "Per cell: quartiles, Tukey whiskers and mean (dashed) over the "
-                              "images; computed from all images, drawn from their quantiles.",
-                              box))
+        out.append(
+            FigureSpec(
+                "fig-confounder-box",
+                "Distribution of confounder mass",
+                "Per cell: quartiles, Tukey whiskers and mean (dashed) over the "
+                "images; computed from all images, drawn from their quantiles.",
+                box,
+            )
+        )
     return out
 
 
@@ -340,10 +401,17 @@ def worst_group(data: ReportData) -> list[dict[str, Any]]:
             continue
         worst = part.loc[part["value"].idxmin()]
         mean = data.samples.loc[data.samples["model"].astype(str) == model, "correct"]
-        rows.append({"model": model, "cell": str(worst["cell"]), "n": int(worst["n"]),
-                     "value": _clean(worst["value"]), "ci_low": _clean(worst["ci_low"]),
-                     "ci_high": _clean(worst["ci_high"]),
-                     "overall": float(mean.astype(bool).mean()) if len(mean) else None})
+        rows.append(
+            {
+                "model": model,
+                "cell": str(worst["cell"]),
+                "n": int(worst["n"]),
+                "value": _clean(worst["value"]),
+                "ci_low": _clean(worst["ci_low"]),
+                "ci_high": _clean(worst["ci_high"]),
+                "overall": float(mean.astype(bool).mean()) if len(mean) else None,
+            }
+        )
     return rows
 
 
@@ -375,12 +443,19 @@ def rate_gaps(data: ReportData) -> pd.DataFrame:
                     rates.append((str(value), len(idx), tpr, fpr))
                 tprs = [r[2] for r in rates if not math.isnan(r[2])]
                 fprs = [r[3] for r in rates if not math.isnan(r[3])]
-                rows.append({"model": model, "attribute": attr, "class": str(cls),
-                             "tpr_gap": max(tprs) - min(tprs) if len(tprs) > 1 else math.nan,
-                             "fpr_gap": max(fprs) - min(fprs) if len(fprs) > 1 else math.nan,
-                             "rates": rates})
-    return pd.DataFrame(rows, columns=["model", "attribute", "class", "tpr_gap", "fpr_gap",
-                                       "rates"])
+                rows.append(
+                    {
+                        "model": model,
+                        "attribute": attr,
+                        "class": str(cls),
+                        "tpr_gap": max(tprs) - min(tprs) if len(tprs) > 1 else math.nan,
+                        "fpr_gap": max(fprs) - min(fprs) if len(fprs) > 1 else math.nan,
+                        "rates": rates,
+                    }
+                )
+    return pd.DataFrame(
+        rows, columns=["model", "attribute", "class", "tpr_gap", "fpr_gap", "rates"]
+    )
 
 
 def performance_figures(data: ReportData) -> list[FigureSpec]:
@@ -389,16 +464,29 @@ def performance_figures(data: ReportData) -> list[FigureSpec]:
     acc = _accuracy_frame(data)
     cells = _cell_info(data)
     if not acc.empty:
-        traces = [t for j, m in enumerate(data.models)
-                  for t in _bar_trace(acc, m, cells, color=MODEL_COLORS[j % len(MODEL_COLORS)])]
-        out.append(FigureSpec("fig-accuracy", "Accuracy per cell",
-                              "Bars: accuracy; error bars: Wilson 95% intervals (none for small "
-                              "cells, marked \u2020).",
-                              {"data": traces, "layout": {"barmode": "group", "height": 400,
-                                                          "yaxis": {"range": [0, 1],
-                                                                    "title": {"text": "accuracy"}},
-                                                          "xaxis": TILTED,
-                                                          "legend": LEGEND_TOP}}))
+        traces = [
+            t
+            for j, m in enumerate(data.models)
+            for t in _bar_trace(acc, m, cells, color=MODEL_COLORS[j % len(MODEL_COLORS)])
+        ]
+        out.append(
+            FigureSpec(
+                "fig-accuracy",
+                "Accuracy per cell",
+                "Bars: accuracy; error bars: Wilson 95% intervals (none for small "
+                "cells, marked \u2020).",
+                {
+                    "data": traces,
+                    "layout": {
+                        "barmode": "group",
+                        "height": 400,
+                        "yaxis": {"range": [0, 1], "title": {"text": "accuracy"}},
+                        "xaxis": TILTED,
+                        "legend": LEGEND_TOP,
+                    },
+                },
+            )
+        )
     gaps = rate_gaps(data)
     if not gaps.empty:
         traces = []
@@ -409,14 +497,32 @@ def performance_figures(data: ReportData) -> list[FigureSpec]:
                 for kind, v in (("TPR", r.tpr_gap), ("FPR", r.fpr_gap)):
                     xs.append(plot_text(f"{kind} gap \u00b7 {r.attribute} \u00b7 {r[2]}"))
                     ys.append(_clean(v))
-            traces.append({"type": "bar", "name": plot_text(model), "x": xs, "y": ys,
-                           "marker": {"color": MODEL_COLORS[j % len(MODEL_COLORS)]}})
-        out.append(FigureSpec("fig-rate-gaps", "TPR and FPR gaps",
-                              "For each class, the largest difference in true- and "
-                              "false-positive rate between the values of a group attribute.",
-                              {"data": traces, "layout": {"barmode": "group", "height": 380,
-                                                          "yaxis": {"title": {"text": "gap"}},
-                                                          "legend": LEGEND_TOP}}))
+            traces.append(
+                {
+                    "type": "bar",
+                    "name": plot_text(model),
+                    "x": xs,
+                    "y": ys,
+                    "marker": {"color": MODEL_COLORS[j % len(MODEL_COLORS)]},
+                }
+            )
+        out.append(
+            FigureSpec(
+                "fig-rate-gaps",
+                "TPR and FPR gaps",
+                "For each class, the largest difference in true- and "
+                "false-positive rate between the values of a group attribute.",
+                {
+                    "data": traces,
+                    "layout": {
+                        "barmode": "group",
+                        "height": 380,
+                        "yaxis": {"title": {"text": "gap"}},
+                        "legend": LEGEND_TOP,
+                    },
+                },
+            )
+        )
     return out
 
 
@@ -450,17 +556,36 @@ def comparison_figures(data: ReportData) -> list[FigureSpec]:
     lo, hi = frame["ci_low"].astype(float), frame["ci_high"].astype(float)
     plus = [None if math.isnan(a) else float(a) for a in (hi - v)]
     minus = [None if math.isnan(a) else float(a) for a in (v - lo)]
-    trace = {"type": "scatter", "mode": "markers", "x": [_clean(a) for a in v], "y": labels,
-             "marker": {"color": MODEL_COLORS[0], "size": 8},
-             "error_x": {"type": "data", "array": plus, "arrayminus": minus}}
+    trace = {
+        "type": "scatter",
+        "mode": "markers",
+        "x": [_clean(a) for a in v],
+        "y": labels,
+        "marker": {"color": MODEL_COLORS[0], "size": 8},
+        "error_x": {"type": "data", "array": plus, "arrayminus": minus},
+    }
     height = max(300, 26 * len(labels) + 120)
-    layout = {"height": height, "margin": {"l": 300}, "showlegend": False,
-              "xaxis": {"title": {"text": "paired difference", }, "zeroline": True},
-              "yaxis": {"autorange": "reversed", "automargin": True}}
-    return [FigureSpec("fig-comparison", "Paired differences between models",
-                       "Mean paired difference over the same images, with its paired "
-                       "bootstrap 95% CI; 0 means no difference.", {"data": [trace],
-                                                                   "layout": layout})]
+    layout = {
+        "height": height,
+        "margin": {"l": 300},
+        "showlegend": False,
+        "xaxis": {
+            "title": {
+                "text": "paired difference",
+            },
+            "zeroline": True,
+        },
+        "yaxis": {"autorange": "reversed", "automargin": True},
+    }
+    return [
+        FigureSpec(
+            "fig-comparison",
+            "Paired differences between models",
+            "Mean paired difference over the same images, with its paired "
+            "bootstrap 95% CI; 0 means no difference.",
+            {"data": [trace], "layout": layout},
+        )
+    ]
 
 
 def _occluded_regions(data: ReportData) -> list[str]:
@@ -480,12 +605,17 @@ def intervention_figures(data: ReportData) -> list[FigureSpec]:
     names = (*ROLES, *_occluded_regions(data))
     out = []
     for metric, title, note in (
-        ("flip", "Flip rate when a role is occluded",
-         "Share of predictions that change when the role's pixels are filled; diamonds: a "
-         "random patch of the same area (the baseline)."),
-        ("drop", "Score drop when a role is occluded",
-         "Drop of the explained class's probability; diamonds: a random patch of the same "
-         "area."),
+        (
+            "flip",
+            "Flip rate when a role is occluded",
+            "Share of predictions that change when the role's pixels are filled; diamonds: a "
+            "random patch of the same area (the baseline).",
+        ),
+        (
+            "drop",
+            "Score drop when a role is occluded",
+            "Drop of the explained class's probability; diamonds: a random patch of the same area.",
+        ),
     ):
         fig = _panels(data, metric, yrange=None, baseline=f"{metric}_random", names=names)
         if fig:

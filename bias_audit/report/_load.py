@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ..errors import DataError, RunError
+from bias_audit.errors import DataError, RunError
 
 __all__ = ["ReportData", "load_run", "REQUIRED_FILES", "SAMPLE_COLUMNS"]
 
@@ -26,7 +26,14 @@ REQUIRED_FILES: tuple[str, ...] = ("summary.json", "samples.parquet")
 #: Columns of ``samples.parquet`` every chart relies on.
 SAMPLE_COLUMNS: tuple[str, ...] = ("model", "id", "label", "pred", "correct")
 GROUP_COLUMNS: tuple[str, ...] = (
-    "model", "cell", "n", "small", "metric", "value", "ci_low", "ci_high"
+    "model",
+    "cell",
+    "n",
+    "small",
+    "metric",
+    "value",
+    "ci_low",
+    "ci_high",
 )
 _OPTIONAL_TABLES: tuple[str, ...] = ("gaps", "fairness", "comparisons", "skipped")
 

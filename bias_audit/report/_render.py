@@ -16,11 +16,11 @@ import plotly.io
 import plotly.offline
 from markupsafe import Markup
 
-from .._io import write_text
-from .._naming import ROLES
-from .._resources import resource_dir
-from ..errors import ConfigError, RunError
-from ._figures import (
+from bias_audit.core._naming import ROLES
+from bias_audit.errors import ConfigError, RunError
+from bias_audit.io._files import write_text
+from bias_audit.io._resources import resource_dir
+from bias_audit.report._figures import (
     FigureSpec,
     attention_figures,
     comparison_figures,
@@ -29,8 +29,8 @@ from ._figures import (
     rate_gaps,
     worst_group,
 )
-from ._images import REGION_COLORS, data_uri, draw_outlines, overlay_map, thumbnail
-from ._load import ReportData, load_run
+from bias_audit.report._images import REGION_COLORS, data_uri, draw_outlines, overlay_map, thumbnail
+from bias_audit.report._load import ReportData, load_run
 
 __all__ = ["render_report", "build_context", "script_json", "SEVERITIES", "METHODS_TEXT"]
 
@@ -39,37 +39,76 @@ THUMB_SIDE = 160
 
 #: Definitions shown in the Methods section, one per metric or procedure.
 METHODS_TEXT: tuple[tuple[str, str], ...] = (
-    ("mass", "Attention mass: \u03a3 M\u00b7R / \u03a3 M, the share of the map M inside the "
-     "region or role mask R. NaN when the map is all zero or the mask is empty."),
+    (
+        "mass",
+        "Attention mass: \u03a3 M\u00b7R / \u03a3 M, the share of the map M inside the "
+        "region or role mask R. NaN when the map is all zero or the mask is empty.",
+    ),
     ("area", "Area fraction: |R| / (H\u00b7W), the share of the image covered by R."),
-    ("lift", "Lift: mass / area. 1 is what a uniform map gets; above 1, attention concentrates "
-     "inside R."),
-    ("rank", "Rank accuracy: the share of the K most salient pixels that lie inside R, with "
-     "K = |R|. NaN as for mass."),
-    ("pointing", "Pointing game: 1 if the map's maximum lies inside R, else 0. NaN when the map "
-     "is all zero or R is empty (an empty mask is not counted as a hit)."),
-    ("loc_iou", "Localisation IoU: binarise the map at 15% of its maximum, keep the largest "
-     "connected component, take its bounding box and compute the IoU with R's box."),
-    ("flip", "Flip: 1 if the prediction changes when the role's pixels are filled (occluded), "
-     "else 0; NaN when the image has no such role. The flip rate is its mean."),
+    (
+        "lift",
+        "Lift: mass / area. 1 is what a uniform map gets; above 1, attention concentrates "
+        "inside R.",
+    ),
+    (
+        "rank",
+        "Rank accuracy: the share of the K most salient pixels that lie inside R, with "
+        "K = |R|. NaN as for mass.",
+    ),
+    (
+        "pointing",
+        "Pointing game: 1 if the map's maximum lies inside R, else 0. NaN when the map "
+        "is all zero or R is empty (an empty mask is not counted as a hit).",
+    ),
+    (
+        "loc_iou",
+        "Localisation IoU: binarise the map at 15% of its maximum, keep the largest "
+        "connected component, take its bounding box and compute the IoU with R's box.",
+    ),
+    (
+        "flip",
+        "Flip: 1 if the prediction changes when the role's pixels are filled (occluded), "
+        "else 0; NaN when the image has no such role. The flip rate is its mean.",
+    ),
     ("drop", "Drop: the explained class's probability before minus after occluding the role."),
-    ("random-patch baseline", "flip_random / drop_random: the same occlusion applied to a random "
-     "patch of the same area, so that an effect can be told apart from the effect of removing "
-     "any pixels at all."),
-    ("Wilson interval", "The 95% Wilson score interval for accuracy in a cell: "
-     "(p + z\u00b2/2n \u00b1 z\u221a(p(1\u2212p)/n + z\u00b2/4n\u00b2)) / (1 + z\u00b2/n), "
-     "z = 1.96."),
-    ("bootstrap", "95% percentile intervals for means, resampling images with replacement "
-     "within each cell with a fixed seed."),
-    ("permutation test", "Gaps between groups are tested by permuting group labels between the "
-     "two groups and counting how often the permuted gap is at least as large."),
-    ("Wilcoxon signed-rank", "Two models are compared on the same images: paired differences, "
-     "a paired bootstrap CI and a Wilcoxon signed-rank test of a zero median difference."),
-    ("Holm", "All p-values of one audit are adjusted together with Holm's step-down method: "
-     "sort ascending, multiply the i-th smallest of m by (m \u2212 i + 1), keep the running "
-     "maximum, cap at 1."),
-    ("small cells", "Cells with fewer images than min_group_size show n and the mean only: no "
-     "interval and no verdict; they are marked \u2020."),
+    (
+        "random-patch baseline",
+        "flip_random / drop_random: the same occlusion applied to a random "
+        "patch of the same area, so that an effect can be told apart from the effect of removing "
+        "any pixels at all.",
+    ),
+    (
+        "Wilson interval",
+        "The 95% Wilson score interval for accuracy in a cell: "
+        "(p + z\u00b2/2n \u00b1 z\u221a(p(1\u2212p)/n + z\u00b2/4n\u00b2)) / (1 + z\u00b2/n), "
+        "z = 1.96.",
+    ),
+    (
+        "bootstrap",
+        "95% percentile intervals for means, resampling images with replacement "
+        "within each cell with a fixed seed.",
+    ),
+    (
+        "permutation test",
+        "Gaps between groups are tested by permuting group labels between the "
+        "two groups and counting how often the permuted gap is at least as large.",
+    ),
+    (
+        "Wilcoxon signed-rank",
+        "Two models are compared on the same images: paired differences, "
+        "a paired bootstrap CI and a Wilcoxon signed-rank test of a zero median difference.",
+    ),
+    (
+        "Holm",
+        "All p-values of one audit are adjusted together with Holm's step-down method: "
+        "sort ascending, multiply the i-th smallest of m by (m \u2212 i + 1), keep the running "
+        "maximum, cap at 1.",
+    ),
+    (
+        "small cells",
+        "Cells with fewer images than min_group_size show n and the mean only: no "
+        "interval and no verdict; they are marked \u2020.",
+    ),
 )
 
 
@@ -88,8 +127,13 @@ def script_json(obj: Any) -> Markup:
     A user string containing ``</script>`` or ``<!--`` can then not end or alter the block.
     """
     text = obj if isinstance(obj, str) else json.dumps(obj, allow_nan=False)
-    for raw, esc in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                     ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for raw, esc in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(raw, esc)
     return Markup(text)  # noqa: S704 -- safe by the escaping above, not user text raw
 
@@ -112,9 +156,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _ci(lo: Any, hi: Any) -> str:
-    if lo is None or hi is None or any(
-        isinstance(v, float) and math.isnan(v) for v in (lo, hi)
-    ):
+    if lo is None or hi is None or any(isinstance(v, float) and math.isnan(v) for v in (lo, hi)):
         return ""
     return f"[{_fmt(lo)}, {_fmt(hi)}]"
 
@@ -135,19 +177,23 @@ def _findings(summary: dict[str, Any], cells: list[dict[str, Any]]) -> list[dict
     items = sorted(items, key=lambda f: order.get(str(f.get("severity")), len(order)))
     out = []
     for f in items:
-        out.append({
-            "severity": str(f.get("severity") or "info"),
-            "text": str(f.get("text") or ""),
-            "model": f.get("model"),
-            "cell": f.get("cell"),
-            "n": n_of.get(str(f.get("cell"))),
-            "has_numbers": any(f.get(k) is not None for k in ("value", "p_value", "p_adjusted")),
-            "metric": f.get("metric"),
-            "value": _fmt(f.get("value")),
-            "ci": _ci(f.get("ci_low"), f.get("ci_high")),
-            "p_value": _fmt(f.get("p_value")),
-            "p_adjusted": _fmt(f.get("p_adjusted")),
-        })
+        out.append(
+            {
+                "severity": str(f.get("severity") or "info"),
+                "text": str(f.get("text") or ""),
+                "model": f.get("model"),
+                "cell": f.get("cell"),
+                "n": n_of.get(str(f.get("cell"))),
+                "has_numbers": any(
+                    f.get(k) is not None for k in ("value", "p_value", "p_adjusted")
+                ),
+                "metric": f.get("metric"),
+                "value": _fmt(f.get("value")),
+                "ci": _ci(f.get("ci_low"), f.get("ci_high")),
+                "p_value": _fmt(f.get("p_value")),
+                "p_adjusted": _fmt(f.get("p_adjusted")),
+            }
+        )
     return out
 
 
@@ -156,8 +202,10 @@ def _gallery(data: ReportData, *, max_per_cell: int, max_total: int) -> list[dic
     if not data.gallery:
         return []
     regions = list(data.gallery.get("regions") or [])
-    legend = [{"name": r, "color": "rgb({},{},{})".format(*REGION_COLORS[i % len(REGION_COLORS)])}
-              for i, r in enumerate(regions)]
+    legend = [
+        {"name": r, "color": "rgb({},{},{})".format(*REGION_COLORS[i % len(REGION_COLORS)])}
+        for i, r in enumerate(regions)
+    ]
     by_cell: dict[str, list[dict[str, Any]]] = {}
     items = sorted(data.gallery["items"], key=lambda it: it.get("reason") != "confounder")
     total = 0
@@ -171,8 +219,17 @@ def _gallery(data: ReportData, *, max_per_cell: int, max_total: int) -> list[dic
     order = [str(c["cell"]) for c in data.cells]
     cells = sorted(by_cell, key=lambda c: order.index(c) if c in order else len(order))
     n_of = {str(c["cell"]): c for c in data.cells}
-    return [{"cell": c, "n": n_of.get(c, {}).get("n"), "small": n_of.get(c, {}).get("small"),
-             "legend": legend, "items": by_cell[c]} for c in cells if by_cell[c]]
+    return [
+        {
+            "cell": c,
+            "n": n_of.get(c, {}).get("n"),
+            "small": n_of.get(c, {}).get("small"),
+            "legend": legend,
+            "items": by_cell[c],
+        }
+        for c in cells
+        if by_cell[c]
+    ]
 
 
 def _gallery_item(data: ReportData, item: dict[str, Any]) -> dict[str, Any]:
@@ -182,11 +239,18 @@ def _gallery_item(data: ReportData, item: dict[str, Any]) -> dict[str, Any]:
     # Outlines are drawn on the thumbnail so they stay visible after downscaling.
     thumb = np.asarray(thumbnail(image, max_side=THUMB_SIDE))
     if masks is not None and masks.size:
-        small = np.stack([
-            np.asarray(thumbnail(np.repeat(m[..., None].astype(np.uint8) * 255, 3, axis=2),
-                                 max_side=THUMB_SIDE))[..., 0] >= 128
-            for m in masks
-        ])
+        small = np.stack(
+            [
+                np.asarray(
+                    thumbnail(
+                        np.repeat(m[..., None].astype(np.uint8) * 255, 3, axis=2),
+                        max_side=THUMB_SIDE,
+                    )
+                )[..., 0]
+                >= 128
+                for m in masks
+            ]
+        )
         outlined = draw_outlines(thumb, small, width=2 if max(thumb.shape[:2]) >= 120 else 1)
     else:
         outlined = thumb
@@ -200,18 +264,26 @@ def _gallery_item(data: ReportData, item: dict[str, Any]) -> dict[str, Any]:
             panels.append({"title": model, "uri": data_uri(thumbnail(over, max_side=THUMB_SIDE))})
         if info:
             mass = info.get("mass") or {}
-            captions.append({
-                "model": model,
-                "pred": str(info.get("pred", "")),
-                "prob": _fmt(info.get("prob")),
-                "mass": [(r, _fmt(mass.get(r))) for r in ROLES if r in mass],
-            })
-    return {"id": str(item.get("id", key)), "label": str(item.get("label", "")),
-            "reason": str(item.get("reason", "")), "panels": panels, "captions": captions}
+            captions.append(
+                {
+                    "model": model,
+                    "pred": str(info.get("pred", "")),
+                    "prob": _fmt(info.get("prob")),
+                    "mass": [(r, _fmt(mass.get(r))) for r in ROLES if r in mass],
+                }
+            )
+    return {
+        "id": str(item.get("id", key)),
+        "label": str(item.get("label", "")),
+        "reason": str(item.get("reason", "")),
+        "panels": panels,
+        "captions": captions,
+    }
 
 
-def build_context(data: ReportData, *, max_per_cell: int = 6, max_total: int = 60
-                  ) -> dict[str, Any]:
+def build_context(
+    data: ReportData, *, max_per_cell: int = 6, max_total: int = 60
+) -> dict[str, Any]:
     """Everything the template needs, as plain values (strings escaped by the template)."""
     summary = dict(data.summary)
     d = summary.get("data") or {}
@@ -223,15 +295,28 @@ def build_context(data: ReportData, *, max_per_cell: int = 6, max_total: int = 6
     }
     chart_data = {
         spec.id: script_json(plotly.io.to_json(spec.figure, validate=True))
-        for specs in figures.values() for spec in specs
+        for specs in figures.values()
+        for spec in specs
     }
     gaps = rate_gaps(data)
-    rate_table = Table(
-        ["model", "attribute", "class", "TPR gap", "FPR gap", "TPR / FPR by value (n)"],
-        [[r.model, r.attribute, r[2], _fmt(r.tpr_gap), _fmt(r.fpr_gap),
-          "; ".join(f"{v} (n={n}): {_fmt(t)} / {_fmt(f)}" for v, n, t, f in r.rates)]
-         for r in gaps.itertuples(index=False)],
-    ) if not gaps.empty else None
+    rate_table = (
+        Table(
+            ["model", "attribute", "class", "TPR gap", "FPR gap", "TPR / FPR by value (n)"],
+            [
+                [
+                    r.model,
+                    r.attribute,
+                    r[2],
+                    _fmt(r.tpr_gap),
+                    _fmt(r.fpr_gap),
+                    "; ".join(f"{v} (n={n}): {_fmt(t)} / {_fmt(f)}" for v, n, t, f in r.rates),
+                ]
+                for r in gaps.itertuples(index=False)
+            ],
+        )
+        if not gaps.empty
+        else None
+    )
     models = [dict(m) for m in summary.get("models") or []]
     n_skipped = d.get("skipped")
     if n_skipped is None and data.skipped is not None:
@@ -249,8 +334,15 @@ def build_context(data: ReportData, *, max_per_cell: int = 6, max_total: int = 6
         "findings": _findings(summary, data.cells),
         "figures": figures,
         "chart_data": chart_data,
-        "worst": [{**w, "value": _fmt(w["value"]), "ci": _ci(w["ci_low"], w["ci_high"]),
-                   "overall": _fmt(w["overall"])} for w in worst_group(data)],
+        "worst": [
+            {
+                **w,
+                "value": _fmt(w["value"]),
+                "ci": _ci(w["ci_low"], w["ci_high"]),
+                "overall": _fmt(w["overall"]),
+            }
+            for w in worst_group(data)
+        ],
         "rate_table": rate_table,
         "gaps_table": _table(data.gaps),
         "fairness_table": _table(data.fairness),

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bias_audit.models import CheckpointMeta, save_checkpoint
+from bias_audit.io.checkpoints import CheckpointMeta, save_checkpoint
 from tests.audit.nets import TinyNet
 
 SIZE = 24

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from bias_audit.audit import AuditConfig
 from bias_audit.cli import main
+from bias_audit.core.config import AuditConfig
 from bias_audit.errors import ConfigError
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import bias_audit.audit._run as run_module
-from bias_audit.audit import AuditConfig, audit
+import bias_audit.pipelines._audit as run_module
 from bias_audit.cli import main
+from bias_audit.core.config import AuditConfig
 from bias_audit.errors import RunError
+from bias_audit.pipelines import audit
 from tests.audit.conftest import N
 from tests.audit.test_run import _env
 

@@ -13,12 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from bias_audit.audit import AuditConfig, AuditResult, StepSpec, audit, audit_batch
 from bias_audit.cli import main
-from bias_audit.data import collate, load_manifest
+from bias_audit.core.config import AuditConfig
+from bias_audit.core.maps import explain
 from bias_audit.errors import ConfigError, ModelError
-from bias_audit.explain import explain
-from bias_audit.models import load_model
+from bias_audit.io.checkpoints import load_model
+from bias_audit.io.data import collate, load_manifest
+from bias_audit.pipelines import AuditResult, StepSpec, audit, audit_batch
 from tests.audit.conftest import MEAN, SIZE, STD, N, write_config
 
 REPO = Path(__file__).resolve().parents[2]

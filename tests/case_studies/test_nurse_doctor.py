@@ -38,8 +38,13 @@ def test_all_is_complete():
 
     import bias_audit.case_studies as pkg
 
-    defined = {n for n, v in vars(nd).items() if not n.startswith("_")
-               and (inspect.isfunction(v) or inspect.isclass(v)) and v.__module__ == nd.__name__}
+    defined = {
+        n
+        for n, v in vars(nd).items()
+        if not n.startswith("_")
+        and (inspect.isfunction(v) or inspect.isclass(v))
+        and v.__module__ == nd.__name__
+    }
     constants = {n for n in vars(nd) if n.isupper() and not n.startswith("_")}
     assert defined | constants == set(nd.__all__)
     assert all(hasattr(pkg, n) for n in pkg.__all__)
@@ -57,8 +62,19 @@ def test_manifest_columns_and_paths(data):
         assert manifest == manifest.parent.parent / split / "manifest.csv"
         with manifest.open(encoding="utf-8") as fh:
             header = fh.readline().strip().split(",")
-        assert header == ["id", "image", "label", "gender", "mask:coat", "mask:face", "mask:hair",
-                          "mask:stethoscope", "hair", "skin_tone", "split"]
+        assert header == [
+            "id",
+            "image",
+            "label",
+            "gender",
+            "mask:coat",
+            "mask:face",
+            "mask:hair",
+            "mask:stethoscope",
+            "hair",
+            "skin_tone",
+            "split",
+        ]
         rows = read_rows(manifest)
         assert len(rows) == COUNTS[split]
         for row in rows:
@@ -118,8 +134,13 @@ def test_balanced_splits_have_equal_cells(data, split):
 
 def test_hair_is_a_strong_but_imperfect_gender_cue(tmp_path):
     rng = np.random.default_rng(0)
-    styles = {g: [nd.draw_portrait(rng, label="nurse", gender=g, size=32).attrs["hair"]
-                  for _ in range(300)] for g in nd.GENDERS}
+    styles = {
+        g: [
+            nd.draw_portrait(rng, label="nurse", gender=g, size=32).attrs["hair"]
+            for _ in range(300)
+        ]
+        for g in nd.GENDERS
+    }
     long_f = np.mean([s in ("long", "bob", "bun") for s in styles["female"]])
     long_m = np.mean([s in ("long", "bob", "bun") for s in styles["male"]])
     assert 0.75 < long_f < 0.97  # most women, not all

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 import bias_audit.case_studies as cs
-from bias_audit._resources import resource_dir
 from bias_audit.case_studies import check_acceptance, load_expected, run_case_study, train_plan
 from bias_audit.errors import ConfigError
+from bias_audit.io._resources import resource_dir
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = resource_dir("case_studies") / "nurse_doctor"

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from bias_audit.data import load_manifest
+from bias_audit.io.data import load_manifest
 
 from .conftest import write_manifest, write_mask
 
@@ -147,7 +147,7 @@ def test_augmentation_is_reproducible(small_manifest):
 
 
 def test_uint8_fast_path_matches_float_resize(gen):
-    from bias_audit.data._transform import plan_geometry, transform_image
+    from bias_audit.io.data._transform import plan_geometry, transform_image
 
     image = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8, generator=gen)
     mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.25, 0.3])

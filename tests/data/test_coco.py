@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bias_audit.data import load_manifest, regions_from_coco, write_coco_masks
 from bias_audit.errors import DataError
+from bias_audit.io.data import load_manifest, regions_from_coco, write_coco_masks
 
 H, W = 10, 12
 

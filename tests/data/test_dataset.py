@@ -5,14 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-import bias_audit.data as data
-from bias_audit.data import Batch, Sample, collate, load_manifest
-
-
-def test_all_is_complete():
-    public = {n for n in dir(data) if not n.startswith("_")} - {"annotations"}
-    modules = {n for n in public if type(getattr(data, n)).__name__ == "module"}
-    assert set(data.__all__) == public - modules
+from bias_audit.io.data import Batch, Sample, collate, load_manifest
 
 
 def test_load_basic(small_manifest):

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bias_audit.data import load_manifest
 from bias_audit.errors import ConfigError, DataError
+from bias_audit.io.data import load_manifest
 
 from .conftest import write_image, write_manifest, write_mask
 

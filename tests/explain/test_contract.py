@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bias_audit.explain import METHODS, explain
+from bias_audit.core.maps import METHODS, explain
 
 GUIDED = {"guided_backprop", "deconvnet", "guided_gradcam"}
 

@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from bias_audit.core.maps import explain, overlay
 from bias_audit.errors import ExplainError
-from bias_audit.explain import explain, overlay
 
 X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bias_audit.core.maps import explain
 from bias_audit.errors import ExplainError
-from bias_audit.explain import explain
 
 # x = [[1, -2], [3, 4]] -> A0 = x, A1 = -x at the conv; relu(A0) = [[1,0],[3,4]], relu(A1) =
 # [[0,2],[0,0]]. Class 0 (W = [1, 2]): dS/dA0 = 1/4 where x > 0, dS/dA1 = 2/4 where x < 0.

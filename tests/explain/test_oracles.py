@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from bias_audit.explain import explain
-from bias_audit.explain._explain import _check_methods, _run
+from bias_audit.core.maps import explain
+from bias_audit.core.maps._explain import _check_methods, _run
 
 
 def _captum_gradcam(model, layer, images, targets):

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+from bias_audit.core.metrics import occlusion_effect, random_patches
 from bias_audit.errors import ConfigError, DataError, ModelError
-from bias_audit.metrics import occlusion_effect, random_patches
 
 
 class SpotModel(nn.Module):
@@ -136,7 +136,7 @@ def test_fills_are_what_the_docs_say(gen):
 
     import torch.nn.functional as F
 
-    from bias_audit.metrics._interventions import _fill_image
+    from bias_audit.core.metrics._interventions import _fill_image
 
     x = torch.rand(2, 3, 40, 48, generator=gen)
     mean = _fill_image(x, "mean")

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from bias_audit.errors import ConfigError, DataError
-from bias_audit.metrics import (
+from bias_audit.core.metrics import (
     area_fraction,
     attention_mass,
     boxes_from_masks,
@@ -18,6 +17,7 @@ from bias_audit.metrics import (
     role_masks,
     sample_metrics,
 )
+from bias_audit.errors import ConfigError, DataError
 
 NAN = float("nan")
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from bias_audit.metrics import sample_metrics
-from bias_audit.metrics._localization import _count
+from bias_audit.core.metrics import sample_metrics
+from bias_audit.core.metrics._localization import _count
 
 REGIONS = ("hair", "coat", "face")
 ROLES = {"causal": ["coat"], "confounder": ["hair", "face"]}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bias_audit.models import TrainConfig, train_classifier
+from bias_audit.pipelines import TrainConfig, train_classifier
 
 from .spurious import write_spurious
 

@@ -6,24 +6,23 @@ import torch.nn.functional as F
 from captum.attr import LayerGradCam
 from torch import nn
 
-from bias_audit.errors import ConfigError
-from bias_audit.models import (
-    SmallCNN,
-    TrainConfig,
-    build_model,
+from bias_audit.core.architectures import SmallCNN, build_model
+from bias_audit.core.training import (
     find_target_layer,
     gradcam_evidence_mass,
     gradcam_mass,
     input_grad_energy,
 )
-from bias_audit.models._penalty import _coverage
-from bias_audit.models._strategies import (
+from bias_audit.core.training._penalty import _coverage
+from bias_audit.core.training._strategies import (
     STRATEGIES,
     Step,
     cell_loss_weights,
     cell_sampling_weights,
     initial_state,
 )
+from bias_audit.errors import ConfigError
+from bias_audit.pipelines import TrainConfig
 
 
 @pytest.fixture

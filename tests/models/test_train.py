@@ -4,15 +4,10 @@ import math
 import pytest
 import torch
 
-from bias_audit.data import collate, load_manifest
 from bias_audit.errors import ConfigError, RunError
-from bias_audit.models import (
-    TrainConfig,
-    load_model,
-    read_checkpoint,
-    read_metadata,
-    train_classifier,
-)
+from bias_audit.io.checkpoints import load_model, read_checkpoint, read_metadata
+from bias_audit.io.data import collate, load_manifest
+from bias_audit.pipelines import TrainConfig, train_classifier
 
 from .conftest import spurious_config
 

@@ -58,8 +58,9 @@ def browser():
     except ImportError as err:
         pytest.fail(f"playwright is not installed ({err}); it is in the dev extra")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
-                                     args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
         try:
             yield browser
         finally:

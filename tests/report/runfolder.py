@@ -27,8 +27,14 @@ def _cells(genders: tuple[str, str]) -> list[tuple[str, str]]:
     return [(g, c) for g in genders for c in CLASSES]
 
 
-def make_samples(*, n_per_cell: int, models: tuple[str, ...], genders: tuple[str, str],
-                 small: int | None, seed: int) -> pd.DataFrame:
+def make_samples(
+    *,
+    n_per_cell: int,
+    models: tuple[str, ...],
+    genders: tuple[str, str],
+    small: int | None,
+    seed: int,
+) -> pd.DataFrame:
     """One row per model x image with every documented column, drawn at random."""
     rng = np.random.default_rng(seed)
     cells = _cells(genders)
@@ -40,8 +46,10 @@ def make_samples(*, n_per_cell: int, models: tuple[str, ...], genders: tuple[str
     label = np.array([cells[i][1] for i in cell_idx], dtype=object)
     other = np.where(label == CLASSES[0], CLASSES[1], CLASSES[0])
     area = {r: rng.uniform(0.02, 0.2, n) for r in REGIONS}
-    area_role = {"causal": area["coat"] + area["stethoscope"],
-                 "confounder": area["face"] + area["hair"]}
+    area_role = {
+        "causal": area["coat"] + area["stethoscope"],
+        "confounder": area["face"] + area["hair"],
+    }
     area_role["background"] = 1.0 - area_role["causal"] - area_role["confounder"]
     frames = []
     for mi, model in enumerate(models):
@@ -50,9 +58,16 @@ def make_samples(*, n_per_cell: int, models: tuple[str, ...], genders: tuple[str
         acc = np.where((mi == 0) & np.isin(cell_idx, (1, 2)), 0.65, 0.9)
         correct = rng.random(n) < acc
         pred = np.where(correct, label, other)
-        cols: dict[str, object] = {"model": model, "id": ids, "label": label, "pred": pred,
-                                   "correct": correct, "prob": rng.uniform(0.5, 1.0, n),
-                                   "target": pred, "gender": gender}
+        cols: dict[str, object] = {
+            "model": model,
+            "id": ids,
+            "label": label,
+            "pred": pred,
+            "correct": correct,
+            "prob": rng.uniform(0.5, 1.0, n),
+            "target": pred,
+            "gender": gender,
+        }
         conc = np.array([2.0, 6.0 if mi == 0 else 1.5, 2.0])
         mr = rng.dirichlet(conc, n)
         mass_role = {role: mr[:, k] for k, role in enumerate(ROLES)}
@@ -69,7 +84,8 @@ def make_samples(*, n_per_cell: int, models: tuple[str, ...], genders: tuple[str
             cols[f"lift:{name}"] = cols[f"mass:{name}"] / cols[f"area:{name}"]
             cols[f"rank:{name}"] = np.where(degenerate, np.nan, rng.uniform(0, 1, n))
             cols[f"pointing:{name}"] = np.where(
-                degenerate, np.nan, (rng.random(n) < cols[f"mass:{name}"]).astype(float))
+                degenerate, np.nan, (rng.random(n) < cols[f"mass:{name}"]).astype(float)
+            )
             cols[f"loc_iou:{name}"] = rng.uniform(0, 1, n)
         for role in ROLES:
             cols[f"flip:{role}"] = (rng.random(n) < mass_role[role]).astype(float)
@@ -87,24 +103,46 @@ def cell_of(samples: pd.DataFrame) -> pd.Series:
 def group_table(samples: pd.DataFrame) -> pd.DataFrame:
     """Tidy group_stats: mean +- 1.96 SE for metrics, Wilson for accuracy, no CI when small."""
     s = samples.assign(cell=cell_of(samples))
-    metrics = [c for c in s.columns if c.split(":")[0] in
-               ("mass", "lift", "flip", "drop", "flip_random", "drop_random")]
+    metrics = [
+        c
+        for c in s.columns
+        if c.split(":")[0] in ("mass", "lift", "flip", "drop", "flip_random", "drop_random")
+    ]
     out = []
     for (model, cell), part in s.groupby(["model", "cell"], sort=False):
         n = len(part)
         small = n < MIN_GROUP_SIZE
-        base = {"model": model, "cell": cell, "gender": part["gender"].iloc[0],
-                "label": part["label"].iloc[0], "n": n, "small": small}
+        base = {
+            "model": model,
+            "cell": cell,
+            "gender": part["gender"].iloc[0],
+            "label": part["label"].iloc[0],
+            "n": n,
+            "small": small,
+        }
         k = int(part["correct"].sum())
         ci = binomtest(k, n).proportion_ci(method="wilson")
-        out.append({**base, "metric": "accuracy", "value": k / n,
-                    "ci_low": np.nan if small else ci.low, "ci_high": np.nan if small else ci.high})
+        out.append(
+            {
+                **base,
+                "metric": "accuracy",
+                "value": k / n,
+                "ci_low": np.nan if small else ci.low,
+                "ci_high": np.nan if small else ci.high,
+            }
+        )
         for metric in metrics:
             v = part[metric].dropna()
             mean, se = v.mean(), v.std(ddof=1) / np.sqrt(max(len(v), 1))
-            out.append({**base, "metric": metric, "value": mean,
-                        "ci_low": np.nan if small else mean - 1.96 * se,
-                        "ci_high": np.nan if small else mean + 1.96 * se})
+            out.append(
+                {
+                    **base,
+                    "metric": metric,
+                    "value": mean,
+                    "ci_low": np.nan if small else mean - 1.96 * se,
+                    "ci_high": np.nan if small else mean + 1.96 * se,
+                }
+            )
     return pd.DataFrame(out)
 
 
@@ -132,9 +170,19 @@ def gap_table(samples: pd.DataFrame, genders: tuple[str, str], seed: int) -> pd.
             perms = (rng.permutation(g) for _ in range(200))
             perm = [abs(v[p].mean() - v[~p].mean()) for p in perms]
             p_value = (1 + sum(x >= abs(gap) for x in perm)) / 201
-            rows.append({"model": model, "metric": metric, "attribute": "gender",
-                         "group_a": genders[0], "group_b": genders[1], "gap": gap,
-                         "ci_low": gap - 0.05, "ci_high": gap + 0.05, "p_value": p_value})
+            rows.append(
+                {
+                    "model": model,
+                    "metric": metric,
+                    "attribute": "gender",
+                    "group_a": genders[0],
+                    "group_b": genders[1],
+                    "gap": gap,
+                    "ci_low": gap - 0.05,
+                    "ci_high": gap + 0.05,
+                    "p_value": p_value,
+                }
+            )
     frame = pd.DataFrame(rows)
     frame["p_adjusted"] = holm(frame["p_value"].to_numpy())
     return frame
@@ -144,9 +192,14 @@ def fairness_table(samples: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for model, part in samples.groupby("model", sort=False):
         sel = (part["pred"] == CLASSES[0]).groupby(part["gender"]).mean()
-        rows.append({"model": model, "attribute": "gender",
-                     "metric": "demographic_parity_difference",
-                     "value": float(sel.max() - sel.min())})
+        rows.append(
+            {
+                "model": model,
+                "attribute": "gender",
+                "metric": "demographic_parity_difference",
+                "value": float(sel.max() - sel.min()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -162,10 +215,19 @@ def comparison_table(samples: pd.DataFrame, models: tuple[str, ...]) -> pd.DataF
             d = diff if cell is None else diff[cells == cell]
             d = d[~np.isnan(d)]
             se = d.std(ddof=1) / np.sqrt(len(d))
-            rows.append({"model_a": models[0], "model_b": models[1], "metric": metric,
-                         "cell": cell, "n": len(d), "diff": d.mean(),
-                         "ci_low": d.mean() - 1.96 * se, "ci_high": d.mean() + 1.96 * se,
-                         "p_value": float(min(1.0, 2 * np.exp(-abs(d.mean() / se))))})
+            rows.append(
+                {
+                    "model_a": models[0],
+                    "model_b": models[1],
+                    "metric": metric,
+                    "cell": cell,
+                    "n": len(d),
+                    "diff": d.mean(),
+                    "ci_low": d.mean() - 1.96 * se,
+                    "ci_high": d.mean() + 1.96 * se,
+                    "p_value": float(min(1.0, 2 * np.exp(-abs(d.mean() / se)))),
+                }
+            )
     frame = pd.DataFrame(rows)
     frame["p_adjusted"] = holm(frame["p_value"].to_numpy())
     return frame
@@ -178,21 +240,43 @@ def findings(groups: pd.DataFrame, seed: int) -> list[dict]:
     for model, part in conf.groupby("model", sort=False):
         row = part.loc[part["value"].idxmax()]
         sev = "high" if row["value"] > 0.5 else "medium" if row["value"] > 0.3 else "low"
-        out.append({"rule": "confounder_attention", "severity": sev, "model": model,
-                    "cell": row["cell"], "metric": "mass:confounder", "value": row["value"],
-                    "ci_low": row["ci_low"], "ci_high": row["ci_high"], "p_value": 0.001,
-                    "p_adjusted": 0.004,
-                    "text": f"{model}: {row['value']:.0%} of attention on confounders in "
-                            f"{row['cell']}"})
-    out.append({"rule": "note", "severity": "info", "model": None, "cell": None, "metric": None,
-                "value": None, "ci_low": None, "ci_high": None, "p_value": None,
-                "p_adjusted": None, "text": "Small cells show no interval."})
+        out.append(
+            {
+                "rule": "confounder_attention",
+                "severity": sev,
+                "model": model,
+                "cell": row["cell"],
+                "metric": "mass:confounder",
+                "value": row["value"],
+                "ci_low": row["ci_low"],
+                "ci_high": row["ci_high"],
+                "p_value": 0.001,
+                "p_adjusted": 0.004,
+                "text": f"{model}: {row['value']:.0%} of attention on confounders in {row['cell']}",
+            }
+        )
+    out.append(
+        {
+            "rule": "note",
+            "severity": "info",
+            "model": None,
+            "cell": None,
+            "metric": None,
+            "value": None,
+            "ci_low": None,
+            "ci_high": None,
+            "p_value": None,
+            "p_adjusted": None,
+            "text": "Small cells show no interval.",
+        }
+    )
     rng = np.random.default_rng(seed)
     return [out[i] for i in rng.permutation(len(out))]
 
 
-def gallery(samples: pd.DataFrame, models: tuple[str, ...], *, per_cell: int, size: int,
-            seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+def gallery(
+    samples: pd.DataFrame, models: tuple[str, ...], *, per_cell: int, size: int, seed: int
+) -> tuple[dict, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed + 2)
     first = samples[samples["model"] == models[0]].assign(cell=cell_of)
     items, arrays = [], {}
@@ -208,19 +292,27 @@ def gallery(samples: pd.DataFrame, models: tuple[str, ...], *, per_cell: int, si
                 for ri in range(len(REGIONS)):
                     x0, y0 = rng.integers(0, size // 2, size=2)
                     w, h = rng.integers(size // 6, size // 2, size=2)
-                    masks[ri, y0:y0 + h, x0:x0 + w] = True
+                    masks[ri, y0 : y0 + h, x0 : x0 + w] = True
                 arrays[f"image/{key}"] = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
                 arrays[f"masks/{key}"] = masks
-                entry = {"key": key, "id": r.id, "cell": cell, "reason": reason,
-                         "label": r.label, "models": {}}
+                entry = {
+                    "key": key,
+                    "id": r.id,
+                    "cell": cell,
+                    "reason": reason,
+                    "label": r.label,
+                    "models": {},
+                }
                 for model in models:
                     row = samples[(samples["model"] == model) & (samples["id"] == r.id)].iloc[0]
                     cy, cx = rng.uniform(0, size, size=2)
                     bump = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 5) ** 2))
                     arrays[f"map/{model}/{key}"] = (3.0 * bump).astype(np.float16)
                     entry["models"][model] = {
-                        "pred": row["pred"], "prob": row["prob"],
-                        "mass": {role: row[f"mass:{role}"] for role in ROLES}}
+                        "pred": row["pred"],
+                        "prob": row["prob"],
+                        "mass": {role: row[f"mass:{role}"] for role in ROLES},
+                    }
                 items.append(entry)
     return {"regions": list(REGIONS), "size": [size, size], "items": items}, arrays
 
@@ -241,10 +333,18 @@ def _nan_to_none(obj):
     return obj
 
 
-def make_run_folder(path: Path, *, n_per_cell: int = 30, small: int | None = 12,
-                    models: tuple[str, ...] = ("biased", "debiased"), hostile: bool = False,
-                    gallery_per_cell: int = 8, image_size: int = 64, seed: int = 0,
-                    optional: bool = True) -> Path:
+def make_run_folder(
+    path: Path,
+    *,
+    n_per_cell: int = 30,
+    small: int | None = 12,
+    models: tuple[str, ...] = ("biased", "debiased"),
+    hostile: bool = False,
+    gallery_per_cell: int = 8,
+    image_size: int = 64,
+    seed: int = 0,
+    optional: bool = True,
+) -> Path:
     """Write a run folder at ``path`` and return it.
 
     ``hostile`` puts HTML/script in a group value, a model name, the title and the config.
@@ -255,30 +355,60 @@ def make_run_folder(path: Path, *, n_per_cell: int = 30, small: int | None = 12,
     genders = ("female", HOSTILE_GROUP if hostile else "male")
     if hostile:
         models = (models[0], HOSTILE_MODEL, *models[2:])
-    samples = make_samples(n_per_cell=n_per_cell, models=models, genders=genders, small=small,
-                           seed=seed)
+    samples = make_samples(
+        n_per_cell=n_per_cell, models=models, genders=genders, small=small, seed=seed
+    )
     groups = group_table(samples)
     title = "Nurse / doctor audit" + (" <script>alert(3)</script>" if hostile else "")
     config = f'title = "{title}"\n[data]\nmanifest = "manifest.csv"\ngroups = ["gender"]\n'
     first = samples[samples["model"] == models[0]]
-    cells = [{"cell": c, "gender": g, "label": lab, "n": int(n), "small": bool(n < MIN_GROUP_SIZE)}
-             for (c, g, lab), n in first.assign(cell=cell_of)
-             .groupby(["cell", "gender", "label"], sort=False).size().items()]
+    cells = [
+        {"cell": c, "gender": g, "label": lab, "n": int(n), "small": bool(n < MIN_GROUP_SIZE)}
+        for (c, g, lab), n in first.assign(cell=cell_of)
+        .groupby(["cell", "gender", "label"], sort=False)
+        .size()
+        .items()
+    ]
     summary = {
-        "title": title, "created": "2026-01-02T03:04:05Z", "config": config,
-        "data": {"manifest": "data/manifest.csv", "n": int(len(first)),
-                 "fingerprint": "sha256:" + "ab" * 32, "groups": ["gender"], "label": "label",
-                 "classes": list(CLASSES), "regions": list(REGIONS),
-                 "roles": {"causal": ["coat", "stethoscope"], "confounder": ["face", "hair"]},
-                 "cells": cells, "skipped": 2 if optional else 0},
-        "models": [{"name": m, "arch": "resnet18", "checkpoint": f"models/{m}.pt",
-                    "sha256": f"{i:02d}" * 32, "classes": list(CLASSES), "target_layer": "layer4",
-                    "layer_shape": [2, 2], "nan_maps": 0} for i, m in enumerate(models)],
+        "title": title,
+        "created": "2026-01-02T03:04:05Z",
+        "config": config,
+        "data": {
+            "manifest": "data/manifest.csv",
+            "n": int(len(first)),
+            "fingerprint": "sha256:" + "ab" * 32,
+            "groups": ["gender"],
+            "label": "label",
+            "classes": list(CLASSES),
+            "regions": list(REGIONS),
+            "roles": {"causal": ["coat", "stethoscope"], "confounder": ["face", "hair"]},
+            "cells": cells,
+            "skipped": 2 if optional else 0,
+        },
+        "models": [
+            {
+                "name": m,
+                "arch": "resnet18",
+                "checkpoint": f"models/{m}.pt",
+                "sha256": f"{i:02d}" * 32,
+                "classes": list(CLASSES),
+                "target_layer": "layer4",
+                "layer_shape": [2, 2],
+                "nan_maps": 0,
+            }
+            for i, m in enumerate(models)
+        ],
         "explain": {"methods": ["gradcam"], "target": "predicted"},
         "stats": {"min_group_size": MIN_GROUP_SIZE, "bootstrap": 1000, "seed": seed},
         "findings": findings(groups, seed),
-        "provenance": {"bias_audit": "0.1.0", "torch": "2.14.1", "torchvision": "0.29.1",
-                       "python": "3.11", "seed": seed, "device": "cpu"},
+        "provenance": {
+            "bias_audit": "0.1.0",
+            "torch": "2.14.1",
+            "torchvision": "0.29.1",
+            "python": "3.11",
+            "seed": seed,
+            "device": "cpu",
+        },
         "timings": {"total_s": 12.3, "per_model_s": {m: 5.0 + i for i, m in enumerate(models)}},
     }
     (path / "summary.json").write_text(json.dumps(_nan_to_none(summary), indent=2))
@@ -291,9 +421,13 @@ def make_run_folder(path: Path, *, n_per_cell: int = 30, small: int | None = 12,
     fairness_table(samples).to_parquet(path / "fairness.parquet", index=False)
     if len(models) > 1:
         comparison_table(samples, models).to_parquet(path / "comparisons.parquet", index=False)
-    pd.DataFrame({"row": [3, 17], "column": ["mask:hair", "image"],
-                  "reason": ["file not found", "cannot decode"]}).to_parquet(
-        path / "skipped.parquet", index=False)
+    pd.DataFrame(
+        {
+            "row": [3, 17],
+            "column": ["mask:hair", "image"],
+            "reason": ["file not found", "cannot decode"],
+        }
+    ).to_parquet(path / "skipped.parquet", index=False)
     gal, arrays = gallery(samples, models, per_cell=gallery_per_cell, size=image_size, seed=seed)
     (path / "gallery.json").write_text(json.dumps(_nan_to_none(gal)))
     np.savez(path / "maps.npz", **arrays)

@@ -68,7 +68,8 @@ def test_every_chart_renders(visit: Visit) -> None:
         """() => Array.from(document.querySelectorAll('div.chart')).map(el => ({
               id: el.id, traces: (el.data || []).length,
               svg: !!el.querySelector('.main-svg'),
-              width: el.getBoundingClientRect().width}))""")
+              width: el.getBoundingClientRect().width}))"""
+    )
     assert len(charts) >= 8
     for c in charts:
         assert c["traces"] > 0 and c["svg"] and c["width"] > 100, c
@@ -76,10 +77,12 @@ def test_every_chart_renders(visit: Visit) -> None:
 
 def test_every_gallery_image_decodes(visit: Visit) -> None:
     visit.page.wait_for_function(
-        "Array.from(document.querySelectorAll('#gallery img')).every(i => i.complete)")
+        "Array.from(document.querySelectorAll('#gallery img')).every(i => i.complete)"
+    )
     images = visit.page.evaluate(
         """() => Array.from(document.querySelectorAll('#gallery img.zoomable')).map(
-              i => [i.complete, i.naturalWidth, i.naturalHeight])""")
+              i => [i.complete, i.naturalWidth, i.naturalHeight])"""
+    )
     assert len(images) > 0
     assert all(done and w > 0 and h > 0 for done, w, h in images)
 
@@ -124,10 +127,12 @@ def test_hostile_strings_show_as_text(hostile_visit: Visit) -> None:
     assert page.evaluate("document.querySelectorAll('img[src=\"x\"]').length") == 0
     # Plotly labels show the same text, not markup.
     legend = page.evaluate(
-        "Array.from(document.querySelectorAll('#fig-mass .legendtext')).map(t => t.textContent)")
+        "Array.from(document.querySelectorAll('#fig-mass .legendtext')).map(t => t.textContent)"
+    )
     assert HOSTILE_MODEL in legend
-    others = [u for u in hostile_visit.requests
-              if u != hostile_visit.url and not u.startswith("data:")]
+    others = [
+        u for u in hostile_visit.requests if u != hostile_visit.url and not u.startswith("data:")
+    ]
     assert others == []
 
 
@@ -137,7 +142,9 @@ def test_summary_screenshot(visit: Visit) -> None:
     page.evaluate("window.scrollTo(0, 0)")
     path = ARTIFACTS / "report_summary.png"
     bottom = page.evaluate(
-        "document.querySelector('#attention').getBoundingClientRect().top + window.scrollY")
-    page.screenshot(path=str(path), clip={"x": 0, "y": 0, "width": 1280, "height": bottom},
-                    full_page=True)
+        "document.querySelector('#attention').getBoundingClientRect().top + window.scrollY"
+    )
+    page.screenshot(
+        path=str(path), clip={"x": 0, "y": 0, "width": 1280, "height": bottom}, full_page=True
+    )
     assert path.stat().st_size > 10_000

@@ -17,7 +17,7 @@ from .test_browser import open_report
 
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from bias_audit.audit import audit
+    from bias_audit.pipelines import audit
 
     root = tmp_path_factory.mktemp("world")
     world = {"root": root, "manifest": _world(root), **_save_models(root)}
@@ -55,7 +55,8 @@ def test_real_run_in_browser(real_run: Path, browser: Any) -> None:
         assert visit.errors == []
         assert [u for u in visit.requests if u != visit.url and not u.startswith("data:")] == []
         traces = visit.page.evaluate(
-            "Array.from(document.querySelectorAll('div.chart')).map(d => (d.data || []).length)")
+            "Array.from(document.querySelectorAll('div.chart')).map(d => (d.data || []).length)"
+        )
         assert traces and all(t > 0 for t in traces)
     finally:
         visit.page.close()

@@ -13,8 +13,9 @@ from bias_audit.report._images import REGION_COLORS
 
 
 def test_jet_hand_values() -> None:
-    np.testing.assert_allclose(jet(np.array([0.0, 0.5, 1.0])),
-                               [[0, 0, 0.5], [0.5, 1, 0.5], [0.5, 0, 0]])
+    np.testing.assert_allclose(
+        jet(np.array([0.0, 0.5, 1.0])), [[0, 0, 0.5], [0.5, 1, 0.5], [0.5, 0, 0]]
+    )
     np.testing.assert_allclose(jet(np.array([np.nan])), jet(np.array([0.0])))
 
 

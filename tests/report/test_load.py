@@ -60,14 +60,16 @@ def test_summary_not_an_object(fresh: Path) -> None:
 
 def test_samples_missing_column(fresh: Path) -> None:
     pd.read_parquet(fresh / "samples.parquet").drop(columns="correct").to_parquet(
-        fresh / "samples.parquet")
+        fresh / "samples.parquet"
+    )
     with pytest.raises(DataError, match="'correct'"):
         load_run(fresh)
 
 
 def test_groups_missing_column(fresh: Path) -> None:
     pd.read_parquet(fresh / "groups.parquet").drop(columns="metric").to_parquet(
-        fresh / "groups.parquet")
+        fresh / "groups.parquet"
+    )
     with pytest.raises(DataError, match="groups.parquet.*'metric'"):
         load_run(fresh)
 

@@ -24,10 +24,17 @@ from bias_audit.report._render import script_json
 
 from .runfolder import HOSTILE_GROUP, HOSTILE_MODEL, cell_of
 
-SECTIONS = ("scope", "summary", "attention", "performance", "comparison", "interventions",
-            "gallery", "methods")
-_CHART = re.compile(r'<script type="application/json" id="(fig-[\w-]+)-data">(.*?)</script>',
-                    re.S)
+SECTIONS = (
+    "scope",
+    "summary",
+    "attention",
+    "performance",
+    "comparison",
+    "interventions",
+    "gallery",
+    "methods",
+)
+_CHART = re.compile(r'<script type="application/json" id="(fig-[\w-]+)-data">(.*?)</script>', re.S)
 
 
 def charts(html: str) -> dict[str, dict]:
@@ -49,8 +56,9 @@ def test_self_contained(report_html: str) -> None:
     rest = without_plotly(report_html)
     assert "http://" not in rest and "https://" not in rest and "//cdn" not in rest
     srcs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', rest)
-    assert srcs and all(s.startswith(("data:image/jpeg;base64,", "data:image/png;base64,"))
-                        for s in srcs)
+    assert srcs and all(
+        s.startswith(("data:image/jpeg;base64,", "data:image/png;base64,")) for s in srcs
+    )
     assert not re.search(r"<(link|iframe|object|embed)\b", rest)
     assert re.findall(r"<script\b[^>]*\ssrc=", rest) == []
 
@@ -59,8 +67,16 @@ def test_every_chart_has_data(report_html: str) -> None:
     figs = charts(report_html)
     divs = re.findall(r'<div class="chart" id="([\w-]+)"', report_html)
     assert set(divs) == set(figs)
-    assert {"fig-mass", "fig-lift", "fig-confounder-box", "fig-accuracy", "fig-rate-gaps",
-            "fig-comparison", "fig-flip", "fig-drop"} <= set(figs)
+    assert {
+        "fig-mass",
+        "fig-lift",
+        "fig-confounder-box",
+        "fig-accuracy",
+        "fig-rate-gaps",
+        "fig-comparison",
+        "fig-flip",
+        "fig-drop",
+    } <= set(figs)
     for fid, fig in figs.items():
         assert fig["data"], fid
 
@@ -73,8 +89,12 @@ def _trace_points(fig: dict, name: str, xaxis: str = "x") -> dict[str, tuple]:
             continue
         err = t.get("error_y")
         for i, x in enumerate(t["x"]):
-            out[x] = (t["y"][i], err["array"][i] if err else None,
-                      err["arrayminus"][i] if err else None, "pattern" in t["marker"])
+            out[x] = (
+                t["y"][i],
+                err["array"][i] if err else None,
+                err["arrayminus"][i] if err else None,
+                "pattern" in t["marker"],
+            )
     return out
 
 
@@ -86,8 +106,9 @@ def test_mass_chart_matches_groups_table(run_dir: Path, report_html: str) -> Non
         rows = groups[(groups["model"] == "biased") & (groups["metric"] == f"mass:{role}")]
         assert len(points) == len(rows) == 4
         for r in rows.itertuples():
-            label = htmlmod.escape(f"{r.cell} (n={r.n})", quote=False) + (" \u2020" if r.small
-                                                                           else "")
+            label = htmlmod.escape(f"{r.cell} (n={r.n})", quote=False) + (
+                " \u2020" if r.small else ""
+            )
             y, plus, minus, hatched = points[label]
             assert y == pytest.approx(r.value)
             if r.small:
@@ -122,9 +143,12 @@ def test_rate_gaps_match_fairlearn(run_dir: Path) -> None:
         part = data.samples[data.samples["model"] == r.model]
         for fn, got in ((true_positive_rate, r.tpr_gap), (false_positive_rate, r.fpr_gap)):
             metric = functools.update_wrapper(functools.partial(fn, pos_label=r[3]), fn)
-            mf = MetricFrame(metrics=metric,
-                             y_true=part["label"], y_pred=part["pred"],
-                             sensitive_features=part["gender"])
+            mf = MetricFrame(
+                metrics=metric,
+                y_true=part["label"],
+                y_pred=part["pred"],
+                sensitive_features=part["gender"],
+            )
             assert got == pytest.approx(mf.difference(method="between_groups"))
 
 
@@ -143,8 +167,9 @@ def test_findings_by_severity(run_dir: Path, report_html: str) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     order = {"high": 0, "medium": 1, "low": 2, "info": 3}
     expected = sorted(summary["findings"], key=lambda f: order[f["severity"]])
-    body = report_html[report_html.index('<section id="summary">'):
-                       report_html.index('<section id="attention">')]
+    body = report_html[
+        report_html.index('<section id="summary">') : report_html.index('<section id="attention">')
+    ]
     shown = re.findall(r'<li class="finding sev-(\w+)">', body)
     assert shown == [f["severity"] for f in expected]
     positions = [body.index(str(escape(f["text"]))) for f in expected]
@@ -155,8 +180,13 @@ def test_findings_by_severity(run_dir: Path, report_html: str) -> None:
 
 def test_cells_show_n(run_dir: Path, report_html: str) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
-    labels = {x for fig in charts(report_html).values() for t in fig["data"]
-              for x in t.get("x") or [] if isinstance(x, str)}
+    labels = {
+        x
+        for fig in charts(report_html).values()
+        for t in fig["data"]
+        for x in t.get("x") or []
+        if isinstance(x, str)
+    }
     for c in summary["data"]["cells"]:
         assert f"<td>{escape(c['cell'])}</td><td>{c['n']}</td>" in report_html
         label = htmlmod.escape(f"{c['cell']} (n={c['n']})", quote=False)
@@ -165,10 +195,23 @@ def test_cells_show_n(run_dir: Path, report_html: str) -> None:
 
 def test_methods_and_provenance(run_dir: Path, report_html: str) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
-    body = report_html[report_html.index('<section id="methods">'):]
-    for term in ("mass", "area", "lift", "rank", "pointing", "loc_iou", "flip", "drop",
-                 "random-patch baseline", "Wilson", "bootstrap", "permutation",
-                 "Wilcoxon", "Holm"):
+    body = report_html[report_html.index('<section id="methods">') :]
+    for term in (
+        "mass",
+        "area",
+        "lift",
+        "rank",
+        "pointing",
+        "loc_iou",
+        "flip",
+        "drop",
+        "random-patch baseline",
+        "Wilson",
+        "bootstrap",
+        "permutation",
+        "Wilcoxon",
+        "Holm",
+    ):
         assert f"<dt>{term}" in body, term
     assert str(escape(summary["config"])) in body
     assert summary["data"]["fingerprint"] in body
@@ -201,7 +244,7 @@ def test_script_json_escapes() -> None:
 def test_gallery_caps(tmp_path: Path, run_dir: Path) -> None:
     path = Path(shutil.copytree(run_dir, tmp_path / "copy"))
     html = render_report(path, max_per_cell=2).read_text()
-    body = html[html.index('<section id="gallery">'):html.index('<section id="methods">')]
+    body = html[html.index('<section id="gallery">') : html.index('<section id="methods">')]
     assert body.count('<figure class="sample">') == 2 * 4
     # Confounder-reliant samples come first in each cell.
     reasons = re.findall(r"label [^<]* \u00b7 <i>(\w+)</i>", body)
@@ -228,8 +271,12 @@ def test_bad_caps(run_dir: Path, arg: str) -> None:
 
 
 def test_all_is_complete() -> None:
-    public = {n for n, v in vars(report).items()
-              if not n.startswith("_") and callable(v) and getattr(v, "__module__", "")
-              .startswith("bias_audit.report")}
+    public = {
+        n
+        for n, v in vars(report).items()
+        if not n.startswith("_")
+        and callable(v)
+        and getattr(v, "__module__", "").startswith("bias_audit.report")
+    }
     assert public <= set(report.__all__)
     assert all(hasattr(report, n) for n in report.__all__)

@@ -16,8 +16,9 @@ LIMIT = 20 * 1024 * 1024
 
 
 def test_ten_thousand_images_two_models(tmp_path: Path) -> None:
-    path = make_run_folder(tmp_path / "big", n_per_cell=2500, small=None, gallery_per_cell=20,
-                           image_size=224)
+    path = make_run_folder(
+        tmp_path / "big", n_per_cell=2500, small=None, gallery_per_cell=20, image_size=224
+    )
     samples = pd.read_parquet(path / "samples.parquet")
     assert len(samples) == 20_000 and samples["id"].nunique() == 10_000
     # 20 gallery items per cell on offer: the total cap (60), not the per-cell one, binds.

@@ -1,0 +1,13 @@
+"""Class-activation maps (Grad-CAM family, Score-CAM, guided methods) from one forward pass.
+
+from bias_audit.core.maps import explain
+exp = explain(model, images, methods=("gradcam", "gradcam++"), target_layer="layer4")
+exp.maps["gradcam"]   # (N, H, W) float32 >= 0, not normalised
+"""
+
+from __future__ import annotations
+
+from bias_audit.core.maps._explain import METHODS, Explanation, explain
+from bias_audit.core.maps._overlay import normalize_maps, overlay
+
+__all__ = ["METHODS", "Explanation", "explain", "normalize_maps", "overlay"]

@@ -1,0 +1,366 @@
+"""``explain``: every requested map from one forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bias_audit.core.maps._capture import Capture, capture
+from bias_audit.core.maps._layers import Reshape, resolve_target_layer, to_grid
+from bias_audit.core.maps._weights import WEIGHTS, weighted_map
+from bias_audit.errors import ExplainError
+
+# guided method -> the ReLU backward rule it needs
+_GUIDED_RULE = {"guided_backprop": "guided", "deconvnet": "deconvnet", "guided_gradcam": "guided"}
+
+METHODS: tuple[str, ...] = (
+    "cam",
+    "gradcam",
+    "gradcam++",
+    "xgradcam",
+    "layercam",
+    "hirescam",
+    "counterfactual",
+    "scorecam",
+    "guided_backprop",
+    "deconvnet",
+    "guided_gradcam",
+)
+
+Target = Tensor | Sequence[int] | Callable[[Tensor], Tensor] | None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """The maps of one batch, and what they were computed from.
+
+    Attributes:
+        logits: (N, C) float32, the model output of the same forward pass (detached). For a
+            callable target this is whatever tensor the model returned.
+        targets: (N,) long class indices explained; for a callable target, the (N,) float
+            scores it returned.
+        maps: method name -> (N, H, W) float32 >= 0 at the input's resolution, not normalised;
+            guided methods give signed (N, C_in, H, W). Read-only.
+        target_layer: dotted name of the layer the maps were taken at, e.g. ``"layer4"``.
+        layer_shape: (h, w) of that layer: how coarse the maps really are.
+    """
+
+    logits: Tensor
+    targets: Tensor
+    maps: Mapping[str, Tensor]
+    target_layer: str
+    layer_shape: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class _Raw:
+    """Maps before upsampling: the engine's result, kept separate so tests can see layer maps."""
+
+    logits: Tensor
+    targets: Tensor
+    layer_maps: dict[str, Tensor]  # (N, h, w)
+    input_grads: dict[str, Tensor]  # rule -> (N, C_in, H, W)
+    target_layer: str
+    layer_shape: tuple[int, int]
+
+
+def _check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
+    if isinstance(methods, str):
+        methods = (methods,)
+    if not isinstance(methods, Sequence) or not methods:
+        raise ExplainError(f"methods: expected a non-empty sequence of names from {METHODS}")
+    for name in methods:
+        if name not in METHODS:
+            raise ExplainError(f"methods: unknown method {name!r}; valid: {', '.join(METHODS)}")
+    return tuple(dict.fromkeys(methods))
+
+
+def _check_images(images: object) -> Tensor:
+    if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+        got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ExplainError(f"images: expected a float tensor (N, C, H, W), got {got}")
+    if images.shape[0] == 0:
+        raise ExplainError("images: the batch is empty")
+    return images
+
+
+def _check_targets(targets: Target, n: int) -> Tensor | Callable[[Tensor], Tensor] | None:
+    if targets is None or (callable(targets) and not isinstance(targets, Tensor)):
+        return targets
+    try:
+        t = torch.as_tensor(targets)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ExplainError(f"targets: expected class indices (N,), got {targets!r}") from err
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.ndim != 1:
+        raise ExplainError(
+            f"targets: expected integer class indices of shape (N,), got {t.dtype} {tuple(t.shape)}"
+        )
+    if len(t) != n:
+        raise ExplainError(f"targets: {len(t)} targets for a batch of {n} images")
+    return t.long()
+
+
+def _scores(
+    output: object, targets: Tensor | Callable[[Tensor], Tensor] | None
+) -> tuple[Tensor, Tensor]:
+    """(scores (N,) that keep the graph, targets as reported)."""
+    if not isinstance(output, Tensor):
+        raise ExplainError(f"model output: expected a tensor, got {type(output).__name__}")
+    n = output.shape[0]
+    if callable(targets):
+        scores = targets(output)
+        if not isinstance(scores, Tensor) or scores.shape != (n,):
+            got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
+            raise ExplainError(
+                f"targets: the callable must return scores of shape ({n},), got {got}"
+            )
+        return scores, scores.detach().float()
+    if output.ndim != 2:
+        raise ExplainError(
+            f"model output has shape {tuple(output.shape)}, not (N, C) logits; pass a callable "
+            "targets= that turns it into (N,) scores"
+        )
+    n_classes = output.shape[1]
+    if targets is None:
+        targets = output.detach().argmax(dim=1)
+    else:
+        targets = targets.to(output.device)
+        if targets.is_inference():  # made under inference_mode: autograd cannot save it
+            targets = targets.clone()
+        bad = ((targets < 0) | (targets >= n_classes)).nonzero()
+        if len(bad):
+            i = int(bad[0, 0])
+            raise ExplainError(
+                f"targets[{i}] = {int(targets[i])} is out of range for {n_classes} classes"
+            )
+    return output.gather(1, targets[:, None]).squeeze(1), targets
+
+
+def _linear_head(
+    records: list[tuple[nn.Linear, Tensor, Tensor]], output: Tensor, act: Tensor, name: str
+) -> nn.Linear:
+    """The GAP + linear head after the target layer, or ExplainError."""
+    why = "no nn.Linear gives the model output"
+    for linear, inp, out in reversed(records):
+        if out is not output and not (out.shape == output.shape and torch.equal(out, output)):
+            continue
+        gap = act.mean(dim=(2, 3))
+        if inp.shape != gap.shape:
+            why = f"the input of the final linear layer has shape {tuple(inp.shape)}"
+        elif not torch.allclose(inp, gap, rtol=1e-4, atol=1e-5 * (1 + float(gap.abs().max()))):
+            why = "the input of the final linear layer is not the spatial mean of the layer"
+        else:
+            return linear
+        break
+    raise ExplainError(
+        f"'cam' needs a GAP + linear head right after target_layer {name!r}: {why}; "
+        "use 'gradcam' (equal to CAM up to a constant on such models)"
+    )
+
+
+def _scorecam(
+    model: nn.Module,
+    images: Tensor,
+    act: Tensor,
+    targets: Tensor | Callable[[Tensor], Tensor],
+    batch_size: int,
+) -> Tensor:
+    """Score-CAM weights and map (N, h, w); runs N * K extra forward passes in channel batches."""
+    n, k = act.shape[:2]
+    size = images.shape[-2:]
+    weights = torch.empty(n, k, dtype=act.dtype, device=act.device)
+    with torch.no_grad():
+        for i in range(n):
+            for start in range(0, k, batch_size):
+                chunk = act[i : i + 1, start : start + batch_size]
+                up = F.interpolate(chunk, size=size, mode="bilinear", align_corners=False)[0]
+                flat = up.flatten(1)
+                low = flat.min(dim=1).values[:, None, None]
+                span = flat.max(dim=1).values[:, None, None] - low
+                # A constant channel masks nothing useful out: give it an all-zero mask.
+                mask = torch.where(span > 0, (up - low) / torch.where(span > 0, span, 1.0), 0.0)
+                out = model(images[i : i + 1] * mask[:, None])
+                if callable(targets):
+                    score = targets(out)
+                else:
+                    score = out.softmax(dim=1)[:, targets[i]]
+                weights[i, start : start + len(chunk[0])] = score.reshape(-1).to(act.dtype)
+    return weighted_map(act, weights[:, :, None, None])
+
+
+def _run(
+    model: nn.Module,
+    images: Tensor,
+    methods: tuple[str, ...],
+    *,
+    target_layer: str | nn.Module | None,
+    targets: Tensor | Callable[[Tensor], Tensor] | None,
+    reshape: Reshape | None,
+    scorecam_batch_size: int,
+) -> _Raw:
+    rules = list(dict.fromkeys(_GUIDED_RULE[m] for m in methods if m in _GUIDED_RULE))
+    need_layer_grad = any(m in WEIGHTS or m == "guided_gradcam" for m in methods)
+    grad_mode = (torch.inference_mode(False), torch.enable_grad())
+    with capture(model, guided=bool(rules)) as cap, grad_mode[0], grad_mode[1]:
+        x = images.detach()
+        if x.is_inference():
+            x = x.clone()
+        name, layer, reshape = resolve_target_layer(model, target_layer, x, reshape)
+        cap.hook_layer(layer)
+        linears: list[tuple[nn.Linear, Tensor, Tensor]] = []
+        if "cam" in methods:
+            _watch_linears(model, cap, linears)
+        if rules:
+            # A copy, so the user's tensor keeps its requires_grad and its .grad.
+            x = x.clone().requires_grad_(True)
+        output = model(x)
+        act = cap.activation
+        if act is None:
+            raise ExplainError(f"target_layer {name!r} was not called during the forward pass")
+        grid = to_grid(act.detach(), reshape, name)
+        scores, used = _scores(output, targets)
+        total = scores.sum()  # images are independent in eval mode: one backward for all
+
+        layer_maps: dict[str, Tensor] = {}
+        input_grads: dict[str, Tensor] = {}
+        if need_layer_grad:
+            if not total.requires_grad:
+                raise ExplainError(f"target_layer {name!r}: the scores do not depend on it")
+            (grad,) = torch.autograd.grad(total, act, retain_graph=bool(rules), allow_unused=True)
+            if grad is None:
+                raise ExplainError(f"target_layer {name!r}: the scores do not depend on it")
+            grad = to_grid(grad, reshape, name)
+            for m in methods:
+                if m in WEIGHTS:
+                    layer_maps[m] = weighted_map(grid, WEIGHTS[m](grid, grad))
+            if "guided_gradcam" in methods and "gradcam" not in layer_maps:
+                layer_maps["gradcam"] = weighted_map(grid, WEIGHTS["gradcam"](grid, grad))
+        for j, rule in enumerate(rules):
+            cap.rule.mode = rule
+            try:
+                (g_in,) = torch.autograd.grad(total, x, retain_graph=j < len(rules) - 1)
+            finally:
+                cap.rule.mode = "plain"
+            input_grads[rule] = g_in
+        if "cam" in methods:
+            if callable(targets):
+                raise ExplainError("'cam' needs class-index targets, not a callable")
+            head = _linear_head(linears, output, grid, name)
+            w = head.weight.detach()[used]  # (N, K)
+            layer_maps["cam"] = (w[:, :, None, None] * grid).sum(dim=1).clamp(min=0)
+        if "scorecam" in methods:
+            cap.enabled = False
+            src = images.detach() if not images.is_inference() else images.clone()
+            layer_maps["scorecam"] = _scorecam(
+                model, src, grid, targets if callable(targets) else used, scorecam_batch_size
+            )
+        logits = output.detach().float()
+        return _Raw(
+            logits=logits,
+            targets=used,
+            layer_maps={k: v.detach().float() for k, v in layer_maps.items()},
+            input_grads={k: v.detach().float() for k, v in input_grads.items()},
+            target_layer=name,
+            layer_shape=(int(grid.shape[2]), int(grid.shape[3])),
+        )
+
+
+def _watch_linears(model: nn.Module, cap: Capture, records: list) -> None:
+    def record(module: nn.Module, args: tuple[object, ...], output: object) -> None:
+        if cap.enabled and args and isinstance(args[0], Tensor) and isinstance(output, Tensor):
+            records.append((module, args[0].detach(), output))
+
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            cap.add_hook(module, record)
+
+
+def explain(
+    model: nn.Module,
+    images: Tensor,
+    methods: str | Sequence[str] = ("gradcam",),
+    *,
+    target_layer: str | nn.Module | None = None,
+    targets: Target = None,
+    reshape: Reshape | None = None,
+    scorecam_batch_size: int = 32,
+) -> Explanation:
+    """Class-activation maps of ``model`` for a batch, from one forward pass.
+
+    The pass runs in eval mode with every parameter frozen: nothing before the target layer
+    records a graph, one ``autograd.grad`` (down to the target layer only) serves every
+    gradient-based map, and no ``.grad`` is touched. Hooks, ``requires_grad`` and ``training``
+    flags are restored afterwards, also when the pass raises.
+
+    Args:
+        model: an image classifier (or any module; see ``targets``).
+        images: (N, C, H, W) float, already normalised as the model expects.
+        methods: names from ``METHODS``. Guided methods ("guided_backprop", "deconvnet",
+            "guided_gradcam") make the pass record from the input, which costs memory.
+        target_layer: a module of ``model``, its dotted name (``"layer4"``, ``"features.28"``)
+            or None for the last module with a spatial (N, C, h, w) output (adaptive pooling
+            excluded); torchvision ViT and Swin get their usual layer and reshape.
+        targets: None for the predicted class; (N,) class indices; or a callable
+            ``f(output) -> (N,)`` giving the scores to explain (a regression output: RAM).
+        reshape: turns the target layer's output into (N, C, h, w), e.g. tokens to a grid.
+            Automatic for torchvision ViT and Swin.
+        scorecam_batch_size: masked images per extra forward pass of Score-CAM.
+
+    Returns:
+        An :class:`Explanation`; ``maps[m]`` is (N, H, W) float32 >= 0 (not normalised) for the
+        CAM family and signed (N, C, H, W) for guided methods. No NaN is produced.
+
+    Raises:
+        ExplainError: unknown method, targets of the wrong length or out of range, a layer
+            with no spatial output or an unknown layer name, "cam" without a GAP + linear head.
+
+    Example:
+        >>> exp = explain(model, images, methods=("gradcam", "gradcam++"), target_layer="layer4")
+        >>> exp.maps["gradcam"].shape  # (N, H, W)
+    """
+    if not isinstance(model, nn.Module):
+        raise ExplainError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    methods = _check_methods(methods)
+    images = _check_images(images)
+    if not isinstance(scorecam_batch_size, int) or scorecam_batch_size < 1:
+        raise ExplainError(
+            f"scorecam_batch_size: expected an int >= 1, got {scorecam_batch_size!r}"
+        )
+    checked = _check_targets(targets, images.shape[0])
+    raw = _run(
+        model,
+        images,
+        methods,
+        target_layer=target_layer,
+        targets=checked,
+        reshape=reshape,
+        scorecam_batch_size=scorecam_batch_size,
+    )
+    size = tuple(images.shape[-2:])
+    up = {k: upsample(v, size) for k, v in raw.layer_maps.items()}
+    maps: dict[str, Tensor] = {}
+    for m in methods:
+        if m in _GUIDED_RULE:
+            grads = raw.input_grads[_GUIDED_RULE[m]]
+            maps[m] = grads * up["gradcam"][:, None] if m == "guided_gradcam" else grads
+        else:
+            maps[m] = up[m]
+    return Explanation(
+        logits=raw.logits,
+        targets=raw.targets,
+        maps=MappingProxyType(maps),
+        target_layer=raw.target_layer,
+        layer_shape=raw.layer_shape,
+    )
+
+
+def upsample(maps: Tensor, size: tuple[int, int]) -> Tensor:
+    """(N, h, w) -> (N, H, W), bilinear with align_corners=False (REFERENCES.md)."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]

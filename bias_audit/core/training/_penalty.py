@@ -1,0 +1,169 @@
+"""Differentiable attention penalties for "right for the right reasons" training.
+
+Both penalties keep the autograd graph (``create_graph=True``) so that the optimiser can
+move the parameters to take attention out of the confounder regions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bias_audit.errors import ConfigError
+
+__all__ = ["find_target_layer", "gradcam_evidence_mass", "gradcam_mass", "input_grad_energy"]
+
+
+def find_target_layer(model: nn.Module, images: Tensor) -> str:
+    """Dotted name of the last module (in execution order) whose output is a 4-D map larger
+    than 1x1: ``features`` for smallcnn, ``layer4`` for a ResNet.
+
+    Runs one forward pass on ``images`` (N,3,S,S) without gradients in eval mode; the
+    training flag is restored afterwards.
+    """
+    names = {m: n for n, m in model.named_modules() if n}
+    seen: list[str] = []
+
+    def hook(module: nn.Module, _inp: object, out: object) -> None:
+        if isinstance(out, Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
+            seen.append(names[module])
+
+    handles = [m.register_forward_hook(hook) for m in names]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(images[:1])
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    if not seen:
+        raise ConfigError("target_layer: the model has no layer with a spatial (N,C,h,w) output")
+    return seen[-1]
+
+
+def _coverage(region: Tensor, shape: tuple[int, int], window: int) -> Tensor:
+    """(N,S,S) bool -> (N,h,w): the share of each layer cell's neighbourhood in the region.
+
+    ``window`` 1 is the cell's own footprint (area pooling). A larger odd window averages
+    over the window x window cells around it, zero outside the image: a deep cell sees far
+    beyond its footprint, so a coat cell beside the hair still encodes the hair.
+    """
+    if not isinstance(window, int) or isinstance(window, bool) or window < 1 or window % 2 == 0:
+        raise ConfigError(f"penalty_window: expected an odd integer >= 1, got {window!r}")
+    cover = F.adaptive_avg_pool2d(region[:, None].float(), shape)
+    if window > 1:
+        cover = F.avg_pool2d(cover, window, stride=1, padding=window // 2)
+    return cover[:, 0]
+
+
+def gradcam_mass(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    region: Tensor,
+    *,
+    target_layer: str,
+    window: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """Grad-CAM of the true class and its share of mass inside ``region``, differentiably.
+
+    The map is Grad-CAM at the layer's resolution: M = ReLU(Σ_k α_k A^k), α_k the spatial mean
+    of ∂S/∂A^k with S = logit_label - mean_c logit_c (the label's margin). ``region`` is
+    down-sampled to the layer's (h, w) by area averaging, which gives each layer cell the
+    fraction of it covered by the region; that is cheaper than up-sampling the map and
+    keeps the gradient at the layer's resolution.
+
+    Args:
+        images: (N,3,S,S). labels: (N,) long.
+        region: (N,S,S) bool, the union of the confounder regions.
+        target_layer: dotted module name.
+        window: odd; each cell's coverage is the region's share of the window x window
+            cells around it (1: the cell itself). See ``_coverage``.
+
+    Returns:
+        ``(logits (N,C), mass (N,))``; mass is in [0,1] and 0 where the map is all zero.
+    """
+    logits, acts = _forward_capturing(model, images, target_layer)
+    # The label's margin over the mean logit, not its raw logit: a shortcut used through
+    # another class's logit (a red spot lowering "ring") must count as attention too.
+    score = (logits.gather(1, labels[:, None])[:, 0] - logits.mean(dim=1)).sum()
+    (grads,) = torch.autograd.grad(score, acts, create_graph=True)
+    alpha = grads.mean(dim=(2, 3), keepdim=True)
+    cam = F.relu((alpha * acts).sum(dim=1))  # (N,h,w)
+    cover = _coverage(region, tuple(cam.shape[-2:]), window)
+    # The epsilon keeps an all-zero map at mass 0 (no gradient) instead of NaN.
+    mass = (cam * cover).sum(dim=(1, 2)) / (cam.sum(dim=(1, 2)) + 1e-8)
+    return logits, mass
+
+
+def gradcam_evidence_mass(
+    model: nn.Module, images: Tensor, region: Tensor, *, target_layer: str, window: int = 1
+) -> tuple[Tensor, Tensor]:
+    """Share of every class's absolute Grad-CAM evidence inside ``region``, differentiably.
+
+    For each class c the unrectified map is G_c = Σ_k α_k^c A^k, α^c the spatial mean of
+    ∂S_c/∂A^k with S_c = logit_c - mean_j logit_j (class c's margin). The penalty is the
+    share of |G_c| inside the region, averaged over the classes. The absolute value is the
+    point: a ReLU'd label map (:func:`gradcam_mass`) can be emptied inside the region while
+    the confounder still drives the prediction through negative evidence (the hair lowering
+    the *other* class) or through cells the ReLU hides; |G_c| counts evidence for and against
+    every class. On the nurse/doctor case study only this form debiased the model (see
+    ``case_studies/nurse_doctor/FEASIBILITY.md``).
+
+    Costs one extra backward pass per class (with ``create_graph``), so it suits models with
+    a handful of classes.
+
+    Args:
+        images: (N,3,S,S).
+        region: (N,S,S) bool, the union of the confounder regions; area-averaged to the
+            layer's (h, w) as in :func:`gradcam_mass`.
+        target_layer: dotted module name.
+        window: odd neighbourhood, in layer cells, of each cell's coverage (see ``_coverage``).
+
+    Returns:
+        ``(logits (N,C), mass (N,))``; mass is in [0,1], 0 where every map is all zero.
+    """
+    logits, acts = _forward_capturing(model, images, target_layer)
+    cover = _coverage(region, tuple(acts.shape[-2:]), window)
+    margins = logits - logits.mean(dim=1, keepdim=True)
+    n_classes = logits.shape[1]
+    mass = logits.new_zeros(len(logits))
+    for c in range(n_classes):
+        (grads,) = torch.autograd.grad(margins[:, c].sum(), acts, create_graph=True)
+        cam = ((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1)).abs()  # (N,h,w)
+        mass = mass + (cam * cover).sum(dim=(1, 2)) / (cam.sum(dim=(1, 2)) + 1e-8)
+    return logits, mass / n_classes
+
+
+def input_grad_energy(model: nn.Module, images: Tensor, region: Tensor) -> tuple[Tensor, Tensor]:
+    """Ross et al.'s RRR penalty ‖A ⊙ ∂_x Σ_k log p_k‖² per image, A = ``region``.
+
+    Args:
+        images: (N,3,S,S). region: (N,S,S) bool, broadcast over the channels.
+
+    Returns:
+        ``(logits (N,C), energy (N,))``.
+    """
+    x = images.detach().requires_grad_(True)
+    logits = model(x)
+    log_p = F.log_softmax(logits, dim=1)
+    (grads,) = torch.autograd.grad(log_p.sum(), x, create_graph=True)
+    energy = ((region[:, None].to(grads.dtype) * grads) ** 2).sum(dim=(1, 2, 3))
+    return logits, energy
+
+
+def _forward_capturing(
+    model: nn.Module, images: Tensor, target_layer: str
+) -> tuple[Tensor, Tensor]:
+    """(logits, the target layer's output of the same pass), both kept in the graph."""
+    module = model.get_submodule(target_layer)
+    captured: list[Tensor] = []
+    handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        logits = model(images)
+    finally:
+        handle.remove()
+    return logits, captured[-1]

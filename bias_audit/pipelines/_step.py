@@ -1,0 +1,180 @@
+"""The pure batch step: a batch in, rows of the samples table out. No I/O, no state.
+
+Kept pure so that a distributed engine can map it over shards later; everything it needs is
+in the model, the batch and a frozen :class:`StepSpec`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import torch
+from torch import nn
+
+from bias_audit.core._naming import ROLES, column
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bias_audit.core.maps import Explanation
+    from bias_audit.io.data import Batch
+
+__all__ = ["StepSpec", "audit_batch", "explain_batch", "batch_rows", "MAP_OK"]
+
+#: Column: the first method's map has a positive, finite total (else its metrics are NaN).
+MAP_OK = "map_ok"
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepSpec:
+    """What :func:`audit_batch` needs besides the model and the batch.
+
+    Attributes:
+        model: the model's name (the ``model`` column).
+        classes: class names in logit order.
+        methods: explain methods; the first drives the metrics.
+        target: ``"predicted"`` or ``"label"``: which class is explained.
+        target_layer: dotted layer name, or None for explain's automatic choice.
+        roles: ``{"causal": (...), "confounder": (...)}`` region names.
+        groups: group attribute names (columns copied from the batch).
+        interventions: also occlude each role (one forward pass per role).
+        baseline: with interventions, also occlude a same-area random patch per role (one
+            more pass per role); off, the ``*_random:`` columns are NaN.
+        fill: occlusion fill.
+        occlude_regions: region names also occluded one by one with the roles (one more pass
+            each, two with the baseline): ``flip:<region>``, ``drop:<region>`` ... columns.
+        seed: seed of the random patches.
+    """
+
+    model: str
+    classes: tuple[str, ...]
+    methods: tuple[str, ...] = ("gradcam",)
+    target: str = "predicted"
+    target_layer: str | None = None
+    roles: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    groups: tuple[str, ...] = ()
+    interventions: bool = True
+    baseline: bool = True
+    fill: str = "blur"
+    occlude_regions: tuple[str, ...] = ()
+    seed: int = 0
+
+
+def _numpy(t: torch.Tensor):
+    return t.detach().float().cpu().numpy()
+
+
+def audit_batch(model: nn.Module, batch: Batch, *, spec: StepSpec) -> pd.DataFrame:
+    """Explain one batch, measure attention per region and role, and occlude the roles.
+
+    One explain pass gives the predictions and the maps; interventions cost one extra forward
+    pass per role and per region of ``spec.occlude_regions`` plus one per same-area random
+    patch (the baseline), reusing the logits of
+    the explain pass. Equal to ``batch_rows(model, batch, explain_batch(model, batch, ...))``;
+    the run loop calls the two halves separately to overlap them across batches.
+
+    Args:
+        model: a classifier (eval mode) on the batch's device.
+        batch: a :class:`bias_audit.data.Batch`: images (N,3,S,S), labels (N,), masks
+            (N,R,S,S) bool, present (N,R) bool, ids, attrs.
+        spec: see :class:`StepSpec`.
+
+    Returns:
+        N rows with the samples-table columns (docs/design.md), plus ``map_ok``. Metric
+        columns are NaN where a region is absent or the map is all zero or not finite.
+        ``rows.attrs`` holds ``target_layer`` and ``layer_shape`` of the explain pass.
+    """
+    return batch_rows(model, batch, explain_batch(model, batch, spec=spec), spec=spec)
+
+
+def explain_batch(model: nn.Module, batch: Batch, *, spec: StepSpec) -> Explanation:
+    """The model half of :func:`audit_batch`: one explain pass -> an ``Explanation``."""
+    from bias_audit.core.maps import explain
+
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    targets = batch.labels.to(device) if spec.target == "label" else None
+    return explain(
+        model, batch.images.to(device), methods=spec.methods, target_layer=spec.target_layer,
+        targets=targets,
+    )  # fmt: skip
+
+
+def batch_rows(model: nn.Module, batch: Batch, exp: Explanation, *, spec: StepSpec) -> pd.DataFrame:
+    """The table half of :func:`audit_batch`: metrics (and interventions) -> rows.
+
+    Without interventions it never calls ``model``, so it can run beside the next batch's
+    :func:`explain_batch`.
+    """
+    from bias_audit.core.metrics import sample_metrics
+
+    logits = exp.logits.detach()
+    probs = torch.softmax(logits.float(), dim=1)
+    pred = logits.argmax(dim=1)
+    target = exp.targets.long().to(probs.device)
+    prob = probs.gather(1, target[:, None])[:, 0]
+
+    maps = exp.maps[spec.methods[0]].detach().float().cpu()
+    masks = batch.masks.cpu()
+    present = batch.present.cpu()
+    roles = {r: tuple(spec.roles.get(r, ())) for r in ROLES[:2]}
+    metric_cols = sample_metrics(maps, masks, present, batch.regions, roles)
+    total = maps.flatten(1).sum(dim=1)
+
+    classes = spec.classes
+    labels = batch.labels.cpu().tolist()
+    preds = pred.cpu().tolist()
+    data: dict[str, object] = {
+        "model": [spec.model] * len(batch.ids),
+        "id": list(batch.ids),
+        "label": [classes[i] for i in labels],
+        "pred": [classes[i] for i in preds],
+        "correct": [a == b for a, b in zip(labels, preds, strict=True)],
+        "prob": _numpy(prob),
+        "target": [classes[i] for i in target.cpu().tolist()],
+    }
+    for g in spec.groups:
+        data[g] = list(batch.attrs[g])
+    for name, values in metric_cols.items():
+        data[name] = _numpy(values)
+    if spec.interventions:
+        from bias_audit.core.metrics import occlusion_effect
+
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        stacked = _role_masks(masks, present, batch.regions, roles)
+        names = (*ROLES, *spec.occlude_regions)
+        if spec.occlude_regions:
+            stacked = torch.cat(
+                [stacked, _region_masks(masks, present, batch.regions, spec.occlude_regions)],
+                dim=1,
+            )
+        occ = occlusion_effect(
+            model, batch.images.to(device), stacked.to(device), target.cpu(),
+            fill=spec.fill, logits=logits, baseline=spec.baseline, seed=spec.seed,
+        )  # fmt: skip
+        for j, role in enumerate(names):
+            data[column("flip", role)] = _numpy(occ.flip[:, j])
+            data[column("drop", role)] = _numpy(occ.drop_prob[:, j])
+            data[column("flip_random", role)] = _numpy(occ.flip_random[:, j])
+            data[column("drop_random", role)] = _numpy(occ.drop_prob_random[:, j])
+    data[MAP_OK] = _numpy(torch.isfinite(total) & (total > 0)).astype(bool)
+    rows = pd.DataFrame(data)
+    rows.attrs["target_layer"] = exp.target_layer
+    rows.attrs["layer_shape"] = [int(v) for v in exp.layer_shape]
+    return rows
+
+
+def _role_masks(masks, present, regions, roles) -> torch.Tensor:
+    """(N, 3, H, W) bool: the masks of ``ROLES`` in order; an absent role is empty, so its
+    occlusion is skipped and its effects are NaN."""
+    from bias_audit.core.metrics import role_masks
+
+    by_name, here = role_masks(masks, present, regions, roles)
+    return torch.stack([by_name[r] & here[r][:, None, None] for r in ROLES], dim=1)
+
+
+def _region_masks(masks, present, regions, names) -> torch.Tensor:
+    """(N, len(names), H, W) bool: each named region's mask, empty where it is absent (so its
+    occlusion is skipped and its effects are NaN)."""
+    index = {r: i for i, r in enumerate(regions)}
+    return torch.stack([masks[:, index[r]] & present[:, index[r], None, None] for r in names], 1)

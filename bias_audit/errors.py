@@ -1,6 +1,9 @@
 """Errors raised by bias_audit.
 
-Every error a user can cause is a :class:`BiasAuditError`. Its message names the culprit
+One hierarchy on one axis, the input at fault: a setting or argument (:class:`ConfigError`),
+a data file or tensor (:class:`DataError`), the model or its checkpoint (:class:`ModelError`,
+:class:`CheckpointError`), or the run folder (:class:`RunError`). Every error a user can cause
+is a :class:`BiasAuditError`. Its message names the culprit
 (file, row, column, key or argument) and fits on one line; the CLI prints it as
 ``error: <message>`` and exits with code 2, without a traceback.
 """
@@ -12,7 +15,6 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
-    "ExplainError",
     "ModelError",
     "RunError",
 ]
@@ -23,23 +25,19 @@ class BiasAuditError(Exception):
 
 
 class DataError(BiasAuditError, ValueError):
-    """A manifest, image, mask or annotation is missing or malformed."""
+    """A manifest, image, mask, annotation or input tensor is missing or malformed."""
 
 
 class ConfigError(BiasAuditError, ValueError):
-    """A configuration key or argument is unknown or has a bad value."""
+    """A configuration key or function argument is unknown or has a bad value."""
 
 
 class ModelError(BiasAuditError):
-    """A model cannot be built, loaded or used as asked."""
+    """A model cannot be built, loaded or explained as asked (its structure or outputs)."""
 
 
 class CheckpointError(ModelError):
     """A checkpoint is unsafe (needs pickle code), unreadable, or does not fit the model."""
-
-
-class ExplainError(BiasAuditError, ValueError):
-    """``explain`` was asked for something the model or its inputs cannot give."""
 
 
 class RunError(BiasAuditError):

@@ -205,7 +205,7 @@ def audit(
         An :class:`AuditResult`, also written to the run folder.
 
     Raises:
-        ConfigError, DataError, ModelError, ExplainError: bad input, naming the culprit.
+        ConfigError, DataError, ModelError: bad input, naming the culprit.
         RunError: an existing run folder without ``force``, or a resume that does not match.
     """
     if not isinstance(config, AuditConfig):

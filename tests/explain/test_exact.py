@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from bias_audit.core.maps import explain
-from bias_audit.errors import ExplainError
+from bias_audit.errors import ModelError
 
 # x = [[1, -2], [3, 4]] -> A0 = x, A1 = -x at the conv; relu(A0) = [[1,0],[3,4]], relu(A1) =
 # [[0,2],[0,0]]. Class 0 (W = [1, 2]): dS/dA0 = 1/4 where x > 0, dS/dA1 = 2/4 where x < 0.
@@ -46,7 +46,7 @@ def test_cam_and_gradcam_at_relu(handset):
 
 def test_cam_refuses_a_layer_before_a_relu(handset):
     # The head pools relu(conv), not conv: CAM at the conv is not defined.
-    with pytest.raises(ExplainError, match="'conv'"):
+    with pytest.raises(ModelError, match="'conv'"):
         explain(handset, X, methods=("cam",), target_layer="conv", targets=CLASS0)
 
 

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from bias_audit.core.maps._capture import Capture, capture
 from bias_audit.core.maps._layers import Reshape, resolve_target_layer, to_grid
 from bias_audit.core.maps._weights import WEIGHTS, weighted_map
-from bias_audit.errors import ExplainError
+from bias_audit.errors import ConfigError, DataError, ModelError
 
 # guided method -> the ReLU backward rule it needs
 _GUIDED_RULE = {"guided_backprop": "guided", "deconvnet": "deconvnet", "guided_gradcam": "guided"}
@@ -73,19 +73,19 @@ def _check_methods(methods: str | Sequence[str]) -> tuple[str, ...]:
     if isinstance(methods, str):
         methods = (methods,)
     if not isinstance(methods, Sequence) or not methods:
-        raise ExplainError(f"methods: expected a non-empty sequence of names from {METHODS}")
+        raise ConfigError(f"methods: expected a non-empty sequence of names from {METHODS}")
     for name in methods:
         if name not in METHODS:
-            raise ExplainError(f"methods: unknown method {name!r}; valid: {', '.join(METHODS)}")
+            raise ConfigError(f"methods: unknown method {name!r}; valid: {', '.join(METHODS)}")
     return tuple(dict.fromkeys(methods))
 
 
 def _check_images(images: object) -> Tensor:
     if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
         got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ExplainError(f"images: expected a float tensor (N, C, H, W), got {got}")
+        raise DataError(f"images: expected a float tensor (N, C, H, W), got {got}")
     if images.shape[0] == 0:
-        raise ExplainError("images: the batch is empty")
+        raise DataError("images: the batch is empty")
     return images
 
 
@@ -95,13 +95,13 @@ def _check_targets(targets: Target, n: int) -> Tensor | Callable[[Tensor], Tenso
     try:
         t = torch.as_tensor(targets)
     except (TypeError, ValueError, RuntimeError) as err:
-        raise ExplainError(f"targets: expected class indices (N,), got {targets!r}") from err
+        raise ConfigError(f"targets: expected class indices (N,), got {targets!r}") from err
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.ndim != 1:
-        raise ExplainError(
+        raise ConfigError(
             f"targets: expected integer class indices of shape (N,), got {t.dtype} {tuple(t.shape)}"
         )
     if len(t) != n:
-        raise ExplainError(f"targets: {len(t)} targets for a batch of {n} images")
+        raise ConfigError(f"targets: {len(t)} targets for a batch of {n} images")
     return t.long()
 
 
@@ -110,18 +110,18 @@ def _scores(
 ) -> tuple[Tensor, Tensor]:
     """(scores (N,) that keep the graph, targets as reported)."""
     if not isinstance(output, Tensor):
-        raise ExplainError(f"model output: expected a tensor, got {type(output).__name__}")
+        raise ModelError(f"model output: expected a tensor, got {type(output).__name__}")
     n = output.shape[0]
     if callable(targets):
         scores = targets(output)
         if not isinstance(scores, Tensor) or scores.shape != (n,):
             got = tuple(scores.shape) if isinstance(scores, Tensor) else type(scores).__name__
-            raise ExplainError(
+            raise ConfigError(
                 f"targets: the callable must return scores of shape ({n},), got {got}"
             )
         return scores, scores.detach().float()
     if output.ndim != 2:
-        raise ExplainError(
+        raise ModelError(
             f"model output has shape {tuple(output.shape)}, not (N, C) logits; pass a callable "
             "targets= that turns it into (N,) scores"
         )
@@ -135,7 +135,7 @@ def _scores(
         bad = ((targets < 0) | (targets >= n_classes)).nonzero()
         if len(bad):
             i = int(bad[0, 0])
-            raise ExplainError(
+            raise ConfigError(
                 f"targets[{i}] = {int(targets[i])} is out of range for {n_classes} classes"
             )
     return output.gather(1, targets[:, None]).squeeze(1), targets
@@ -144,7 +144,7 @@ def _scores(
 def _linear_head(
     records: list[tuple[nn.Linear, Tensor, Tensor]], output: Tensor, act: Tensor, name: str
 ) -> nn.Linear:
-    """The GAP + linear head after the target layer, or ExplainError."""
+    """The GAP + linear head after the target layer, or ModelError."""
     why = "no nn.Linear gives the model output"
     for linear, inp, out in reversed(records):
         if out is not output and not (out.shape == output.shape and torch.equal(out, output)):
@@ -157,7 +157,7 @@ def _linear_head(
         else:
             return linear
         break
-    raise ExplainError(
+    raise ModelError(
         f"'cam' needs a GAP + linear head right after target_layer {name!r}: {why}; "
         "use 'gradcam' (equal to CAM up to a constant on such models)"
     )
@@ -221,7 +221,7 @@ def _run(
         output = model(x)
         act = cap.activation
         if act is None:
-            raise ExplainError(f"target_layer {name!r} was not called during the forward pass")
+            raise ModelError(f"target_layer {name!r} was not called during the forward pass")
         grid = to_grid(act.detach(), reshape, name)
         scores, used = _scores(output, targets)
         total = scores.sum()  # images are independent in eval mode: one backward for all
@@ -230,10 +230,10 @@ def _run(
         input_grads: dict[str, Tensor] = {}
         if need_layer_grad:
             if not total.requires_grad:
-                raise ExplainError(f"target_layer {name!r}: the scores do not depend on it")
+                raise ModelError(f"target_layer {name!r}: the scores do not depend on it")
             (grad,) = torch.autograd.grad(total, act, retain_graph=bool(rules), allow_unused=True)
             if grad is None:
-                raise ExplainError(f"target_layer {name!r}: the scores do not depend on it")
+                raise ModelError(f"target_layer {name!r}: the scores do not depend on it")
             grad = to_grid(grad, reshape, name)
             for m in methods:
                 if m in WEIGHTS:
@@ -249,7 +249,7 @@ def _run(
             input_grads[rule] = g_in
         if "cam" in methods:
             if callable(targets):
-                raise ExplainError("'cam' needs class-index targets, not a callable")
+                raise ConfigError("'cam' needs class-index targets, not a callable")
             head = _linear_head(linears, output, grid, name)
             w = head.weight.detach()[used]  # (N, K)
             layer_maps["cam"] = (w[:, :, None, None] * grid).sum(dim=1).clamp(min=0)
@@ -316,7 +316,7 @@ def explain(
         CAM family and signed (N, C, H, W) for guided methods. No NaN is produced.
 
     Raises:
-        ExplainError: unknown method, targets of the wrong length or out of range, a layer
+        ConfigError, DataError, ModelError: unknown method, targets of the wrong length or out of range, a layer
             with no spatial output or an unknown layer name, "cam" without a GAP + linear head.
 
     Example:
@@ -324,11 +324,11 @@ def explain(
         >>> exp.maps["gradcam"].shape  # (N, H, W)
     """
     if not isinstance(model, nn.Module):
-        raise ExplainError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        raise ModelError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     methods = _check_methods(methods)
     images = _check_images(images)
     if not isinstance(scorecam_batch_size, int) or scorecam_batch_size < 1:
-        raise ExplainError(
+        raise ConfigError(
             f"scorecam_batch_size: expected an int >= 1, got {scorecam_batch_size!r}"
         )
     checked = _check_targets(targets, images.shape[0])

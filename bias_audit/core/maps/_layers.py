@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from bias_audit.errors import ExplainError
+from bias_audit.errors import ConfigError, ModelError
 
 Reshape = Callable[[Tensor], Tensor]
 
@@ -86,7 +86,7 @@ def _probe_last_spatial(model: nn.Module, images: Tensor) -> str:
     if not spatial:
         spatial = [name for name, _, _ in seen if name]
     if not spatial:
-        raise ExplainError(
+        raise ModelError(
             "target_layer=None: no module of the model gives a spatial (N, C, h, w) output; "
             "pass target_layer= (and reshape= for token outputs)"
         )
@@ -117,14 +117,14 @@ def resolve_target_layer(
             name = cache[key]
     elif isinstance(target_layer, nn.Module):
         if target_layer not in names:
-            raise ExplainError(
+            raise ConfigError(
                 f"target_layer: the module {type(target_layer).__name__} is not part of the model"
             )
         name = names[target_layer]
     elif isinstance(target_layer, str):
         name = target_layer
     else:
-        raise ExplainError(
+        raise ConfigError(
             f"target_layer: expected a module, a dotted name or None, got "
             f"{type(target_layer).__name__}"
         )
@@ -133,7 +133,7 @@ def resolve_target_layer(
     if name not in modules or name == "":
         close = difflib.get_close_matches(name, [n for n in modules if n], n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ExplainError(f"target_layer: the model has no layer named {name!r}{hint}")
+        raise ConfigError(f"target_layer: the model has no layer named {name!r}{hint}")
 
     if reshape is None and auto_reshape is not None and name.startswith(prefix):
         reshape = auto_reshape
@@ -141,11 +141,11 @@ def resolve_target_layer(
 
 
 def to_grid(output: Tensor, reshape: Reshape | None, name: str) -> Tensor:
-    """The layer output as (N, C, h, w), or ExplainError naming the layer and its shape."""
+    """The layer output as (N, C, h, w), or ConfigError naming the layer and its shape."""
     grid = reshape(output) if reshape is not None else output
     if not isinstance(grid, Tensor) or grid.ndim != 4:
         shape = tuple(output.shape)
-        raise ExplainError(
+        raise ConfigError(
             f"target_layer {name!r}: output of shape {shape} is not spatial (N, C, h, w); "
             "pick a convolutional layer or pass reshape="
         )

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from bias_audit.errors import ExplainError
+from bias_audit.errors import ConfigError, DataError
 
 # viridis sampled at 9 evenly spaced points; linear interpolation between them is
 # indistinguishable from the full table at overlay opacity.
@@ -44,7 +44,7 @@ def normalize_maps(maps: Tensor) -> Tensor:
         NaN stays NaN.
     """
     if not isinstance(maps, Tensor) or maps.ndim < 2:
-        raise ExplainError("maps: expected a tensor (N, ...) with a batch dimension")
+        raise DataError("maps: expected a tensor (N, ...) with a batch dimension")
     flat = maps.float().flatten(1)
     low = flat.min(dim=1, keepdim=True).values
     span = flat.max(dim=1, keepdim=True).values - low
@@ -64,7 +64,7 @@ def _colormap(values: np.ndarray, name: str) -> np.ndarray:
         lo = np.clip(np.floor(pos).astype(int), 0, len(_VIRIDIS) - 2)
         frac = (pos - lo)[..., None]
         return _VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac
-    raise ExplainError(f"colormap: unknown {name!r}; valid: 'jet', 'viridis'")
+    raise ConfigError(f"colormap: unknown {name!r}; valid: 'jet', 'viridis'")
 
 
 def overlay(
@@ -91,7 +91,7 @@ def overlay(
         An RGB PIL image of the image's size.
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ExplainError(f"alpha: expected a value in [0, 1], got {alpha!r}")
+        raise ConfigError(f"alpha: expected a value in [0, 1], got {alpha!r}")
     if isinstance(image, Image.Image):
         rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
     elif isinstance(image, Tensor) and image.ndim == 3 and image.shape[0] == 3:
@@ -103,11 +103,11 @@ def overlay(
         rgb = img.clamp(0, 1).permute(1, 2, 0).numpy().astype(np.float64)
     else:
         got = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
-        raise ExplainError(f"image: expected a (3, H, W) tensor or a PIL image, got {got}")
+        raise DataError(f"image: expected a (3, H, W) tensor or a PIL image, got {got}")
     flat_ok = isinstance(map, Tensor) and (map.ndim == 2 or (map.ndim == 3 and map.shape[0] == 1))
     if not flat_ok:
         got = tuple(map.shape) if isinstance(map, Tensor) else type(map).__name__
-        raise ExplainError(f"map: expected an (H, W) or (1, H, W) tensor, got {got}")
+        raise DataError(f"map: expected an (H, W) or (1, H, W) tensor, got {got}")
     m2 = torch.nan_to_num(map.detach().float().cpu().reshape(1, 1, *map.shape[-2:]), nan=0.0)
     h, w = rgb.shape[:2]
     if tuple(m2.shape[-2:]) != (h, w):

@@ -316,7 +316,8 @@ def explain(
         CAM family and signed (N, C, H, W) for guided methods. No NaN is produced.
 
     Raises:
-        ConfigError, DataError, ModelError: unknown method, targets of the wrong length or out of range, a layer
+        ConfigError, DataError, ModelError: unknown method, targets of the wrong length or out
+            of range, a layer
             with no spatial output or an unknown layer name, "cam" without a GAP + linear head.
 
     Example:

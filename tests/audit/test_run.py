@@ -376,3 +376,12 @@ def test_checkpoint_naming_a_factory_is_refused_unless_the_config_names_it(world
     with pytest.raises(ModelError, match=r"biased\.pt.*tests\.audit\.nets:build.*never chooses"):
         audit(AuditConfig.from_toml(cfg), out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "samples.parquet").exists()
+
+
+def test_run_files_have_the_umask_mode(run1):
+    mask = os.umask(0o022)
+    os.umask(mask)
+    files = [p for p in run1.rglob("*") if p.is_file()]
+    assert files
+    for p in files:
+        assert (p.stat().st_mode & 0o777) == 0o666 & ~mask, p

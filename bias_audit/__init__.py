@@ -12,9 +12,9 @@ function whatever was imported before.
 from __future__ import annotations
 
 import importlib
-from importlib import metadata as _metadata
 from typing import TYPE_CHECKING, Any
 
+from bias_audit.core._version import VERSION
 from bias_audit.errors import (
     BiasAuditError,
     CheckpointError,
@@ -24,10 +24,7 @@ from bias_audit.errors import (
     RunError,
 )
 
-try:
-    __version__ = _metadata.version("bias-audit")
-except _metadata.PackageNotFoundError:  # pragma: no cover - a source tree never installed
-    __version__ = "0+unknown"
+__version__ = VERSION
 
 # public name -> module that defines it
 _LAZY = {

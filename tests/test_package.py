@@ -1,5 +1,7 @@
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,9 @@ def test_import_is_cheap():
         "bad = [m for m in ('plotly', 'jinja2') if m in sys.modules]; "
         "print(','.join(bad))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     assert out.stdout.strip() == ""
 
 
@@ -26,3 +30,89 @@ def test_all_errors_are_bias_audit_errors():
 def test_unknown_attribute():
     with pytest.raises(AttributeError, match="no_such_thing"):
         bias_audit.no_such_thing  # noqa: B018
+
+
+# The import rule, in one sentence: core imports nothing of the package but errors; io imports
+# core; pipelines import core and io; report imports io and core; cli and case studies import
+# the rest.
+ALLOWED = {
+    "errors": set(),
+    "core": {"errors", "core"},
+    "io": {"errors", "core", "io"},
+    "pipelines": {"errors", "core", "io", "pipelines"},
+    "report": {"errors", "core", "io", "report"},
+    "case_studies": {"errors", "core", "io", "pipelines", "report", "case_studies"},
+}
+PACKAGE = Path(bias_audit.__file__).parent
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "<face>"
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "bias_audit":
+                found += [(node.lineno, f"bias_audit.{a.name}") for a in node.names]
+            elif node.module.startswith("bias_audit."):
+                found.append((node.lineno, node.module))
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            found.append((node.lineno, "<relative>"))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("bias_audit")]
+    return found
+
+
+def test_the_import_rule_holds():
+    broken = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE.parent).with_suffix("")
+        module = ".".join(rel.parts)
+        layer = _layer(module)
+        if layer not in ALLOWED:  # the face, __main__ and cli may import anything
+            continue
+        for line, target in _imports(path):
+            if target == "<relative>":
+                broken.append(f"{rel}:{line}: relative import (write bias_audit.<layer>...)")
+            elif _layer(target) not in ALLOWED[layer]:
+                broken.append(f"{rel}:{line}: {layer} imports {target}")
+    assert not broken, "\n".join(broken)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "import bias_audit.pipelines",
+        "from bias_audit.pipelines import check_run",
+        "import bias_audit.core.maps",
+        "import bias_audit.io.data, bias_audit.core.metrics, bias_audit.core.stats",
+        "import bias_audit.cli",
+    ],
+)
+def test_verbs_are_callable_whatever_was_imported_first(first):
+    # A subpackage named like a verb used to replace the verb on the package face.
+    code = (
+        f"{first}\n"
+        "import bias_audit\n"
+        "from bias_audit import audit, explain, train_classifier, load_model, render_report\n"
+        "assert all(callable(f) for f in (audit, explain, train_classifier, load_model,"
+        " render_report)), 'not callable'\n"
+        "assert bias_audit.audit is audit and bias_audit.explain is explain\n"
+        "import inspect; assert inspect.isfunction(bias_audit.audit)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_no_module_shares_a_name_with_a_public_name():
+    modules = {p.stem for p in PACKAGE.rglob("*.py")} | {p.name for p in PACKAGE.rglob("*/")}
+    assert not modules & set(bias_audit.__all__)
+
+
+def test_version_comes_from_the_installed_metadata():
+    from importlib.metadata import version
+
+    assert bias_audit.__version__ == version("bias-audit")

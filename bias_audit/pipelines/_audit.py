@@ -652,7 +652,7 @@ def _denormalise(images: torch.Tensor, mean, std) -> np.ndarray:
 def _summary(config, ds, plans, layers, samples, findings, nan_maps, dev, *, timings) -> dict:
     import torchvision
 
-    from bias_audit import __version__
+    from bias_audit.core._version import VERSION
 
     cells = ds.cells()
     models = []
@@ -702,7 +702,7 @@ def _summary(config, ds, plans, layers, samples, findings, nan_maps, dev, *, tim
         },
         "findings": findings,
         "provenance": {
-            "bias_audit": __version__,
+            "bias_audit": VERSION,
             "torch": torch.__version__,
             "torchvision": torchvision.__version__,
             "python": platform.python_version(),

@@ -7,14 +7,17 @@ Relative paths resolve against the config file's folder, so a config can be move
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import math
+import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from bias_audit.core._naming import ROLES
 from bias_audit.errors import ConfigError
@@ -29,6 +32,7 @@ __all__ = [
     "InterventionsConfig",
     "ReportConfig",
     "OutputConfig",
+    "TrainConfig",
 ]
 
 #: Methods that give signed (N, C, H, W) input gradients rather than a (N, H, W) map.
@@ -37,156 +41,306 @@ TARGETS = ("predicted", "label")
 ON_ERROR = ("raise", "skip")
 RESIZE = ("crop", "letterbox")
 FILLS = ("blur", "mean")
+#: The side of the square images a model sees, wherever it is set (audit, model, training,
+#: manifest): below 8 px no classifier here has a spatial layer left; above 4096 one batch
+#: of activations no longer fits in memory.
+IMAGE_SIZE = (8, 4096)
+#: How the trainer picks the epoch whose weights it keeps.
+SELECT = ("worst_group_accuracy", "accuracy")
 #: Model names become file and archive-key names, so they stay plain.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def _methods() -> tuple[str, ...]:
-    # Imported on use: reading a config should not pay for importing the explain engine.
+    # Looked up on use: reading a config (and `bias-audit --help`) should not import torch.
     from bias_audit.core.maps import METHODS
 
     return METHODS
 
 
-class _Reader:
-    """Typed access to one TOML table; every message starts with ``<file>: [<section>] <key>``."""
+def _strategies() -> tuple[str, ...]:
+    from bias_audit.core.training import STRATEGIES
 
-    def __init__(self, table: Mapping[str, Any], *, source: str, section: str) -> None:
-        self.table = table
-        self.source = source
-        self.section = section
+    return tuple(STRATEGIES)
 
-    def where(self, key: str) -> str:
-        sec = f"[{self.section}] " if self.section else ""
-        return f"{self.source}: {sec}{key}"
 
-    def fail(self, key: str, what: str) -> ConfigError:
-        return ConfigError(f"{self.where(key)}: {what}")
+# -- the schema ----------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Rule:
+    """What one setting accepts. Declared once, beside its default, on the dataclass field."""
 
-    def refuse_unknown(self, allowed: tuple[str, ...]) -> None:
-        for key in self.table:
-            if key not in allowed:
-                sec = f"[{self.section}]" if self.section else "top level"
-                raise ConfigError(
-                    f"{self.source}: {sec}: unknown key {key!r}; "
-                    f"expected one of {', '.join(allowed)}"
-                )
+    kind: str  # "str", "int", "float", "bool", "names", "path", "floats3"
+    minimum: float | None = None
+    maximum: float | None = None
+    above: float | None = None  # strictly greater than
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
+    nonempty: bool = False  # names: at least one entry
+    odd: bool = False
+    exists: bool = True  # path: must exist when validated
 
-    def has(self, key: str) -> bool:
-        return key in self.table
 
-    def str_(self, key: str, default: Any = ..., *, choices: tuple[str, ...] | None = None) -> Any:
-        if key not in self.table:
-            if default is ...:
-                raise self.fail(key, "missing (required)")
-            return default
-        value = self.table[key]
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, f"expected a non-empty string, got {value!r}")
-        if choices is not None and value not in choices:
-            raise self.fail(key, f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
-        return value
+def setting(default: Any = MISSING, **rule: Any) -> Any:
+    """A config field: its default and the :class:`Rule` it is validated against."""
+    meta = {"rule": Rule(**rule)}
+    if default is MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
 
-    def int_(self, key: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
-        value = self.table.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(key, f"expected an integer, got {value!r}")
-        if value < minimum or (maximum is not None and value > maximum):
-            bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-            raise self.fail(key, f"expected an integer {bound}, got {value}")
-        return value
 
-    def bool_(self, key: str, default: bool) -> bool:
-        value = self.table.get(key, default)
+class _Invalid(ConfigError):
+    """A setting's bad value; :meth:`_Section.from_table` adds the file and section."""
+
+    def __init__(self, section: str, key: str, what: str) -> None:
+        self.section, self.key, self.what = section, key, what
+        super().__init__(f"[{section}] {key}: {what}")
+
+
+def _bounds(rule: Rule) -> str:
+    if rule.minimum is not None and rule.maximum is not None:
+        return f"between {_num(rule.minimum)} and {_num(rule.maximum)}"
+    if rule.above is not None:
+        return f"> {_num(rule.above)}"
+    return f">= {_num(rule.minimum)}" if rule.minimum is not None else ""
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(v)
+
+
+def _check(rule: Rule, value: Any) -> Any:
+    """The value normalised (lists to tuples, numbers to float), or ValueError(what is wrong)."""
+    if value is None:
+        return None
+    if rule.kind == "bool":
         if not isinstance(value, bool):
-            raise self.fail(key, f"expected true or false, got {value!r}")
+            raise ValueError(f"expected true or false, got {value!r}")
         return value
-
-    def strs(self, key: str, default: Any = ..., *, allow_empty: bool = True) -> Any:
-        if key not in self.table:
-            if default is ...:
-                raise self.fail(key, "missing (required)")
-            return default
-        value = self.table[key]
+    if rule.kind in ("int", "float"):
+        ok = isinstance(value, int) if rule.kind == "int" else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            kind = "an integer" if rule.kind == "int" else "a number"
+            raise ValueError(f"expected {kind}, got {value!r}")
+        number = value if rule.kind == "int" else float(value)
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        low_ok = rule.minimum is None or number >= rule.minimum
+        high_ok = rule.maximum is None or number <= rule.maximum
+        above_ok = rule.above is None or number > rule.above
+        odd_ok = not rule.odd or number % 2 == 1
+        if not (low_ok and high_ok and above_ok and odd_ok):
+            kind = (
+                "an odd integer"
+                if rule.odd
+                else ("an integer" if rule.kind == "int" else "a number")
+            )
+            raise ValueError(f"expected {kind} {_bounds(rule)}, got {value!r}".replace("  ", " "))
+        return number
+    if rule.kind in ("str", "path"):
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"expected a non-empty string, got {value!r}")
+        choices = rule.choices() if callable(rule.choices) else rule.choices
+        if choices is not None and value not in choices:
+            raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        if rule.kind == "path":
+            path = Path(value).expanduser()
+            if rule.exists and not path.exists():
+                raise ValueError(f"file not found: {path}")
+            return path
+        return value
+    if rule.kind == "names":
         if isinstance(value, str):
             value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(key, f"expected a list of strings, got {value!r}")
-        if not allow_empty and not value:
-            raise self.fail(key, "expected at least one entry, got an empty list")
-        dupes = sorted({v for v in value if value.count(v) > 1})
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+            raise ValueError(f"expected a list of strings, got {value!r}")
+        if rule.nonempty and not value:
+            raise ValueError("expected at least one entry, got an empty list")
+        dupes = sorted({v for v in value if list(value).count(v) > 1})
         if dupes:
-            raise self.fail(key, f"duplicate entries {dupes}")
+            raise ValueError(f"duplicate entries {dupes}")
+        choices = rule.choices() if callable(rule.choices) else rule.choices
+        for v in value:
+            if choices is not None and v not in choices:
+                raise ValueError(f"unknown entry {v!r}; expected one of {', '.join(choices)}")
         return tuple(value)
+    if rule.kind == "floats3":
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3:
+            raise ValueError(f"expected 3 numbers (R, G, B), got {value!r}")
+        try:
+            out = tuple(float(v) for v in value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected 3 numbers (R, G, B), got {value!r}") from None
+        if not all(math.isfinite(v) for v in out):
+            raise ValueError(f"expected 3 finite numbers, got {value!r}")
+        return out
+    raise AssertionError(f"unknown rule kind {rule.kind!r}")  # a schema bug, not user input
 
-    def file(self, key: str, base_dir: Path, default: Any = ..., *, must_exist: bool = True) -> Any:
-        raw = self.str_(key, default)
-        if raw is None:
-            return None
-        path = Path(raw).expanduser()
-        if not path.is_absolute():
-            path = base_dir / path
-        if must_exist and not path.exists():
-            raise self.fail(key, f"file not found: {path}")
-        return path
+
+class _Section:
+    """A config table: every field with a :func:`setting` is checked on construction."""
+
+    SECTION: ClassVar[str] = ""
+
+    def _section(self) -> str:
+        return self.SECTION
+
+    def __post_init__(self) -> None:
+        for f in fields(self):  # type: ignore[arg-type]
+            rule = f.metadata.get("rule")
+            if rule is None:
+                continue
+            try:
+                value = _check(rule, getattr(self, f.name))
+            except ValueError as err:
+                raise _Invalid(self._section(), f.name, str(err)) from None
+            object.__setattr__(self, f.name, value)
+        self._cross_check()
+
+    def _cross_check(self) -> None:
+        """Rules between keys of one table."""
+
+    def _fail(self, key: str, what: str) -> _Invalid:
+        return _Invalid(self._section(), key, what)
+
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if "rule" in f.metadata)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_table(
+        cls, table: Mapping[str, Any], *, source: str, section: str, base_dir: Path | None = None
+    ) -> Any:
+        """Validate one TOML table: unknown keys refused by name, paths resolved against
+        ``base_dir``, every message ``<source>: [<section>] <key>: ...``."""
+        allowed = cls.keys()
+        where = f"[{section}]" if section else "top level"
+        at = f"{source}: " if source else ""
+        for key in table:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(
+                    f"{at}{where}: unknown key {key!r}{hint}; expected one of {', '.join(allowed)}"
+                )
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):  # type: ignore[arg-type]
+            if "rule" not in f.metadata:
+                continue
+            if f.name not in table:
+                if f.default is MISSING and f.default_factory is MISSING:
+                    raise ConfigError(f"{at}[{section}] {f.name}: missing (required)")
+                continue
+            value = table[f.name]
+            if f.metadata["rule"].kind == "path" and isinstance(value, str) and base_dir:
+                path = Path(value).expanduser()
+                value = path if path.is_absolute() else base_dir / path
+            kwargs[f.name] = value
+        try:
+            return cls(**kwargs)
+        except _Invalid as err:
+            raise ConfigError(f"{at}[{section}] {err.key}: {err.what}") from None
 
 
 @dataclass(frozen=True, kw_only=True)
-class DataConfig:
+class DataConfig(_Section):
     """``[data]``: the manifest and how to read it."""
 
-    manifest: Path
-    label: str = "label"
-    groups: tuple[str, ...] = ()
-    image_size: int = 224
-    resize: str = "crop"
-    classes: tuple[str, ...] | None = None
-    on_error: str = "raise"
-    batch_size: int = 32
-    num_workers: int = 0
+    SECTION: ClassVar[str] = "data"
+    manifest: Path = setting(kind="path")
+    label: str = setting("label", kind="str")
+    groups: tuple[str, ...] = setting((), kind="names")
+    image_size: int = setting(224, kind="int", minimum=IMAGE_SIZE[0], maximum=IMAGE_SIZE[1])
+    resize: str = setting("crop", kind="str", choices=RESIZE)
+    classes: tuple[str, ...] | None = setting(None, kind="names", nonempty=True)
+    on_error: str = setting("raise", kind="str", choices=ON_ERROR)
+    batch_size: int = setting(32, kind="int", minimum=1, maximum=65536)
+    num_workers: int = setting(0, kind="int", minimum=0, maximum=256)
+
+    def _cross_check(self) -> None:
+        if self.label in self.groups:
+            raise self._fail("groups", f"the label column {self.label!r} cannot also be a group")
 
 
 @dataclass(frozen=True, kw_only=True)
-class RegionsConfig:
+class RegionsConfig(_Section):
     """``[regions]``: which annotated regions play which role. Background is everything else."""
 
-    causal: tuple[str, ...] = ()
-    confounder: tuple[str, ...] = ()
+    SECTION: ClassVar[str] = "regions"
+    causal: tuple[str, ...] = setting((), kind="names")
+    confounder: tuple[str, ...] = setting((), kind="names")
+
+    def _cross_check(self) -> None:
+        both = sorted(set(self.causal) & set(self.confounder))
+        if both:
+            raise self._fail("confounder", f"region(s) {both} are also listed as causal")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ExplainConfig:
+class ExplainConfig(_Section):
     """``[explain]``: the first method drives the metrics; the others are computed too."""
 
-    methods: tuple[str, ...] = ("gradcam",)
-    target: str = "predicted"
-    target_layer: str | None = None
+    SECTION: ClassVar[str] = "explain"
+    methods: tuple[str, ...] = setting(("gradcam",), kind="names", nonempty=True)
+    target: str = setting("predicted", kind="str", choices=TARGETS)
+    target_layer: str | None = setting(None, kind="str")
+
+    def _cross_check(self) -> None:
+        valid = _methods()
+        for m in self.methods:
+            if m not in valid:
+                raise self._fail(
+                    "methods", f"unknown method {m!r}; expected one of {', '.join(valid)}"
+                )
+        if self.methods[0] in GUIDED:
+            raise self._fail(
+                "methods",
+                f"the first method drives the metrics and must be a CAM-family map; "
+                f"{self.methods[0]!r} gives input gradients (put it after a CAM method)",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """One ``[[models]]`` entry."""
 
-    name: str
-    checkpoint: Path
-    arch: str | None = None
-    classes: tuple[str, ...] | None = None
-    target_layer: str | None = None
-    image_size: int | None = None
+    SECTION: ClassVar[str] = "models"
+    name: str = setting(kind="str")
+    checkpoint: Path = setting(kind="path")
+    arch: str | None = setting(None, kind="str")
+    classes: tuple[str, ...] | None = setting(None, kind="names", nonempty=True)
+    target_layer: str | None = setting(None, kind="str")
+    image_size: int | None = setting(None, kind="int", minimum=IMAGE_SIZE[0], maximum=IMAGE_SIZE[1])
+
+    def _section(self) -> str:
+        return f"models.{self.name}"
+
+    def _cross_check(self) -> None:
+        if not _NAME_RE.fullmatch(self.name):
+            raise self._fail(
+                "name",
+                f"expected 1 to 64 letters, digits, '_', '-' or '.' (starting with a letter or "
+                f"digit), got {self.name!r}",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
-class StatsConfig:
-    """``[stats]``: group statistics; ``seed`` is the audit's only source of randomness."""
+class StatsConfig(_Section):
+    """``[stats]``: group statistics; ``seed`` is the audit's only source of randomness.
 
-    min_group_size: int = 20
-    bootstrap: int = 1000
-    permutations: int = 1000
-    seed: int = 0
+    ``bootstrap`` and ``permutations`` are resample counts (at least 20, so that an interval
+    and a p-value below 0.05 exist at all; 1000 is the default and the recommendation).
+    """
+
+    SECTION: ClassVar[str] = "stats"
+    min_group_size: int = setting(20, kind="int", minimum=1, maximum=1_000_000)
+    bootstrap: int = setting(1000, kind="int", minimum=20, maximum=1_000_000)
+    permutations: int = setting(1000, kind="int", minimum=20, maximum=1_000_000)
+    seed: int = setting(0, kind="int", minimum=0, maximum=2**63 - 1)
 
 
 @dataclass(frozen=True, kw_only=True)
-class InterventionsConfig:
+class InterventionsConfig(_Section):
     """``[interventions]``: occlude each role (and each listed region) and re-predict.
 
     Each role and each region of ``regions`` costs one forward pass; ``baseline`` adds one more
@@ -195,25 +349,37 @@ class InterventionsConfig:
     (``flip:<region>``, ``drop:<region>``), e.g. ``["hair"]``; each must be a manifest region.
     """
 
-    enabled: bool = True
-    fill: str = "blur"
-    baseline: bool = True
-    regions: tuple[str, ...] = ()
+    SECTION: ClassVar[str] = "interventions"
+    enabled: bool = setting(True, kind="bool")
+    fill: str = setting("blur", kind="str", choices=FILLS)
+    baseline: bool = setting(True, kind="bool")
+    regions: tuple[str, ...] = setting((), kind="names")
+
+    def _cross_check(self) -> None:
+        # The manifest's regions are only known when the data is opened (the run checks them
+        # then); a role's name here would give a column that reads like the role's.
+        clash = [name for name in self.regions if name in ROLES]
+        if clash:
+            raise self._fail(
+                "regions", f"{clash} are role names, not regions; the roles are always occluded"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReportConfig:
+class ReportConfig(_Section):
     """``[report]``: whether to render ``report.html`` and how many gallery samples per cell."""
 
-    enabled: bool = True
-    gallery_per_cell: int = 4
+    SECTION: ClassVar[str] = "report"
+    enabled: bool = setting(True, kind="bool")
+    gallery_per_cell: int = setting(4, kind="int", minimum=0, maximum=1000)
 
 
 @dataclass(frozen=True, kw_only=True)
-class OutputConfig:
+class OutputConfig(_Section):
     """``[output]``: the run folder; ``--out`` wins over it."""
 
-    dir: Path | None = None
+    SECTION: ClassVar[str] = "output"
+    dir: Path | None = setting(None, kind="path", exists=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -272,86 +438,31 @@ class AuditConfig:
         base = Path(base_dir).resolve()
         if not isinstance(d, Mapping):
             raise ConfigError(f"{source}: expected a table of sections, got {type(d).__name__}")
-        top = _Reader(d, source=source, section="")
-        top.refuse_unknown(
-            (
-                "title",
-                "data",
-                "regions",
-                "explain",
-                "models",
-                "stats",
-                "interventions",
-                "report",
-                "output",
-            )
-        )
-        title = top.str_("title", "Bias audit")
+        tables = ("data", "regions", "explain", "models", "stats", "interventions", "report")
+        allowed = ("title", *tables, "output")
+        for key in d:
+            if key not in allowed:
+                raise ConfigError(
+                    f"{source}: top level: unknown key {key!r}; expected one of "
+                    f"{', '.join(allowed)}"
+                )
+        title = d.get("title", "Bias audit")
+        if not isinstance(title, str) or not title.strip():
+            raise ConfigError(f"{source}: title: expected a non-empty string, got {title!r}")
 
-        def section(name: str, required: bool = False) -> _Reader:
+        def section(cls: type[_Section], name: str, required: bool = False) -> Any:
             if name not in d:
                 if required:
                     raise ConfigError(f"{source}: [{name}]: missing (required section)")
-                return _Reader({}, source=source, section=name)
+                return cls.from_table({}, source=source, section=name, base_dir=base)
             value = d[name]
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{source}: [{name}]: expected a table, got {value!r}")
-            return _Reader(value, source=source, section=name)
+            return cls.from_table(value, source=source, section=name, base_dir=base)
 
-        r = section("data", required=True)
-        r.refuse_unknown(
-            (
-                "manifest",
-                "label",
-                "groups",
-                "image_size",
-                "resize",
-                "classes",
-                "on_error",
-                "batch_size",
-                "num_workers",
-            )
-        )
-        data = DataConfig(
-            manifest=r.file("manifest", base),
-            label=r.str_("label", "label"),
-            groups=r.strs("groups", ()),
-            image_size=r.int_("image_size", 224, minimum=8, maximum=4096),
-            resize=r.str_("resize", "crop", choices=RESIZE),
-            classes=r.strs("classes", None, allow_empty=False),
-            on_error=r.str_("on_error", "raise", choices=ON_ERROR),
-            batch_size=r.int_("batch_size", 32, minimum=1, maximum=65536),
-            num_workers=r.int_("num_workers", 0, minimum=0, maximum=256),
-        )
-        if data.label in data.groups:
-            raise r.fail("groups", f"the label column {data.label!r} cannot also be a group")
-
-        r = section("regions")
-        r.refuse_unknown(("causal", "confounder"))
-        regions = RegionsConfig(causal=r.strs("causal", ()), confounder=r.strs("confounder", ()))
-        both = sorted(set(regions.causal) & set(regions.confounder))
-        if both:
-            raise r.fail("confounder", f"region(s) {both} are also listed as causal")
-
-        r = section("explain")
-        r.refuse_unknown(("methods", "target", "target_layer"))
-        methods = r.strs("methods", ("gradcam",), allow_empty=False)
-        valid = _methods()
-        for m in methods:
-            if m not in valid:
-                raise r.fail("methods", f"unknown method {m!r}; expected one of {', '.join(valid)}")
-        if methods[0] in GUIDED:
-            raise r.fail(
-                "methods",
-                f"the first method drives the metrics and must be a CAM-family map; {methods[0]!r} "
-                "gives input gradients (put it after a CAM method)",
-            )
-        explain = ExplainConfig(
-            methods=methods,
-            target=r.str_("target", "predicted", choices=TARGETS),
-            target_layer=r.str_("target_layer", None),
-        )
-
+        data = section(DataConfig, "data", required=True)
+        regions = section(RegionsConfig, "regions")
+        explain = section(ExplainConfig, "explain")
         raw_models = d.get("models")
         if raw_models is None:
             raise ConfigError(f"{source}: [[models]]: missing (at least one model is required)")
@@ -359,72 +470,19 @@ class AuditConfig:
             raise ConfigError(
                 f"{source}: [[models]]: expected a list of tables, got {raw_models!r}"
             )
-        models = []
+        models: list[ModelConfig] = []
         for i, entry in enumerate(raw_models):
             if not isinstance(entry, Mapping):
                 raise ConfigError(f"{source}: [[models]] #{i + 1}: expected a table, got {entry!r}")
-            name = entry.get("name")
-            r = _Reader(entry, source=source, section=f"models.{name or i + 1}")
-            r.refuse_unknown(
-                ("name", "arch", "checkpoint", "classes", "target_layer", "image_size")
-            )
-            name = r.str_("name")
-            if not _NAME_RE.match(name):
-                raise r.fail("name", f"expected letters, digits, '_', '-' or '.', got {name!r}")
-            if any(m.name == name for m in models):
-                raise r.fail("name", f"duplicate model name {name!r}")
-            models.append(
-                ModelConfig(
-                    name=name,
-                    checkpoint=r.file("checkpoint", base),
-                    arch=r.str_("arch", None),
-                    classes=r.strs("classes", None, allow_empty=False),
-                    target_layer=r.str_("target_layer", None),
-                    image_size=(
-                        r.int_("image_size", 0, minimum=8, maximum=4096)
-                        if r.has("image_size")
-                        else None
-                    ),
-                )
-            )
-
-        r = section("stats")
-        r.refuse_unknown(("min_group_size", "bootstrap", "permutations", "seed"))
-        stats = StatsConfig(
-            min_group_size=r.int_("min_group_size", 20, minimum=1),
-            bootstrap=r.int_("bootstrap", 1000, minimum=0, maximum=1_000_000),
-            permutations=r.int_("permutations", 1000, minimum=0, maximum=1_000_000),
-            seed=r.int_("seed", 0, minimum=0, maximum=2**63 - 1),
-        )
-
-        r = section("interventions")
-        r.refuse_unknown(("enabled", "fill", "baseline", "regions"))
-        occluded = r.strs("regions", ())
-        # The manifest's regions are only known when the data is opened (the run checks them
-        # then); a role's name here would give a column that reads like the role's.
-        clash = [name for name in occluded if name in ROLES]
-        if clash:
-            raise r.fail(
-                "regions",
-                f"{clash} are role names, not regions; the roles are always occluded",
-            )
-        interventions = InterventionsConfig(
-            enabled=r.bool_("enabled", True),
-            fill=r.str_("fill", "blur", choices=FILLS),
-            baseline=r.bool_("baseline", True),
-            regions=occluded,
-        )
-
-        r = section("report")
-        r.refuse_unknown(("enabled", "gallery_per_cell"))
-        report = ReportConfig(
-            enabled=r.bool_("enabled", True),
-            gallery_per_cell=r.int_("gallery_per_cell", 4, minimum=0, maximum=1000),
-        )
-
-        r = section("output")
-        r.refuse_unknown(("dir",))
-        output = OutputConfig(dir=r.file("dir", base, None, must_exist=False))
+            label = f"models.{entry.get('name') or i + 1}"
+            model = ModelConfig.from_table(entry, source=source, section=label, base_dir=base)
+            if any(m.name == model.name for m in models):
+                raise ConfigError(f"{source}: [{label}] name: duplicate model name {model.name!r}")
+            models.append(model)
+        stats = section(StatsConfig, "stats")
+        interventions = section(InterventionsConfig, "interventions")
+        report = section(ReportConfig, "report")
+        output = section(OutputConfig, "output")
 
         return cls(
             title=title,
@@ -500,3 +558,99 @@ def _render_toml(cfg: AuditConfig) -> str:
             if v is not None:
                 lines.append(f"{k} = {_toml_value(v)}")
     return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(_Section):
+    """Everything a training run depends on (``[train]``). Validated on construction.
+
+    Attributes:
+        train_manifest: manifest of the training images (see ``bias_audit.data``).
+        val_manifest: manifest for per-epoch validation; None skips validation and keeps
+            the last epoch.
+        label: label column. groups: attribute columns; cells are groups x label.
+        classes: class names in index order (default: sorted labels of the training set).
+        confounders: region names whose attention ``attention_penalty`` penalises.
+        arch: see ``build_model``; "smallcnn" by default.
+        image_size, resize, mean, std: passed to ``load_manifest`` (mean/std None: the data
+            layer's ImageNet defaults).
+        epochs, batch_size, lr, weight_decay: the usual.
+        optimizer: "adam" (AdamW-style decoupled decay is not used: plain Adam) or "sgd"
+            (momentum 0.9).
+        scheduler: "none" or "cosine" (per-epoch cosine decay to 0, stateless).
+        strategy: "erm", "balanced", "reweight", "group_dro", "attention_penalty" or
+            "mask_confounders" (cross-entropy on the images with the ``confounders`` pixels
+            set to the dataset mean; an input edit, not an attention penalty).
+        penalty_weight: λ of attention_penalty. penalty: "gradcam" (Grad-CAM mass inside
+            the confounders) or "input_grad" (RRR's input-gradient energy).
+        penalty_map: which Grad-CAM map the "gradcam" penalty measures: "evidence" (default:
+            the share of |Grad-CAM| of every class's margin inside the confounders, see
+            ``gradcam_evidence_mass``) or "label" (the ReLU'd map of the label's margin, see
+            ``gradcam_mass``; it did not debias the nurse/doctor case study).
+        penalty_window: odd; the Grad-CAM penalty counts a layer cell as confounder by the
+            region's share of the window x window cells around it (1: the cell's own
+            footprint). 3 (default) also charges the cells beside the region, whose
+            receptive fields see it.
+        target_layer: layer of the Grad-CAM penalty; None picks the last spatial layer.
+        dro_eta: step size of the Group DRO weights.
+        select: "worst_group_accuracy" (default when groups are given) or "accuracy".
+        seed: the one seed (initialisation, data order, augmentation).
+        device: None/"cpu", "cuda", "auto". num_workers: DataLoader workers.
+        out: output folder (model.pt, last.pt, history.json).
+    """
+
+    SECTION: ClassVar[str] = "train"
+    train_manifest: str = setting(kind="str")
+    val_manifest: str | None = setting(None, kind="str")
+    label: str = setting("label", kind="str")
+    groups: tuple[str, ...] = setting((), kind="names")
+    classes: tuple[str, ...] | None = setting(None, kind="names", nonempty=True)
+    confounders: tuple[str, ...] = setting((), kind="names")
+    arch: str = setting("smallcnn", kind="str")
+    image_size: int = setting(96, kind="int", minimum=IMAGE_SIZE[0], maximum=IMAGE_SIZE[1])
+    resize: str = setting("crop", kind="str", choices=RESIZE)
+    mean: tuple[float, float, float] | None = setting(None, kind="floats3")
+    std: tuple[float, float, float] | None = setting(None, kind="floats3")
+    epochs: int = setting(10, kind="int", minimum=1, maximum=100_000)
+    batch_size: int = setting(32, kind="int", minimum=1, maximum=65536)
+    lr: float = setting(1e-3, kind="float", above=0)
+    weight_decay: float = setting(1e-4, kind="float", minimum=0)
+    optimizer: str = setting("adam", kind="str", choices=("adam", "sgd"))
+    scheduler: str = setting("none", kind="str", choices=("none", "cosine"))
+    strategy: str = setting("erm", kind="str", choices=_strategies)
+    penalty_weight: float = setting(1.0, kind="float", minimum=0)
+    penalty: str = setting("gradcam", kind="str", choices=("gradcam", "input_grad"))
+    penalty_map: str = setting("evidence", kind="str", choices=("evidence", "label"))
+    penalty_window: int = setting(3, kind="int", minimum=1, maximum=99, odd=True)
+    target_layer: str | None = setting(None, kind="str")
+    dro_eta: float = setting(0.01, kind="float", minimum=0)
+    select: str | None = setting(None, kind="str", choices=SELECT)
+    seed: int = setting(0, kind="int", minimum=0, maximum=2**63 - 1)
+    device: str | None = setting(None, kind="str")
+    num_workers: int = setting(0, kind="int", minimum=0, maximum=256)
+    out: str = setting("runs/train", kind="str")
+
+    def __post_init__(self) -> None:
+        for name in ("train_manifest", "val_manifest", "out"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
+        super().__post_init__()
+
+    def _cross_check(self) -> None:
+        if self.select is None:
+            default = "worst_group_accuracy" if self.groups else "accuracy"
+            object.__setattr__(self, "select", default)
+        if self.strategy in ("attention_penalty", "mask_confounders") and not self.confounders:
+            raise self._fail("confounders", f"{self.strategy} needs at least one region name")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, source: str = "") -> TrainConfig:
+        """Build from a dict (a TOML table, CLI options); unknown keys are refused by name."""
+        config: TrainConfig = cls.from_table(d, source=source, section="train")
+        return config
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict; ``from_dict(to_dict())`` gives an equal config."""
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -18,6 +15,7 @@ from torch import Tensor, nn
 
 from bias_audit.core._device import resolve_device
 from bias_audit.core.architectures import build_model
+from bias_audit.core.config import TrainConfig
 from bias_audit.core.training._penalty import find_target_layer
 from bias_audit.core.training._strategies import (
     BALANCED_SAMPLING,
@@ -31,155 +29,10 @@ from bias_audit.io._files import write_json
 from bias_audit.io.checkpoints._checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from bias_audit.io.checkpoints._load import load_state_dict_strict
 
-__all__ = ["TrainConfig", "TrainResult", "train_classifier"]
+__all__ = ["TrainConfig", "TrainResult", "train_classifier"]  # TrainConfig: re-exported
 
-_SELECT = ("worst_group_accuracy", "accuracy")
 # Fields a resumed run may change without changing the result.
 _RESUMABLE = frozenset({"epochs", "num_workers", "device"})
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Everything a training run depends on. Validated on construction.
-
-    Attributes:
-        train_manifest: manifest of the training images (see ``bias_audit.data``).
-        val_manifest: manifest for per-epoch validation; None skips validation and keeps
-            the last epoch.
-        label: label column. groups: attribute columns; cells are groups x label.
-        classes: class names in index order (default: sorted labels of the training set).
-        confounders: region names whose attention ``attention_penalty`` penalises.
-        arch: see ``build_model``; "smallcnn" by default.
-        image_size, resize, mean, std: passed to ``load_manifest`` (mean/std None: the data
-            layer's ImageNet defaults).
-        epochs, batch_size, lr, weight_decay: the usual.
-        optimizer: "adam" (AdamW-style decoupled decay is not used: plain Adam) or "sgd"
-            (momentum 0.9).
-        scheduler: "none" or "cosine" (per-epoch cosine decay to 0, stateless).
-        strategy: "erm", "balanced", "reweight", "group_dro", "attention_penalty" or
-            "mask_confounders" (cross-entropy on the images with the ``confounders`` pixels
-            set to the dataset mean; an input edit, not an attention penalty).
-        penalty_weight: λ of attention_penalty. penalty: "gradcam" (Grad-CAM mass inside
-            the confounders) or "input_grad" (RRR's input-gradient energy).
-        penalty_map: which Grad-CAM map the "gradcam" penalty measures: "evidence" (default:
-            the share of |Grad-CAM| of every class's margin inside the confounders, see
-            ``gradcam_evidence_mass``) or "label" (the ReLU'd map of the label's margin, see
-            ``gradcam_mass``; it did not debias the nurse/doctor case study).
-        penalty_window: odd; the Grad-CAM penalty counts a layer cell as confounder by the
-            region's share of the window x window cells around it (1: the cell's own
-            footprint). 3 (default) also charges the cells beside the region, whose
-            receptive fields see it.
-        target_layer: layer of the Grad-CAM penalty; None picks the last spatial layer.
-        dro_eta: step size of the Group DRO weights.
-        select: "worst_group_accuracy" (default when groups are given) or "accuracy".
-        seed: the one seed (initialisation, data order, augmentation).
-        device: None/"cpu", "cuda", "auto". num_workers: DataLoader workers.
-        out: output folder (model.pt, last.pt, history.json).
-    """
-
-    train_manifest: str
-    val_manifest: str | None = None
-    label: str = "label"
-    groups: tuple[str, ...] = ()
-    classes: tuple[str, ...] | None = None
-    confounders: tuple[str, ...] = ()
-    arch: str = "smallcnn"
-    image_size: int = 96
-    resize: str = "crop"
-    mean: tuple[float, float, float] | None = None
-    std: tuple[float, float, float] | None = None
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    optimizer: str = "adam"
-    scheduler: str = "none"
-    strategy: str = "erm"
-    penalty_weight: float = 1.0
-    penalty: str = "gradcam"
-    penalty_map: str = "evidence"
-    penalty_window: int = 3
-    target_layer: str | None = None
-    dro_eta: float = 0.01
-    select: str | None = None
-    seed: int = 0
-    device: str | None = None
-    num_workers: int = 0
-    out: str = "runs/train"
-
-    def __post_init__(self) -> None:
-        fix = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
-        for name in ("train_manifest", "out"):
-            value = getattr(self, name)
-            if not isinstance(value, (str, os.PathLike)) or not str(value):
-                raise ConfigError(f"{name}: expected a path, got {value!r}")
-            fix(name, str(value))
-        if self.val_manifest is not None:
-            fix("val_manifest", str(self.val_manifest))
-        for name in ("groups", "confounders", "classes"):
-            value = getattr(self, name)
-            if value is None and name == "classes":
-                continue
-            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{name}: expected a list of names, got {value!r}")
-            fix(name, tuple(value))
-        for name, low in (("epochs", 1), ("batch_size", 1), ("image_size", 8), ("num_workers", 0)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ConfigError(f"{name}: expected an integer >= {low}, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ConfigError(f"seed: expected an integer, got {self.seed!r}")
-        for name in ("lr", "weight_decay", "penalty_weight", "dro_eta"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
-                raise ConfigError(f"{name}: expected a number >= 0, got {value!r}")
-            fix(name, float(value))
-        if self.lr <= 0:
-            raise ConfigError(f"lr: expected a number > 0, got {self.lr!r}")
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if value is not None:
-                if len(value) != 3:
-                    raise ConfigError(f"{name}: expected 3 numbers (R, G, B), got {value!r}")
-                fix(name, tuple(float(v) for v in value))
-        _choose("optimizer", self.optimizer, ("adam", "sgd"))
-        _choose("scheduler", self.scheduler, ("none", "cosine"))
-        _choose("strategy", self.strategy, tuple(STRATEGIES))
-        _choose("penalty", self.penalty, ("gradcam", "input_grad"))
-        _choose("penalty_map", self.penalty_map, ("evidence", "label"))
-        w = self.penalty_window
-        if not isinstance(w, int) or isinstance(w, bool) or w < 1 or w % 2 == 0:
-            raise ConfigError(f"penalty_window: expected an odd integer >= 1, got {w!r}")
-        _choose("resize", self.resize, ("crop", "letterbox"))
-        if self.select is None:
-            fix("select", "worst_group_accuracy" if self.groups else "accuracy")
-        _choose("select", self.select, _SELECT)
-        if self.strategy in ("attention_penalty", "mask_confounders") and not self.confounders:
-            raise ConfigError(f"confounders: {self.strategy} needs at least one region name")
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        """Build from a dict (a TOML table, CLI options); unknown keys are refused by name."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in d:
-            if key not in names:
-                close = difflib.get_close_matches(str(key), names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"unknown training option {key!r}{hint}")
-        if "train_manifest" not in d:
-            raise ConfigError("train_manifest: required")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict; ``from_dict(to_dict())`` gives an equal config."""
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def _choose(name: str, value: object, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{name}: expected one of {', '.join(allowed)}; got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bias_audit.cli import main
-from bias_audit.core.config import AuditConfig
+from bias_audit.core.config import AuditConfig, DataConfig, StatsConfig
 from bias_audit.errors import ConfigError
 
 
@@ -102,7 +104,7 @@ def test_from_dict_roundtrips_through_rendered_toml(tmp_path):
             r"\[models.b\] checkpoint: file not found: .*gone.pt",
         ),
         (('name = "b"', 'name = "a"'), r"\[models.a\] name: duplicate model name 'a'"),
-        (('name = "b"', 'name = "a/b"'), r"\[models.a/b\] name: expected letters"),
+        (('name = "b"', 'name = "a/b"'), r"\[models.a/b\] name: expected 1 to 64 letters"),
         (("[explain]", '[explain]\ntarget = "true"'), r"\[explain\] target: expected one of"),
         (('causal = ["coat"]', 'causal = ["hair"]'), r"\[regions\] confounder: .*'hair'.*causal"),
         (('groups = ["gender"]', 'groups = ["label"]'), r"\[data\] groups: the label column"),
@@ -176,3 +178,44 @@ def test_cli_usage_errors_exit_2(capsys):
     assert main(["run"]) == 2
     assert "config" in capsys.readouterr().err
     assert main(["--help"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (("[regions]", "[stats]\nbootstrap = 0\n[regions]"), r"\[stats\] bootstrap: .*between 20"),
+        (("[regions]", "[stats]\npermutations = 5\n[regions]"), r"\[stats\] permutations:"),
+        (('name = "b"', 'name = "b\\n"'), r"\[models.b\n\] name: expected 1 to 64"),
+        (('name = "b"', f'name = "{"m" * 65}"'), r"name: expected 1 to 64"),
+        (('name = "b"\n', 'name = "b"\nimage_size = 4\n'), r"\[models.b\] image_size: .*8 and"),
+        (("[regions]", "[stats]\nmin_group_sise = 3\n[regions]"), r"did you mean 'min_group_size'"),
+    ],
+)
+def test_ranges_are_checked_when_the_config_is_loaded(tmp_path, edit, match):
+    body = GOOD.replace(*edit)
+    assert body != GOOD
+    with pytest.raises(ConfigError, match=match):
+        AuditConfig.from_toml(_write(tmp_path, body))
+
+
+def test_sections_validate_on_construction_too():
+    # The same rule holds for a Python caller as for the TOML file: declared once, on the field.
+    with pytest.raises(ConfigError, match=r"^\[stats\] bootstrap: expected an integer between"):
+        StatsConfig(bootstrap=0)
+    with pytest.raises(ConfigError, match=r"^\[data\] image_size: expected an integer between 8"):
+        DataConfig(manifest=Path(__file__), image_size=7)
+    assert StatsConfig(bootstrap=20).bootstrap == 20
+    assert DataConfig(manifest=Path(__file__), groups=["a"]).groups == ("a",)
+
+
+def test_bootstrap_zero_is_refused_before_any_model_is_loaded(tmp_path):
+    # The checkpoint is not even a torch file: the config error must come first.
+    path = _write(tmp_path, GOOD.replace("[regions]", "[stats]\nbootstrap = 0\n[regions]"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bias_audit", "run", str(path), "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "[stats] bootstrap" in proc.stderr
+    assert "n_boot" not in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -180,11 +180,15 @@ def test_config_from_dict_round_trip_and_errors(spurious):
         ({"select": "f1"}, "select"),
         ({"strategy": "attention_penalty"}, "confounders"),
         ({"strategy": "mask_confounders"}, "confounders"),
-        ({"groups": "spot"}, "groups"),
+        ({"groups": ["spot", 3]}, "groups"),
+        ({"penalty_window": 1.5}, "penalty_window"),
+        ({"image_size": 5000}, r"\[train\] image_size: expected an integer between 8 and 4096"),
         ({"mean": (0.5, 0.5)}, "mean"),
     ],
 )
 def test_config_validation(changes, match):
+    # One rule for every config: a lone name is a list of one, never a string of letters.
+    assert TrainConfig(train_manifest="m.csv", groups="spot").groups == ("spot",)
     with pytest.raises(ConfigError, match=match):
         TrainConfig(train_manifest="m.csv", **changes)
 

@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from bias_audit.core._naming import cell_name
+from bias_audit.core.config import IMAGE_SIZE
 from bias_audit.errors import ConfigError, DataError
 from bias_audit.io.data._sample import Sample
 from bias_audit.io.data._transform import (
@@ -488,8 +489,9 @@ def _check_options(**kw: Any) -> dict[str, Any]:
         if not classes or len(set(classes)) != len(classes):
             raise ConfigError(f"classes: expected distinct names, got {classes}")
     size = kw["image_size"]
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigError(f"image_size: expected a positive integer, got {size!r}")
+    low, high = IMAGE_SIZE
+    if isinstance(size, bool) or not isinstance(size, int) or not low <= size <= high:
+        raise ConfigError(f"image_size: expected an integer between {low} and {high}, got {size!r}")
     if kw["resize"] not in ("crop", "letterbox"):
         raise ConfigError(f"resize: expected 'crop' or 'letterbox', got {kw['resize']!r}")
     if kw["on_error"] not in ("raise", "skip"):

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install dev browser lint bench clean
+.PHONY: demo test test-fast install dev browser lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,17 @@ browser:
 demo: install
 	$(BIN)/bias-audit case-study nurse-doctor --out runs/nurse-doctor $(DEMO_ARGS)
 
+# Everything, the slow end-to-end case study included.
 test: dev browser
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
+# The inner loop: everything but the tests marked slow.
+test-fast: dev browser
+	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
 lint: dev
 	$(BIN)/ruff check bias_audit tests benchmarks
+	$(BIN)/ruff format --check bias_audit tests benchmarks
 
 bench: dev
 	$(BIN)/python benchmarks/explain_bench.py

@@ -13,7 +13,7 @@ def test_wheel_ships_templates_and_case_studies(tmp_path):
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
          "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("bias_audit-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -44,9 +44,9 @@ def test_case_study_command_is_wired(tmp_path, capsys):
 
 def test_python_dash_m_and_version():
     proc = subprocess.run([sys.executable, "-m", "bias_audit", "--version"], capture_output=True,
-                          text=True, env=_env(), cwd=REPO)  # fmt: skip
+                          text=True, env=_env(), cwd=REPO, timeout=120)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.startswith("bias-audit ")
     proc = subprocess.run([sys.executable, "-m", "bias_audit", "run", "missing.toml"],
-                          capture_output=True, text=True, env=_env(), cwd=REPO)  # fmt: skip
+                          capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr == "error: missing.toml: config file not found\n"

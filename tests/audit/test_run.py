@@ -80,6 +80,7 @@ def test_cli_run_writes_the_documented_run_folder(run1):
 
 def test_summary_has_provenance_and_findings(run1, world):
     summary = json.loads((run1 / "summary.json").read_text())
+    samples = pd.read_parquet(run1 / "samples.parquet")
     assert summary["config"] == (world["root"] / "audit.toml").read_text()
     assert (run1 / "config.toml").read_text() == summary["config"]
     data = summary["data"]
@@ -93,7 +94,8 @@ def test_summary_has_provenance_and_findings(run1, world):
         digest = hashlib.sha256((world["root"] / f"{m['name']}.pt").read_bytes()).hexdigest()
         assert m["sha256"] == "sha256:" + digest
         assert m["target_layer"] == "features" and m["layer_shape"] == [SIZE // 2, SIZE // 2]
-        assert m["nan_maps"] >= 0
+        rows = samples[samples["model"] == m["name"]]
+        assert m["nan_maps"] == int((~rows["map_ok"]).sum()) and len(rows) == N
     prov = summary["provenance"]
     assert prov["torch"] == torch.__version__ and prov["seed"] == 0
     assert {"total_s", "per_model_s"} <= set(summary["timings"])

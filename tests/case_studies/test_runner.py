@@ -205,7 +205,9 @@ def test_quick_case_study_end_to_end(tmp_path):
     out = tmp_path / "nd"
     cmd = [sys.executable, "-m", "bias_audit", "case-study", "nurse-doctor", "--quick",
            "--out", str(out), "--threads", "1"]  # fmt: skip
-    proc = subprocess.run([*cmd, "--strict"], capture_output=True, text=True, env=_env(), cwd=REPO)
+    proc = subprocess.run(
+        [*cmd, "--strict"], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600
+    )
     assert proc.returncode in (0, 1), proc.stderr
     for path in ("data/test/manifest.csv", "models/biased/model.pt", "audit.toml",
                  "audit/config.toml", "audit/samples.parquet", "audit/report.html"):  # fmt: skip
@@ -236,14 +238,16 @@ def test_quick_case_study_end_to_end(tmp_path):
 
     # A finished folder is reused, not overwritten: the same table again, nothing retrained.
     stamp = (out / "models" / "biased" / "model.pt").stat().st_mtime_ns
-    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600)
     assert again.returncode == 0, again.stderr
     assert "already finished here" in again.stdout
     assert (out / "models" / "biased" / "model.pt").stat().st_mtime_ns == stamp
     table = lambda text: [ln for ln in text.splitlines() if ln.startswith(("  pass", "  FAIL"))]  # noqa: E731
     assert table(again.stdout) == table(proc.stdout)
     # ... and a full run into the quick run's folder is refused by name
-    full = subprocess.run(cmd[:5] + cmd[6:], capture_output=True, text=True, env=_env(), cwd=REPO)
+    full = subprocess.run(
+        cmd[:5] + cmd[6:], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=600
+    )
     assert full.returncode == 2 and "holds a --quick run" in full.stderr
 
 

@@ -46,7 +46,9 @@ def test_python_dash_m_and_version():
     proc = subprocess.run([sys.executable, "-m", "bias_audit", "--version"], capture_output=True,
                           text=True, env=_env(), cwd=REPO, timeout=120)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.startswith("bias-audit ")
-    proc = subprocess.run([sys.executable, "-m", "bias_audit", "run", "missing.toml"],
-                          capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "bias_audit", "run", "missing.toml"],
+        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=120,
+    )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr == "error: missing.toml: config file not found\n"

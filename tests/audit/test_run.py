@@ -210,7 +210,7 @@ def test_check_reports_small_cells(run1, tmp_path, capsys):
     copy = tmp_path / "copy"
     copy.mkdir()
     (copy / "summary.json").write_text(json.dumps(summary))
-    (copy / "samples.parquet").write_bytes((run1 / "samples.parquet").read_bytes())
+    (copy / "groups.parquet").write_bytes((run1 / "groups.parquet").read_bytes())
     assert main(["check", str(copy), "--min-worst-group-accuracy", "0.99"]) == 0
     out = capsys.readouterr().out
     assert out.count("TOO SMALL") == 8 and "female / doctor" in out

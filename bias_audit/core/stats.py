@@ -378,7 +378,7 @@ def worst_group(table: pd.DataFrame, *, metric: str = ACCURACY) -> pd.DataFrame:
     Returns:
         DataFrame with columns ``model, metric, n_cells, cell, n, n_valid, value, ci_low,
         ci_high, overall``, one row per model of ``table``. ``n_cells`` counts the judged
-        cells; with none, ``cell`` is None and the numbers are NaN / 0. ``overall`` is the
+        cells; with none, ``cell`` is missing and the numbers are NaN / 0. ``overall`` is the
         value of the ``"all"`` cell (NaN without one).
     """
     _need(table, ["model", "cell", "metric", "value", "n_valid", "small"])
@@ -386,7 +386,8 @@ def worst_group(table: pd.DataFrame, *, metric: str = ACCURACY) -> pd.DataFrame:
     for model, part in table.groupby("model", sort=False, observed=True):
         part = part[part["metric"] == metric]
         pooled = part[part["cell"] == ALL_CELL]
-        row: dict = {"model": model, "metric": metric, "n_cells": 0, "n": 0, "n_valid": 0}
+        row: dict = {"model": model, "metric": metric, "n_cells": 0, "cell": None, "n": 0}
+        row["n_valid"] = 0
         row["overall"] = float(pooled["value"].iloc[0]) if len(pooled) else np.nan
         judged = part[
             (part["cell"] != ALL_CELL) & ~part["small"].astype(bool) & part["value"].notna()

@@ -119,7 +119,7 @@ def check_run(
                 )
             )  # fmt: skip
         if min_worst_group_accuracy is not None:
-            out.extend(_worst_group(rows, min_worst_group_accuracy, name))
+            out.extend(_accuracy_criteria(rows, min_worst_group_accuracy, name))
         if max_flip_rate is not None:
             out.append(
                 _mean_criterion(
@@ -151,7 +151,7 @@ def _mean_criterion(rows, metric, label, limit, model, source) -> Criterion:
     )  # fmt: skip
 
 
-def _worst_group(rows, limit, model) -> list[Criterion]:
+def _accuracy_criteria(rows, limit, model) -> list[Criterion]:
     acc = rows[(rows["metric"] == "accuracy") & (rows["cell"] != ALL_CELL)]
     out = [
         Criterion(

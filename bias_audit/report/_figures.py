@@ -235,7 +235,7 @@ def _panels(
     return {"data": traces, "layout": layout}
 
 
-def _box_from_quantiles(data: ReportData, metric: str) -> dict[str, Any] | None:
+def _box_figure(data: ReportData, metric: str) -> dict[str, Any] | None:
     """Box plots from the per-cell quantiles of ``distributions.parquet`` (Tukey fences), so
     size is O(cells), not O(images)."""
     table = data.distributions
@@ -307,7 +307,7 @@ def attention_figures(data: ReportData) -> list[FigureSpec]:
                 lift,
             )
         )
-    box = _box_from_quantiles(data, column("mass", "confounder"))
+    box = _box_figure(data, column("mass", "confounder"))
     if box:
         out.append(
             FigureSpec(

@@ -280,7 +280,7 @@ def _gallery_item(data: ReportData, item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _worst_groups(summary: dict[str, Any]) -> list[dict[str, Any]]:
+def _lowest_cells(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Per model, the worst group as the audit wrote it (``worst_group.parquet``, copied into
     ``summary.json``'s models): cell, n, value, ci_low, ci_high, overall."""
     out = []
@@ -351,7 +351,7 @@ def build_context(
                 "ci": _ci(w["ci_low"], w["ci_high"]),
                 "overall": _fmt(w["overall"]),
             }
-            for w in _worst_groups(summary)
+            for w in _lowest_cells(summary)
         ],
         "rate_table": rate_table,
         "gaps_table": _table(data.gaps),

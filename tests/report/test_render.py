@@ -7,13 +7,11 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import plotly.offline
 import pytest
 from fairlearn.metrics import MetricFrame, false_positive_rate, true_positive_rate
 from markupsafe import escape
-from scipy.stats import binomtest
 
 import bias_audit
 import bias_audit.report as report

@@ -329,7 +329,9 @@ def explain(
     methods = _check_methods(methods)
     images = _check_images(images)
     if not isinstance(scorecam_batch_size, int) or scorecam_batch_size < 1:
-        raise ConfigError(f"scorecam_batch_size: expected an int >= 1, got {scorecam_batch_size!r}")
+        raise ConfigError(
+            f"scorecam_batch_size: expected an int >= 1, got {scorecam_batch_size!r}"
+        )
     checked = _check_targets(targets, images.shape[0])
     raw = _run(
         model,

@@ -32,6 +32,16 @@ def split_column(name: str) -> tuple[str, str]:
     return metric, region
 
 
+def _escape(value: object) -> str:
+    # A "/" inside a value is written \/ (and a backslash \\), so a "/" after a space is
+    # always a separator: ("a / b", "c") and ("a", "b / c") get two different names.
+    return str(value).replace("\\", "\\\\").replace("/", "\\/")
+
+
 def cell_name(values: Iterable[object]) -> str:
-    """Name of a group cell from its attribute values then its label: ``"female / doctor"``."""
-    return CELL_SEPARATOR.join(str(v) for v in values)
+    """Name of a group cell from its attribute values then its label: ``"female / doctor"``.
+
+    The only place cell names are built. Distinct value tuples always get distinct names: a
+    ``/`` or ``\\`` inside a value is escaped with a backslash (``"a/b"`` -> ``"a\\/b"``).
+    """
+    return CELL_SEPARATOR.join(_escape(v) for v in values)

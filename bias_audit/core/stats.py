@@ -19,12 +19,15 @@ from bias_audit.errors import ConfigError, DataError
 __all__ = [
     "ALL_CELL",
     "bootstrap_ci",
+    "cell_quantiles",
+    "class_rates",
     "fairness_differences",
     "group_gaps",
     "group_stats",
     "holm",
     "paired_comparison",
     "wilson_interval",
+    "worst_group",
 ]
 
 #: Name of the cell that pools every image of a model.
@@ -150,6 +153,17 @@ def holm(p_values: np.ndarray | Sequence[float] | pd.Series) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------
 # Helpers shared by the table functions
+
+
+def _class_counts(truth: np.ndarray, pred: np.ndarray, c: str) -> dict[str, tuple[int, int]]:
+    """``{"tpr": (k, m), "fpr": (k, m)}``: images predicted ``c`` among the m whose label is /
+    is not ``c``. The only place the class rates are counted."""
+    pos = truth == c
+    hit = pred == c
+    return {
+        "tpr": (int(hit[pos].sum()), int(pos.sum())),
+        "fpr": (int(hit[~pos].sum()), int((~pos).sum())),
+    }
 
 
 def _need(samples: pd.DataFrame, columns: Sequence[str]) -> None:
@@ -309,8 +323,7 @@ def group_stats(
             truth = part[label].astype(str).to_numpy()
             pred = part["pred"].astype(str).to_numpy()
             for c in class_names:
-                for name, among in (("tpr", truth == c), ("fpr", truth != c)):
-                    k, m = int((pred[among] == c).sum()), int(among.sum())
+                for name, (k, m) in _class_counts(truth, pred, c).items():
                     lo, hi = wilson_interval(k, m, confidence=confidence)
                     add(f"{name}:{c}", m, k / m if m else np.nan, float(lo), float(hi))
         # The pooled cell is resampled within each group cell, as the references ask.
@@ -331,6 +344,183 @@ def group_stats(
         for cell, attrs, part in _cells(frame, keys):
             summarise(model, cell, attrs, part)
     return _typed(rows, _stats_schema(groups))
+
+
+# ----------------------------------------------------------------------------------------------
+# worst_group
+
+_WORST_SCHEMA = {
+    "model": "object",
+    "metric": "object",
+    "n_cells": "int64",
+    "cell": "object",
+    "n": "int64",
+    "n_valid": "int64",
+    "value": "float64",
+    "ci_low": "float64",
+    "ci_high": "float64",
+    "overall": "float64",
+}
+
+
+def worst_group(table: pd.DataFrame, *, metric: str = ACCURACY) -> pd.DataFrame:
+    """The cell with the lowest ``metric`` per model, read from a :func:`group_stats` table.
+
+    Judged cells are the rows of ``metric`` other than ``"all"`` that are not ``small`` and
+    have a value; ties go to the first cell in the table's (sorted) order. The row carries the
+    cell's own value and interval, so whoever shows the worst group shows the table's numbers.
+
+    Args:
+        table: ``group_stats`` output (``model, cell, n, n_valid, small, metric, value,
+            ci_low, ci_high``); ``n``, ``ci_low`` and ``ci_high`` may be absent (then 0 / NaN).
+        metric: the metric whose lowest cell is wanted.
+
+    Returns:
+        DataFrame with columns ``model, metric, n_cells, cell, n, n_valid, value, ci_low,
+        ci_high, overall``, one row per model of ``table``. ``n_cells`` counts the judged
+        cells; with none, ``cell`` is missing and the numbers are NaN / 0. ``overall`` is the
+        value of the ``"all"`` cell (NaN without one).
+    """
+    _need(table, ["model", "cell", "metric", "value", "n_valid", "small"])
+    rows: list[dict] = []
+    for model, part in table.groupby("model", sort=False, observed=True):
+        part = part[part["metric"] == metric]
+        pooled = part[part["cell"] == ALL_CELL]
+        row: dict = {"model": model, "metric": metric, "n_cells": 0, "cell": None, "n": 0}
+        row["n_valid"] = 0
+        row["overall"] = float(pooled["value"].iloc[0]) if len(pooled) else np.nan
+        judged = part[
+            (part["cell"] != ALL_CELL) & ~part["small"].astype(bool) & part["value"].notna()
+        ]
+        if len(judged):
+            worst = judged.iloc[int(np.argmin(judged["value"].to_numpy(dtype=float)))]
+            row.update(
+                n_cells=len(judged), cell=worst["cell"], n=int(worst.get("n", 0)),
+                n_valid=int(worst["n_valid"]), value=float(worst["value"]),
+                ci_low=float(worst.get("ci_low", np.nan)),
+                ci_high=float(worst.get("ci_high", np.nan)),
+            )  # fmt: skip
+        rows.append(row)
+    return _typed(rows, _WORST_SCHEMA)
+
+
+# ----------------------------------------------------------------------------------------------
+# class_rates
+
+_RATES_SCHEMA = {
+    "model": "object",
+    "attribute": "object",
+    "value": "object",
+    "class": "object",
+    "n": "int64",
+    "tpr": "float64",
+    "tpr_low": "float64",
+    "tpr_high": "float64",
+    "fpr": "float64",
+    "fpr_low": "float64",
+    "fpr_high": "float64",
+    "tpr_gap": "float64",
+    "fpr_gap": "float64",
+}
+
+
+def class_rates(
+    samples: pd.DataFrame,
+    *,
+    groups: Sequence[str],
+    label: str = "label",
+    classes: Sequence[str] | None = None,
+    confidence: float = 0.95,
+) -> pd.DataFrame:
+    """True- and false-positive rate of each class within each value of each group attribute.
+
+    For class c among the images whose attribute has value g: TPR = P(pred = c | label = c),
+    FPR = P(pred = c | label != c), each with its Wilson interval. ``tpr_gap`` / ``fpr_gap``
+    are the largest minus the smallest rate over the attribute's values (the same on every
+    row of that model x attribute x class); NaN with fewer than two defined rates.
+
+    Returns:
+        DataFrame with columns ``model, attribute, value, class, n, tpr, tpr_low, tpr_high,
+        fpr, fpr_low, fpr_high, tpr_gap, fpr_gap``, one row per model x attribute x class x
+        value (values sorted as strings).
+    """
+    groups = list(groups)
+    _need(samples, ["model", "pred", label, *groups])
+    class_names = _classes(samples, label, classes)
+    rows: list[dict] = []
+    for model, frame in samples.groupby("model", sort=False, observed=True):
+        truth = frame[label].astype(str).to_numpy()
+        pred = frame["pred"].astype(str).to_numpy()
+        for attr in groups:
+            values = frame[attr].astype(str).to_numpy()
+            for c in class_names:
+                block = []
+                for g in sorted(set(values)):
+                    sel = values == g
+                    row = {"model": model, "attribute": attr, "value": g, "class": c,
+                           "n": int(sel.sum())}  # fmt: skip
+                    for name, (k, m) in _class_counts(truth[sel], pred[sel], c).items():
+                        lo, hi = wilson_interval(k, m, confidence=confidence)
+                        row.update({name: k / m if m else np.nan, f"{name}_low": float(lo),
+                                    f"{name}_high": float(hi)})  # fmt: skip
+                    block.append(row)
+                for name in ("tpr", "fpr"):
+                    defined = [r[name] for r in block if not np.isnan(r[name])]
+                    gap = max(defined) - min(defined) if len(defined) > 1 else np.nan
+                    for r in block:
+                        r[f"{name}_gap"] = gap
+                rows.extend(block)
+    return _typed(rows, _RATES_SCHEMA)
+
+
+# ----------------------------------------------------------------------------------------------
+# cell_quantiles
+
+_QUANTILE_SCHEMA = {
+    "model": "object",
+    "cell": "object",
+    "metric": "object",
+    "n_valid": "int64",
+    "q1": "float64",
+    "median": "float64",
+    "q3": "float64",
+    "lower_fence": "float64",
+    "upper_fence": "float64",
+    "mean": "float64",
+}
+
+
+def cell_quantiles(
+    samples: pd.DataFrame, *, groups: Sequence[str], label: str = "label", metrics: Sequence[str]
+) -> pd.DataFrame:
+    """Quartiles, Tukey whiskers and mean of each metric per model x cell (for box plots).
+
+    The whiskers are the most extreme values within 1.5 IQR of the quartiles. Cells without a
+    valid value are left out.
+
+    Returns:
+        DataFrame with columns ``model, cell, metric, n_valid, q1, median, q3, lower_fence,
+        upper_fence, mean``.
+    """
+    groups = list(groups)
+    cols = _metric_columns(metrics)
+    _need(samples, ["model", label, *groups, *cols])
+    rows: list[dict] = []
+    for model, frame in samples.groupby("model", sort=False, observed=True):
+        for cell, _, part in _cells(frame, [*groups, label]):
+            for metric in cols:
+                v = _metric_values(part, metric)
+                v = v[~np.isnan(v)]
+                if not len(v):
+                    continue
+                q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75])
+                iqr = q3 - q1
+                rows.append(
+                    {"model": model, "cell": cell, "metric": metric, "n_valid": len(v), "q1": q1,
+                     "median": med, "q3": q3, "lower_fence": v[v >= q1 - 1.5 * iqr].min(),
+                     "upper_fence": v[v <= q3 + 1.5 * iqr].max(), "mean": v.mean()}
+                )  # fmt: skip
+    return _typed(rows, _QUANTILE_SCHEMA)
 
 
 # ----------------------------------------------------------------------------------------------

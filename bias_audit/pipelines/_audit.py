@@ -28,7 +28,17 @@ import torch
 from bias_audit.core._device import resolve_device
 from bias_audit.core._naming import CONFOUNDER, ROLES, cell_name, column
 from bias_audit.core.config import AuditConfig, ModelConfig
-from bias_audit.core.findings import draft_findings, settle_findings
+from bias_audit.core.findings import Finding, FindingInputs, draft_findings, settle_findings
+from bias_audit.core.stats import (
+    cell_quantiles,
+    class_rates,
+    fairness_differences,
+    group_gaps,
+    group_stats,
+    holm,
+    paired_comparison,
+    worst_group,
+)
 from bias_audit.errors import ConfigError, RunError
 from bias_audit.io.run_folder import RunStore, read_summary, read_table
 from bias_audit.pipelines._step import MAP_OK, StepSpec, batch_rows, explain_batch
@@ -259,19 +269,22 @@ def audit(
 
     t_stats = time.perf_counter()
     tables = _statistics(samples, config, first_ds.regions)
-    nan_maps = {
-        p.cfg.name: int((~samples.loc[samples["model"] == p.cfg.name, MAP_OK]).sum()) for p in plans
-    }
+    map_counts = {}
+    for p in plans:
+        ok = samples.loc[samples["model"] == p.cfg.name, MAP_OK]
+        map_counts[p.cfg.name] = (int((~ok).sum()), int(len(ok)))
+    nan_maps = {name: bad for name, (bad, _) in map_counts.items()}
     drafts = draft_findings(
-        samples, groups=config.data.groups,
-        roles={"causal": config.regions.causal, "confounder": config.regions.confounder},
-        min_group_size=config.stats.min_group_size, bootstrap=config.stats.bootstrap,
-        seed=config.stats.seed, gaps=tables["gaps"], comparisons=tables["comparisons"],
-        nan_maps=nan_maps,
+        FindingInputs(
+            samples=samples, groups=tables["groups"], worst=tables["worst_group"],
+            gaps=tables["gaps"], comparisons=tables["comparisons"],
+            roles={"causal": config.regions.causal, "confounder": config.regions.confounder},
+            min_group_size=config.stats.min_group_size, map_counts=map_counts,
+        )
     )  # fmt: skip
-    _holm_all(tables, drafts)
-    findings = settle_findings(drafts)
-    for name in ("groups", "gaps", "fairness", "comparisons"):
+    drafts = _holm_all(tables, drafts)
+    findings = [f.to_dict() for f in settle_findings(drafts)]
+    for name in STAT_TABLES:
         store.write_table(f"{name}.parquet", tables[name])
     stats_s = time.perf_counter() - t_stats
 
@@ -281,7 +294,7 @@ def audit(
     gallery_s = time.perf_counter() - t_gallery
 
     summary = _summary(
-        config, first_ds, plans, layers, samples, findings, nan_maps, dev,
+        config, first_ds, plans, layers, samples, tables, findings, nan_maps, dev,
         timings={
             "total_s": time.perf_counter() - t0,
             "per_model_s": per_model_s,
@@ -459,24 +472,24 @@ OCCLUSION_METRICS = ("flip", "drop", "flip_random")
 STAT_METRICS = (
     *(column("mass", r) for r in ROLES),
     column("lift", CONFOUNDER),
+    # the confounder regions' share of the image, for the lift a finding states
+    column("area", CONFOUNDER),
     column("pointing", "causal"),
     column("pointing", CONFOUNDER),
     *(column(k, r) for k in OCCLUSION_METRICS for r in ("causal", CONFOUNDER)),
 )
+#: Sample columns whose per-cell distribution (quartiles, whiskers) the report draws.
+DISTRIBUTION_METRICS = (column("mass", CONFOUNDER),)
+#: Tables of the statistics step, each written as ``<name>.parquet``.
+STAT_TABLES = ("groups", "gaps", "fairness", "comparisons", "worst_group", "rates", "distributions")
 #: Sample columns tested for gaps between cells and for differences between models.
 TESTED_METRICS = (column("mass", CONFOUNDER), column("mass", "causal"), column("flip", CONFOUNDER))
 
 
 def _statistics(samples: pd.DataFrame, config: AuditConfig, regions) -> dict[str, pd.DataFrame]:
-    """Group statistics, gaps, fairness differences and paired comparisons (raw p-values)."""
+    """Group statistics, worst groups, class rates, distributions, gaps, fairness differences
+    and paired comparisons (raw p-values): every number the findings and the report show."""
     from itertools import combinations
-
-    from bias_audit.core.stats import (
-        fairness_differences,
-        group_gaps,
-        group_stats,
-        paired_comparison,
-    )
 
     st, groups = config.stats, list(config.data.groups)
     have = set(samples.columns)
@@ -491,7 +504,12 @@ def _statistics(samples: pd.DataFrame, config: AuditConfig, regions) -> dict[str
         ),  # fmt: skip
         "gaps": group_gaps(samples, metrics=tested, n_perm=max(1, st.permutations), **common),
         "fairness": fairness_differences(samples, groups=groups, classes=classes),
+        "rates": class_rates(samples, groups=groups, classes=classes),
+        "distributions": cell_quantiles(
+            samples, groups=groups, metrics=[m for m in DISTRIBUTION_METRICS if m in have]
+        ),
     }
+    tables["worst_group"] = worst_group(tables["groups"])
     models = list(dict.fromkeys(samples["model"]))
     pairs = [
         paired_comparison(
@@ -505,36 +523,36 @@ def _statistics(samples: pd.DataFrame, config: AuditConfig, regions) -> dict[str
     return tables
 
 
-def _holm_all(tables: dict[str, pd.DataFrame], drafts: list[dict[str, Any]]) -> None:
-    """One Holm correction over every p-value of the audit: gaps, comparisons and findings."""
+def _holm_all(tables: dict[str, pd.DataFrame], drafts: list[Finding]) -> list[Finding]:
+    """One Holm correction over every p-value of the audit: gaps, comparisons and findings.
+
+    Adds ``p_adjusted`` to the tables in place and returns the drafts with theirs."""
+    drafts = list(drafts)
     pieces: list[tuple[str, int | None, float]] = []
     for name in ("gaps", "comparisons", "fairness"):
         t = tables[name]
         if "p_value" in t.columns:
             pieces.extend((name, i, float(p)) for i, p in enumerate(t["p_value"]))
-    own = [i for i, d in enumerate(drafts) if d.get("source") is None]
-    pieces.extend(("draft", i, float(drafts[i]["p_value"])) for i in own)
+    own = [i for i, d in enumerate(drafts) if d.source is None]
+    pieces.extend(("draft", i, float(drafts[i].p_value)) for i in own)
     p = np.array([x[2] for x in pieces], dtype=float)
-    adj = _holm(p)
+    adj = np.asarray(holm(p), dtype=float)
     for name in ("gaps", "comparisons", "fairness"):
         if "p_value" in tables[name].columns:
             tables[name] = tables[name].assign(p_adjusted=np.nan)
     for (name, i, _), a in zip(pieces, adj, strict=True):
         if name == "draft":
-            drafts[i]["p_adjusted"] = float(a)
+            drafts[i] = dataclasses.replace(drafts[i], p_adjusted=float(a))
         else:
             tables[name].iloc[i, tables[name].columns.get_loc("p_adjusted")] = a
     # Findings that restate a gap or a comparison take that row's adjusted p-value.
-    for d in drafts:
-        src = d.get("source")
-        if src is not None and src[1] is not None:
-            d["p_adjusted"] = float(tables[src[0]]["p_adjusted"].iloc[src[1]])
-
-
-def _holm(p: np.ndarray) -> np.ndarray:
-    from bias_audit.core.stats import holm
-
-    return np.asarray(holm(p), dtype=float)
+    for i, d in enumerate(drafts):
+        if d.source is not None:
+            table, row = d.source
+            drafts[i] = dataclasses.replace(
+                d, p_adjusted=float(tables[table]["p_adjusted"].iloc[row])
+            )
+    return drafts
 
 
 def _cells(samples: pd.DataFrame, groups: Sequence[str]) -> pd.Series:
@@ -649,15 +667,27 @@ def _denormalise(images: torch.Tensor, mean, std) -> np.ndarray:
     return (small.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def _summary(config, ds, plans, layers, samples, findings, nan_maps, dev, *, timings) -> dict:
+def _pooled(groups: pd.DataFrame, model: str, metric: str) -> float:
+    """The ``all`` cell's value of ``metric`` in the groups table (NaN without one)."""
+    hit = groups[
+        (groups["model"] == model) & (groups["cell"] == "all") & (groups["metric"] == metric)
+    ]
+    return float(hit["value"].iloc[0]) if len(hit) else math.nan
+
+
+def _summary(
+    config, ds, plans, layers, samples, tables, findings, nan_maps, dev, *, timings
+) -> dict:
     import torchvision
 
     from bias_audit.core._version import VERSION
 
     cells = ds.cells()
     models = []
+    worst = {r["model"]: r for r in tables["worst_group"].to_dict("records")}
     for p in plans:
         name = p.cfg.name
+        w = worst.get(name, {})
         models.append({
             "name": name, "arch": p.arch, "checkpoint": str(p.cfg.checkpoint), "sha256": p.sha256,
             "classes": list(p.classes or ds.classes),
@@ -665,8 +695,13 @@ def _summary(config, ds, plans, layers, samples, findings, nan_maps, dev, *, tim
             "layer_shape": layers.get(name, {}).get("layer_shape"),
             "image_size": p.image_size,
             "n": int((samples["model"] == name).sum()),
-            "accuracy": float(samples.loc[samples["model"] == name, "correct"].mean()),
+            "accuracy": _pooled(tables["groups"], name, "accuracy"),
             "nan_maps": nan_maps.get(name, 0),
+            # the worst_group.parquet row: cell, its n, accuracy and Wilson interval
+            "worst_group": (
+                {k: w[k] for k in ("cell", "n", "value", "ci_low", "ci_high", "overall")}
+                if w.get("n_cells") else None
+            ),
         })  # fmt: skip
     return {
         "title": config.title,

@@ -1,6 +1,6 @@
-"""The review gate: criteria over a finished run's samples table, for CI.
+"""The review gate: criteria over a finished run's tables, for CI.
 
-Judged from ``samples.parquet`` and ``summary.json`` alone, so a gate can run on a copy of
+Judged from ``groups.parquet`` and ``summary.json`` alone, so a gate can run on a copy of
 a run folder without the models or the data.
 """
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bias_audit.core._naming import CONFOUNDER, cell_name, column
+from bias_audit.core._naming import CONFOUNDER, column
+from bias_audit.core.stats import ALL_CELL, worst_group
 from bias_audit.errors import ConfigError, RunError
 from bias_audit.io.run_folder import read_summary, read_table
 
@@ -21,7 +22,11 @@ __all__ = ["Criterion", "check_run"]
 
 @dataclass(frozen=True, kw_only=True)
 class Criterion:
-    """One judged criterion. ``status`` is "pass", "fail" or "too_small" (not judged)."""
+    """One judged criterion.
+
+    ``status`` is "pass", "fail" or "too_small" (some valid data, too little to judge; not a
+    failure). A criterion with no valid data at all (``n == 0``) is a "fail".
+    """
 
     name: str
     model: str
@@ -35,6 +40,11 @@ class Criterion:
     def line(self) -> str:
         where = f"{self.model}" + (f" [{self.cell}]" if self.cell else "")
         value = "n/a" if math.isnan(self.value) else f"{self.value:.4f}"
+        if self.status == "fail" and self.n == 0:
+            return (
+                f"FAIL {where}: {self.name}: no valid data (n=0), nothing to judge; "
+                "a model without valid values does not pass"
+            )
         if self.status == "too_small":
             return f"TOO SMALL {where}: {self.name}: n={self.n} is below the minimum group size"
         limit = f"limit {self.limit:g}, n={self.n}"
@@ -44,7 +54,7 @@ class Criterion:
 def _load(run_dir: Path) -> tuple[pd.DataFrame, dict]:
     if not run_dir.is_dir():
         raise RunError(f"{run_dir}: not a run folder (no such directory)")
-    return read_table(run_dir / "samples.parquet"), read_summary(run_dir)
+    return read_table(run_dir / "groups.parquet"), read_summary(run_dir)
 
 
 def check_run(
@@ -57,12 +67,19 @@ def check_run(
 ) -> list[Criterion]:
     """Judge a finished run against review criteria, for every model (or only ``model``).
 
+    Every number is read from ``groups.parquet`` (its ``all`` cell for the means), so the gate
+    judges the values the report and the findings show.
+
     - ``max_confounder_mass``: mean ``mass:confounder`` of the model over all images (NaN
       rows, i.e. all-zero maps or no confounder region, are left out).
     - ``min_worst_group_accuracy``: accuracy of the worst cell (groups x label) among cells with
       at least ``min_group_size`` images; smaller cells are listed as too small to judge.
     - ``max_flip_rate``: share of images whose prediction flips when the confounder regions are
       occluded (``flip:confounder``).
+
+    A criterion with no valid data at all (n = 0, e.g. a model whose every map is NaN) fails:
+    a broken model must not pass the gate. With some but fewer than ``min_group_size`` valid
+    values it is "too_small" (not judged).
 
     Returns the criteria in order; the run passes when none has status "fail".
     """
@@ -80,86 +97,86 @@ def check_run(
     for key, value in asked.items():
         if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
             raise ConfigError(f"check: --{key.replace('_', '-')}: expected 0..1, got {value!r}")
-    samples, summary = _load(run_dir)
-    data = summary.get("data", {})
-    groups = list(data.get("groups", []))
+    groups, summary = _load(run_dir)
     min_n = int(summary.get("stats", {}).get("min_group_size", 20))
-    models = list(dict.fromkeys(samples["model"])) if len(samples) else []
+    # min_group_size may be stricter here than in the run (a copy of the folder re-judged).
+    groups = groups.assign(small=groups["n_valid"] < min_n)
+    models = list(dict.fromkeys(groups["model"])) if len(groups) else []
     if model is not None:
         if model not in models:
             raise ConfigError(f"check: --model: no model {model!r} in {run_dir}; has {models}")
         models = [model]
 
     out: list[Criterion] = []
+    source = run_dir / "groups.parquet"
     for name in models:
-        rows = samples[samples["model"] == name]
+        rows = groups[groups["model"] == name]
         if max_confounder_mass is not None:
             out.append(
                 _mean_criterion(
-                    rows,
-                    column("mass", CONFOUNDER),
-                    "confounder mass",
-                    max_confounder_mass,
-                    name,
-                    min_n,
-                    run_dir,
-                    upper=True,
+                    rows, column("mass", CONFOUNDER), "confounder mass", max_confounder_mass,
+                    name, source,
                 )
-            )
+            )  # fmt: skip
         if min_worst_group_accuracy is not None:
-            out.extend(_worst_group(rows, groups, min_worst_group_accuracy, name, min_n))
+            out.extend(_accuracy_criteria(rows, min_worst_group_accuracy, name))
         if max_flip_rate is not None:
             out.append(
                 _mean_criterion(
-                    rows,
-                    column("flip", CONFOUNDER),
-                    "confounder flip rate",
-                    max_flip_rate,
-                    name,
-                    min_n,
-                    run_dir,
-                    upper=True,
+                    rows, column("flip", CONFOUNDER), "confounder flip rate", max_flip_rate,
+                    name, source,
                 )
-            )
+            )  # fmt: skip
     return out
 
 
-def _mean_criterion(rows, col, label, limit, model, min_n, run_dir, *, upper) -> Criterion:
-    if col not in rows.columns:
-        hint = " (interventions were disabled)" if col.startswith("flip") else ""
-        raise RunError(f"{run_dir / 'samples.parquet'}: no column {col!r}{hint}")
-    values = rows[col].astype(float).dropna()
-    n = int(len(values))
-    value = float(values.mean()) if n else math.nan
-    if n < min_n:
-        status = "too_small"
-    else:
-        status = "pass" if (value <= limit if upper else value >= limit) else "fail"
+def _status(value: float, limit: float, n: int, small: bool, *, upper: bool) -> str:
+    if n == 0 or not math.isfinite(value):
+        return "fail"
+    if small:
+        return "too_small"
+    return "pass" if (value <= limit if upper else value >= limit) else "fail"
+
+
+def _mean_criterion(rows, metric, label, limit, model, source) -> Criterion:
+    hit = rows[(rows["cell"] == ALL_CELL) & (rows["metric"] == metric)]
+    if hit.empty:
+        hint = " (interventions were disabled)" if metric.startswith("flip") else ""
+        raise RunError(f"{source}: no rows for metric {metric!r}{hint}")
+    row = hit.iloc[0]
+    n, value = int(row["n_valid"]), float(row["value"])
     return Criterion(
-        name=label, model=model, cell=None, value=value, limit=limit, n=n, status=status
-    )
+        name=label, model=model, cell=None, value=value, limit=limit, n=n,
+        status=_status(value, limit, n, bool(row["small"]), upper=True),
+    )  # fmt: skip
 
 
-def _worst_group(rows, groups, limit, model, min_n) -> list[Criterion]:
-    keys = [*groups, "label"]
-    out: list[Criterion] = []
-    judged: list[Criterion] = []
-    for values, cell in rows.groupby(keys, sort=True, dropna=False):
-        values = values if isinstance(values, tuple) else (values,)
-        n = int(len(cell))
-        acc = float(cell["correct"].astype(float).mean())
-        crit = Criterion(
-            name="worst group accuracy",
-            model=model,
-            cell=cell_name(values),
-            value=acc,
-            limit=limit,
-            n=n,
-            status="too_small" if n < min_n else "pass",
+def _accuracy_criteria(rows, limit, model) -> list[Criterion]:
+    acc = rows[(rows["metric"] == "accuracy") & (rows["cell"] != ALL_CELL)]
+    out = [
+        Criterion(
+            name="worst group accuracy", model=model, cell=r["cell"], value=float(r["value"]),
+            limit=limit, n=int(r["n_valid"]), status="too_small",
         )
-        (judged if n >= min_n else out).append(crit)
-    if judged:
-        worst = min(judged, key=lambda c: c.value)
-        status = "pass" if worst.value >= limit else "fail"
-        out.insert(0, Criterion(**{**worst.__dict__, "status": status}))
+        for r in acc.to_dict("records")
+        if r["small"]
+    ]  # fmt: skip
+    worst = worst_group(rows).iloc[0]
+    if worst["n_cells"]:
+        value, n = float(worst["value"]), int(worst["n_valid"])
+        status = _status(value, limit, n, False, upper=False)
+        out.insert(
+            0,
+            Criterion(
+                name="worst group accuracy", model=model, cell=worst["cell"], value=value,
+                limit=limit, n=n, status=status,
+            ),
+        )  # fmt: skip
+    elif not out:
+        out.append(
+            Criterion(
+                name="worst group accuracy", model=model, cell=None, value=math.nan,
+                limit=limit, n=0, status="fail",
+            )
+        )  # fmt: skip
     return out

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from bias_audit.core._device import resolve_device
 from bias_audit.core.architectures import build_model
 from bias_audit.core.config import TrainConfig
+from bias_audit.core.stats import worst_group
 from bias_audit.core.training._penalty import find_target_layer
 from bias_audit.core.training._strategies import (
     BALANCED_SAMPLING,
@@ -109,10 +111,18 @@ def _validate(model: nn.Module, ds: Any, cells: list[str], config: TrainConfig, 
         pred = model(batch.images.to(dev)).argmax(1).cpu()
         correct[batch.index] = pred == batch.labels
     per_cell: dict[str, float] = {}
+    sizes: dict[str, int] = {}
     for name in sorted(set(cells)):
         sel = torch.tensor([c == name for c in cells])
         per_cell[name] = float(correct[sel].float().mean())
-    worst = min(per_cell, key=per_cell.__getitem__) if per_cell else None
+        sizes[name] = int(sel.sum())
+    # The worst cell is chosen by the one worst-group rule of core.stats (every cell judged).
+    table = pd.DataFrame(
+        {"model": "validation", "cell": list(per_cell), "metric": "accuracy",
+         "value": list(per_cell.values()), "n_valid": list(sizes.values()), "small": False}
+    )  # fmt: skip
+    row = worst_group(table).iloc[0] if per_cell else None
+    worst = row["cell"] if row is not None and row["n_cells"] else None
     return float(correct.float().mean()), per_cell, worst
 
 

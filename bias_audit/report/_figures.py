@@ -1,5 +1,8 @@
 """Plotly figures of the report, built from aggregates so the file size does not grow with n.
 
+Every number drawn is read from the run folder's tables (``groups``, ``rates``,
+``distributions``, ``comparisons``); nothing here computes a statistic.
+
 Every user string that reaches a figure goes through :func:`plot_text`: plotly renders a small
 HTML subset in labels, and escaping makes a group value such as ``<b>`` show as typed.
 """
@@ -15,19 +18,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bias_audit.core._naming import ROLES, cell_name, column
+from bias_audit.core._naming import ROLES, column
 from bias_audit.report._load import ReportData
 
 __all__ = [
     "FigureSpec",
     "plot_text",
-    "sample_cells",
     "metric_frame",
-    "wilson",
     "attention_figures",
     "performance_figures",
     "rate_gaps",
-    "worst_group",
     "comparison_figures",
     "intervention_figures",
 ]
@@ -62,91 +62,25 @@ def _clean(value: Any) -> float | None:
     return None if math.isnan(f) else f
 
 
-def sample_cells(data: ReportData) -> pd.Series:
-    """Cell name of each samples row: group attribute values then the label, as in design.md."""
-    attrs = [a for a in data.summary.get("data", {}).get("groups", []) if a in data.samples]
-    label = "label"
-    parts = [data.samples[a].astype(str) for a in attrs] + [data.samples[label].astype(str)]
-    return pd.Series(
-        [cell_name(values) for values in zip(*parts, strict=True)],
-        index=data.samples.index,
-        dtype=object,
-    )
-
-
 def _cell_info(data: ReportData) -> list[tuple[str, int, bool]]:
     return [(str(c["cell"]), int(c.get("n", 0)), bool(c.get("small", False))) for c in data.cells]
 
 
 def metric_frame(data: ReportData, metric: str) -> pd.DataFrame:
-    """Per model x cell: value, ci_low, ci_high, n, small for ``metric``.
+    """Per model x cell: value, ci_low, ci_high, n, small for ``metric``, from ``groups.parquet``.
 
-    Read from ``groups.parquet`` when it has the metric; otherwise the mean over the samples
-    table's non-NaN values, without an interval (ci columns NaN). Small cells never get a CI.
+    Empty when the table has no rows of the metric. Small cells never get a CI.
     """
     cols = ["model", "cell", "n", "small", "value", "ci_low", "ci_high"]
     g = data.groups
-    rows = g[g["metric"] == metric] if not g.empty else g
-    if not rows.empty:
-        out = rows[cols].copy()
-    elif metric in data.samples:
-        frame = data.samples.assign(_cell=sample_cells(data))
-        agg = frame.groupby(["model", "_cell"], sort=False)[metric].mean().reset_index()
-        small = {c: (n, s) for c, n, s in _cell_info(data)}
-        out = pd.DataFrame(
-            {
-                "model": agg["model"].astype(str),
-                "cell": agg["_cell"],
-                "n": [small.get(c, (0, False))[0] for c in agg["_cell"]],
-                "small": [small.get(c, (0, False))[1] for c in agg["_cell"]],
-                "value": agg[metric],
-                "ci_low": np.nan,
-                "ci_high": np.nan,
-            }
-        )
-    else:
+    rows = g[(g["metric"] == metric) & (g["cell"] != "all")] if not g.empty else g
+    if rows.empty:
         return pd.DataFrame(columns=cols)
+    out = rows[cols].copy()
     out["model"] = out["model"].astype(str)
     out["cell"] = out["cell"].astype(str)
     out.loc[out["small"].astype(bool), ["ci_low", "ci_high"]] = np.nan
     return out.reset_index(drop=True)
-
-
-def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for k successes in n trials; (NaN, NaN) when n == 0."""
-    if n <= 0:
-        return math.nan, math.nan
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _accuracy_frame(data: ReportData) -> pd.DataFrame:
-    acc = metric_frame(data, "accuracy")
-    if not acc.empty and acc["ci_low"].notna().any():
-        return acc
-    # groups.parquet lacks accuracy: counts from the samples give the Wilson interval directly.
-    frame = data.samples.assign(_cell=sample_cells(data))
-    small = {c: s for c, _, s in _cell_info(data)}
-    rows = []
-    for (model, cell), part in frame.groupby(["model", "_cell"], sort=False):
-        n, k = len(part), int(part["correct"].astype(bool).sum())
-        lo, hi = wilson(k, n)
-        is_small = small.get(cell, False)
-        rows.append(
-            {
-                "model": str(model),
-                "cell": str(cell),
-                "n": n,
-                "small": is_small,
-                "value": k / n if n else math.nan,
-                "ci_low": math.nan if is_small else lo,
-                "ci_high": math.nan if is_small else hi,
-            }
-        )
-    return pd.DataFrame(rows, columns=["model", "cell", "n", "small", "value", "ci_low", "ci_high"])
 
 
 def _cell_label(cell: str, n: int, small: bool) -> str:
@@ -301,32 +235,28 @@ def _panels(
     return {"data": traces, "layout": layout}
 
 
-def _box_from_quantiles(data: ReportData, metric: str) -> dict[str, Any] | None:
-    """Box plots from per-cell quantiles (Tukey fences), so size is O(cells), not O(images)."""
-    if metric not in data.samples:
+def _box_figure(data: ReportData, metric: str) -> dict[str, Any] | None:
+    """Box plots from the per-cell quantiles of ``distributions.parquet`` (Tukey fences), so
+    size is O(cells), not O(images)."""
+    table = data.distributions
+    if table is None or table.empty:
         return None
-    frame = data.samples.assign(_cell=sample_cells(data))
+    table = table[table["metric"] == metric]
     traces = []
     for j, model in enumerate(data.models):
-        part = frame[frame["model"].astype(str) == model]
+        part = table[table["model"].astype(str) == model].set_index("cell")
         stats: dict[str, list[Any]] = {
             k: [] for k in ("x", "q1", "median", "q3", "lowerfence", "upperfence", "mean")
         }
         for cell, n, small in _cell_info(data):
-            values = part.loc[part["_cell"] == cell, metric].to_numpy(dtype=float)
-            values = values[np.isfinite(values)]
-            if values.size == 0:
+            if cell not in part.index:
                 continue
-            q1, med, q3 = np.quantile(values, [0.25, 0.5, 0.75])
-            iqr = q3 - q1
-            lo = values[values >= q1 - 1.5 * iqr].min()
-            hi = values[values <= q3 + 1.5 * iqr].max()
-            for key, v in zip(
-                stats,
-                (_cell_label(cell, n, small), q1, med, q3, lo, hi, values.mean()),
-                strict=True,
-            ):
-                stats[key].append(v if isinstance(v, str) else float(v))
+            r = part.loc[cell]
+            stats["x"].append(_cell_label(cell, n, small))
+            for key, col in (("q1", "q1"), ("median", "median"), ("q3", "q3"),
+                             ("lowerfence", "lower_fence"), ("upperfence", "upper_fence"),
+                             ("mean", "mean")):  # fmt: skip
+                stats[key].append(float(r[col]))
         if stats["x"]:
             traces.append(
                 {
@@ -377,7 +307,7 @@ def attention_figures(data: ReportData) -> list[FigureSpec]:
                 lift,
             )
         )
-    box = _box_from_quantiles(data, column("mass", "confounder"))
+    box = _box_figure(data, column("mass", "confounder"))
     if box:
         out.append(
             FigureSpec(
@@ -391,77 +321,36 @@ def attention_figures(data: ReportData) -> list[FigureSpec]:
     return out
 
 
-def worst_group(data: ReportData) -> list[dict[str, Any]]:
-    """Per model: the cell with the lowest accuracy among cells that are not small."""
-    acc = _accuracy_frame(data)
-    rows = []
-    for model in data.models:
-        part = acc[(acc["model"] == model) & ~acc["small"].astype(bool)].dropna(subset=["value"])
-        if part.empty:
-            continue
-        worst = part.loc[part["value"].idxmin()]
-        mean = data.samples.loc[data.samples["model"].astype(str) == model, "correct"]
-        rows.append(
-            {
-                "model": model,
-                "cell": str(worst["cell"]),
-                "n": int(worst["n"]),
-                "value": _clean(worst["value"]),
-                "ci_low": _clean(worst["ci_low"]),
-                "ci_high": _clean(worst["ci_high"]),
-                "overall": float(mean.astype(bool).mean()) if len(mean) else None,
-            }
-        )
-    return rows
-
-
 def rate_gaps(data: ReportData) -> pd.DataFrame:
-    """TPR and FPR per class within each value of each group attribute, and their gaps.
-
-    For class c within the rows of attribute value g: TPR = P(pred = c | label = c),
-    FPR = P(pred = c | label != c). The gap is max minus min over the values of the attribute;
-    NaN when a value has no positive (TPR) or no negative (FPR) rows.
+    """TPR and FPR gaps per model x attribute x class, from ``rates.parquet``.
 
     Returns:
         One row per model x attribute x class: columns model, attribute, class, tpr_gap,
-        fpr_gap, and ``rates``: a list of (value, n, tpr, fpr).
+        fpr_gap, and ``rates``: a list of (value, n, tpr, fpr). Empty without the table.
     """
-    s = data.samples
-    attrs = [a for a in data.summary.get("data", {}).get("groups", []) if a in s]
-    classes = data.summary.get("data", {}).get("classes") or sorted(s["label"].astype(str).unique())
+    cols = ["model", "attribute", "class", "tpr_gap", "fpr_gap", "rates"]
+    table = data.rates
+    if table is None or table.empty:
+        return pd.DataFrame(columns=cols)
     rows = []
-    for model in data.models:
-        part = s[s["model"].astype(str) == model]
-        label, pred = part["label"].astype(str), part["pred"].astype(str)
-        for attr in attrs:
-            for cls in classes:
-                rates = []
-                for value, idx in part.groupby(part[attr].astype(str)).groups.items():
-                    pos, hit = label[idx] == cls, pred[idx] == cls
-                    tpr = float(hit[pos].mean()) if pos.any() else math.nan
-                    fpr = float(hit[~pos].mean()) if (~pos).any() else math.nan
-                    rates.append((str(value), len(idx), tpr, fpr))
-                tprs = [r[2] for r in rates if not math.isnan(r[2])]
-                fprs = [r[3] for r in rates if not math.isnan(r[3])]
-                rows.append(
-                    {
-                        "model": model,
-                        "attribute": attr,
-                        "class": str(cls),
-                        "tpr_gap": max(tprs) - min(tprs) if len(tprs) > 1 else math.nan,
-                        "fpr_gap": max(fprs) - min(fprs) if len(fprs) > 1 else math.nan,
-                        "rates": rates,
-                    }
-                )
-    return pd.DataFrame(
-        rows, columns=["model", "attribute", "class", "tpr_gap", "fpr_gap", "rates"]
-    )
+    keys = ["model", "attribute", "class"]
+    for (model, attr, cls), part in table.groupby(keys, sort=False):
+        first = part.iloc[0]
+        rows.append(
+            {
+                "model": str(model), "attribute": str(attr), "class": str(cls),
+                "tpr_gap": float(first["tpr_gap"]), "fpr_gap": float(first["fpr_gap"]),
+                "rates": [(str(r.value), int(r.n), float(r.tpr), float(r.fpr))
+                          for r in part.itertuples(index=False)],
+            }
+        )  # fmt: skip
+    return pd.DataFrame(rows, columns=cols)
 
 
 def performance_figures(data: ReportData) -> list[FigureSpec]:
     """Accuracy per cell with Wilson CIs, and TPR/FPR gaps per attribute and class."""
     out = []
-    acc = _accuracy_frame(data)
+    acc = metric_frame(data, "accuracy")
     cells = _cell_info(data)
     if not acc.empty:
         traces = [

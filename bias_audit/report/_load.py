@@ -35,7 +35,14 @@ GROUP_COLUMNS: tuple[str, ...] = (
     "ci_low",
     "ci_high",
 )
-_OPTIONAL_TABLES: tuple[str, ...] = ("gaps", "fairness", "comparisons", "skipped")
+_OPTIONAL_TABLES: tuple[str, ...] = (
+    "gaps",
+    "fairness",
+    "comparisons",
+    "skipped",
+    "rates",
+    "distributions",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,7 +55,9 @@ class ReportData:
         config_text: ``config.toml`` verbatim, else the summary's ``config`` string, else ``""``.
         samples: the samples table, one row per model x image.
         groups: the tidy ``groups.parquet`` table, or an empty frame with its columns.
-        gaps, fairness, comparisons, skipped: those tables, or ``None`` when the file is absent.
+        gaps, fairness, comparisons, skipped, rates, distributions: those tables, or ``None``
+            when the file is absent (``rates``: ``stats.class_rates``; ``distributions``:
+            ``stats.cell_quantiles``).
         gallery: ``gallery.json`` or ``None``.
         arrays: the arrays of ``maps.npz`` by key (``image/<key>``, ``masks/<key>``,
             ``map/<model>/<key>``); empty without a gallery.
@@ -63,6 +72,8 @@ class ReportData:
     fairness: pd.DataFrame | None = None
     comparisons: pd.DataFrame | None = None
     skipped: pd.DataFrame | None = None
+    rates: pd.DataFrame | None = None
+    distributions: pd.DataFrame | None = None
     gallery: Mapping[str, Any] | None = None
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
 

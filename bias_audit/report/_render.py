@@ -27,7 +27,6 @@ from bias_audit.report._figures import (
     intervention_figures,
     performance_figures,
     rate_gaps,
-    worst_group,
 )
 from bias_audit.report._images import REGION_COLORS, data_uri, draw_outlines, overlay_map, thumbnail
 from bias_audit.report._load import ReportData, load_run
@@ -281,6 +280,17 @@ def _gallery_item(data: ReportData, item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _lowest_cells(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per model, the worst group as the audit wrote it (``worst_group.parquet``, copied into
+    ``summary.json``'s models): cell, n, value, ci_low, ci_high, overall."""
+    out = []
+    for m in summary.get("models") or []:
+        w = m.get("worst_group") if isinstance(m, dict) else None
+        if isinstance(w, dict):
+            out.append({"model": str(m.get("name")), **w})
+    return out
+
+
 def build_context(
     data: ReportData, *, max_per_cell: int = 6, max_total: int = 60
 ) -> dict[str, Any]:
@@ -341,7 +351,7 @@ def build_context(
                 "ci": _ci(w["ci_low"], w["ci_high"]),
                 "overall": _fmt(w["overall"]),
             }
-            for w in worst_group(data)
+            for w in _lowest_cells(summary)
         ],
         "rate_table": rate_table,
         "gaps_table": _table(data.gaps),

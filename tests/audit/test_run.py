@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,7 +213,7 @@ def test_check_reports_small_cells(run1, tmp_path, capsys):
     copy = tmp_path / "copy"
     copy.mkdir()
     (copy / "summary.json").write_text(json.dumps(summary))
-    (copy / "samples.parquet").write_bytes((run1 / "samples.parquet").read_bytes())
+    (copy / "groups.parquet").write_bytes((run1 / "groups.parquet").read_bytes())
     assert main(["check", str(copy), "--min-worst-group-accuracy", "0.99"]) == 0
     out = capsys.readouterr().out
     assert out.count("TOO SMALL") == 8 and "female / doctor" in out
@@ -387,3 +388,74 @@ def test_run_files_have_the_umask_mode(run1):
     assert files
     for p in files:
         assert (p.stat().st_mode & 0o777) == 0o666 & ~mask, p
+
+
+def _interval(row) -> tuple[float, float, float]:
+    return float(row["value"]), float(row["ci_low"]), float(row["ci_high"])
+
+
+def test_one_number_one_interval_in_tables_findings_and_report(run1, capsys):
+    # Issue 11: the finding, groups.parquet and the report show the same interval of a number.
+    from bias_audit.report import render_report
+
+    groups = pd.read_parquet(run1 / "groups.parquet")
+    summary = json.loads((run1 / "summary.json").read_text())
+    html = render_report(run1, out=run1 / "report-intervals.html").read_text()
+    pooled = groups[groups["cell"] == "all"].set_index(["model", "metric"])
+    seen = 0
+    for f in summary["findings"]:
+        if f["rule"] in ("confounder_attention", "confounder_reliance"):
+            row = pooled.loc[(f["model"], f["metric"])]
+            assert (f["value"], f["ci_low"], f["ci_high"]) == _interval(row)
+            seen += 1
+        elif f["rule"] == "worst_group_accuracy":
+            row = groups[(groups["model"] == f["model"]) & (groups["cell"] == f["cell"])
+                         & (groups["metric"] == "accuracy")].iloc[0]  # fmt: skip
+            assert (f["value"], f["ci_low"], f["ci_high"]) == _interval(row)
+            # the report's worst-group table shows the same row and interval
+            m = re.search(rf"<td>{re.escape(f['model'])}</td><td>{re.escape(f['cell'])}</td>"
+                          r"<td>(\d+)</td><td>([\d.]+)</td><td>\[([\d.]+), ([\d.]+)\]</td>",
+                          html)  # fmt: skip
+            assert m, f["cell"]
+            assert int(m[1]) == row["n"]
+            shown = tuple(float(x) for x in m.groups()[1:])
+            assert shown == pytest.approx(_interval(row), abs=5e-4)
+            seen += 1
+    assert seen >= 4  # attention and worst group for both models at least
+    worst = pd.read_parquet(run1 / "worst_group.parquet").set_index("model")
+    for m in summary["models"]:
+        w, row = m["worst_group"], worst.loc[m["name"]]
+        assert (w["value"], w["ci_low"], w["ci_high"]) == _interval(row)
+        assert w["overall"] == pooled.loc[(m["name"], "accuracy"), "value"] == m["accuracy"]
+
+
+def test_a_model_with_zero_weights_fails_the_gate_and_gets_a_high_finding(world, tmp_path):
+    # Issue 19, defect 6: no valid map at all must not pass a gate on the confounder mass.
+    from bias_audit.io.checkpoints import CheckpointMeta, save_checkpoint
+    from bias_audit.pipelines import check_run
+    from tests.audit.nets import TinyNet
+
+    net = TinyNet(2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    meta = CheckpointMeta(arch="tests.audit.nets:build", classes=("doctor", "nurse"),
+                          image_size=SIZE, mean=MEAN, std=STD)  # fmt: skip
+    save_checkpoint(world["root"] / "zero.pt", net.state_dict(), meta)
+    cfg = write_config(world, "zero.toml", replace=('"biased.pt"', '"zero.pt"'))
+    result = audit(AuditConfig.from_toml(cfg), out=tmp_path / "zero", progress=False)
+    zero = result.samples[result.samples["model"] == "biased"]
+    assert not zero["map_ok"].any() and zero["mass:confounder"].isna().all()
+
+    crit = check_run(tmp_path / "zero", max_confounder_mass=0.5, max_flip_rate=1.0, model="biased")
+    mass = next(c for c in crit if c.name == "confounder mass")
+    assert mass.status == "fail" and mass.n == 0 and "no valid data" in mass.line
+    assert main(["check", str(tmp_path / "zero"), "--max-confounder-mass", "0.5"]) == 1
+
+    bad = [f for f in result.findings if f["rule"] == "degenerate_maps" and f["model"] == "biased"]
+    assert len(bad) == 1 and bad[0]["severity"] == "high" and bad[0]["value"] == 1.0
+    # the working model keeps its findings, and gets no such high finding
+    assert not any(
+        f["rule"] == "degenerate_maps" and f["severity"] == "high" and f["model"] == "debiased"
+        for f in result.findings
+    )

@@ -1,16 +1,23 @@
+import ast
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from bias_audit.core._naming import cell_name
 from bias_audit.core.stats import (
     bootstrap_ci,
+    cell_quantiles,
+    class_rates,
     fairness_differences,
     group_gaps,
     group_stats,
     holm,
     paired_comparison,
     wilson_interval,
+    worst_group,
 )
 from bias_audit.errors import ConfigError, DataError
 
@@ -320,3 +327,120 @@ def test_permutation_cache_gives_the_same_p_values():
     again = _range_permutation_p(values, codes, 3, gap, 300, 0, cache)
     assert plain == cached == again and 90 in cache
     assert 0 < plain < 0.2
+
+
+def test_worst_group_reads_the_table_hand_values():
+    table = pd.DataFrame(
+        {"model": ["m"] * 5 + ["z"] * 2,
+         "cell": ["all", "a / x", "b / x", "c / x", "d / x", "all", "a / x"],
+         "metric": ["accuracy"] * 4 + ["mass:hair"] + ["accuracy"] * 2,
+         "value": [0.7, 0.5, 0.8, 0.1, 0.0, 0.6, 0.6],
+         "n": [40, 10, 20, 5, 10, 12, 12], "n_valid": [40, 10, 20, 5, 10, 12, 12],
+         "small": [False, False, False, True, False, False, True],
+         "ci_low": [0.6, 0.2, 0.6, np.nan, 0.0, 0.3, np.nan],
+         "ci_high": [0.8, 0.8, 0.9, np.nan, 0.1, 0.8, np.nan]}
+    )  # fmt: skip
+    w = worst_group(table).set_index("model")
+    # c is smaller than the minimum and d is another metric: a is the worst judged cell
+    m = w.loc["m"]
+    assert (m["cell"], m["n_cells"], m["n_valid"]) == ("a / x", 2, 10)
+    assert (m["value"], m["ci_low"], m["ci_high"], m["overall"]) == (0.5, 0.2, 0.8, 0.7)
+    z = w.loc["z"]  # nothing judged: a row without a cell
+    assert z["n_cells"] == 0 and pd.isna(z["cell"]) and np.isnan(z["value"])
+    assert worst_group(table, metric="mass:hair").loc[0, "cell"] == "d / x"
+
+
+def test_worst_group_of_group_stats_is_its_lowest_accuracy_cell():
+    s = _samples()
+    g = group_stats(s, groups=["gender"], min_group_size=10, n_boot=20)
+    w = worst_group(g).set_index("model")
+    for model, part in s.groupby("model"):
+        acc = part.groupby(["gender", "label"])["correct"].agg(["mean", "size"])
+        acc = acc[acc["size"] >= 10]
+        (gender, label), k = acc["mean"].idxmin(), acc["mean"].min()
+        assert w.loc[model, "cell"] == f"{gender} / {label}" and w.loc[model, "value"] == k
+        assert w.loc[model, "overall"] == part["correct"].mean()
+
+
+def test_class_rates_hand_values_and_wilson():
+    s = pd.DataFrame(
+        {"model": "m", "g": ["u", "u", "u", "u", "v", "v", "v"],
+         "label": ["a", "a", "b", "b", "a", "b", "b"],
+         "pred": ["a", "b", "a", "b", "a", "b", "b"]}
+    )  # fmt: skip
+    r = class_rates(s, groups=["g"]).set_index(["class", "value"])
+    # class a in u: 1 of 2 a's predicted a (TPR 1/2), 1 of 2 b's predicted a (FPR 1/2)
+    assert (r.loc[("a", "u"), "tpr"], r.loc[("a", "u"), "fpr"]) == (0.5, 0.5)
+    assert (r.loc[("a", "v"), "tpr"], r.loc[("a", "v"), "fpr"]) == (1.0, 0.0)
+    assert r.loc[("a", "u"), "tpr_gap"] == r.loc[("a", "v"), "tpr_gap"] == 0.5
+    assert r.loc[("a", "u"), "fpr_gap"] == 0.5 and r.loc[("b", "v"), "n"] == 3
+    ci = stats.binomtest(1, 2).proportion_ci(method="wilson")
+    assert (r.loc[("a", "u"), "tpr_low"], r.loc[("a", "u"), "tpr_high"]) == pytest.approx(
+        (ci.low, ci.high)
+    )
+
+
+def test_class_rate_gaps_match_fairlearn():
+    from fairlearn.metrics import MetricFrame, false_positive_rate, true_positive_rate
+
+    s = _samples()
+    r = class_rates(s, groups=["gender"])
+    for (model, cls), part in r.groupby(["model", "class"]):
+        rows = s[s["model"] == model]
+        y, yhat = (rows["label"] == cls).astype(int), (rows["pred"] == cls).astype(int)
+        for fn, col in ((true_positive_rate, "tpr_gap"), (false_positive_rate, "fpr_gap")):
+            mf = MetricFrame(metrics=fn, y_true=y, y_pred=yhat, sensitive_features=rows["gender"])
+            assert part[col].iloc[0] == pytest.approx(mf.difference(method="between_groups"))
+
+
+def test_cell_quantiles_hand_values():
+    v = [0.0, 1.0, 2.0, 3.0, 100.0, np.nan]
+    s = pd.DataFrame({"model": "m", "g": "u", "label": "a", "mass:x": v})
+    q = cell_quantiles(s, groups=["g"], metrics=["mass:x"]).iloc[0]
+    # quartiles of 0,1,2,3,100 (linear): 1, 2, 3; IQR 2, so 100 lies beyond the upper fence
+    assert (q["q1"], q["median"], q["q3"]) == (1.0, 2.0, 3.0)
+    assert (q["lower_fence"], q["upper_fence"], q["n_valid"]) == (0.0, 3.0, 5)
+    assert q["mean"] == pytest.approx(106 / 5) and q["cell"] == "u / a"
+
+
+def test_cell_names_never_collide():
+    # Issue 19, defect 12: values containing the separator gave two cells one name.
+    assert cell_name(["a / b", "c"]) != cell_name(["a", "b / c"])
+    assert cell_name(["a\\", "/ c"]) != cell_name(["a\\ /", "c"])
+    assert cell_name(["female", "doctor"]) == "female / doctor"
+    s = pd.DataFrame(
+        {"model": "m", "g": ["a / b", "a"], "label": ["c", "b / c"], "correct": [True, False],
+         "pred": ["c", "c"]}
+    )  # fmt: skip
+    g = group_stats(s, groups=["g"], min_group_size=0, rates=False)
+    acc = g[(g["metric"] == "accuracy") & (g["cell"] != "all")]
+    assert len(acc) == 2 and acc["cell"].nunique() == 2
+    assert sorted(acc["value"]) == [0.0, 1.0]
+
+
+def _defined(names: tuple[str, ...]) -> list[str]:
+    package = Path(__file__).resolve().parents[2] / "bias_audit"
+    out = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            is_def = isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+            if is_def and any(n in node.name.lower() for n in names):
+                out.append(f"{path.relative_to(package)}:{node.name}")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("names", "expected"),
+    [
+        (("wilson",), ["core/stats.py:wilson_interval"]),
+        (
+            ("bootstrap", "mean_ci", "boot"),
+            ["core/stats.py:_boot_sums", "core/stats.py:bootstrap_ci"],
+        ),
+        (("worst",), ["core/stats.py:worst_group"]),
+    ],
+)
+def test_one_implementation_of_each_statistic(names, expected):
+    # Issue 11: one Wilson interval, one bootstrap, one worst-group function in the package.
+    found = [f for f in _defined(names) if "_worst_group_accuracy" not in f]
+    assert found == expected

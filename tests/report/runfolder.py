@@ -1,5 +1,8 @@
 """A realistic run folder from random but seeded inputs, for the report tests.
 
+The class rates, distributions and worst groups come from ``bias_audit.core.stats`` as the
+audit writes them (those functions have their own oracle tests in tests/metrics).
+
 Nothing here is a hard-coded result: the samples table is drawn at random, and the group,
 gap, fairness and comparison tables are computed from it with plain pandas, the way the audit
 writes them (docs/design.md, "The run folder").
@@ -13,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
+
+from bias_audit.core.stats import cell_quantiles, class_rates, worst_group
 
 ROLES = ("causal", "confounder", "background")
 REGIONS = ("coat", "face", "hair", "stethoscope")
@@ -359,6 +364,11 @@ def make_run_folder(
         n_per_cell=n_per_cell, models=models, genders=genders, small=small, seed=seed
     )
     groups = group_table(samples)
+    worst = {
+        r["model"]: {k: r[k] for k in ("cell", "n", "value", "ci_low", "ci_high", "overall")}
+        for r in worst_group(groups.assign(n_valid=groups["n"])).to_dict("records")
+        if r["n_cells"]
+    }
     title = "Nurse / doctor audit" + (" <script>alert(3)</script>" if hostile else "")
     config = f'title = "{title}"\n[data]\nmanifest = "manifest.csv"\ngroups = ["gender"]\n'
     first = samples[samples["model"] == models[0]]
@@ -395,6 +405,7 @@ def make_run_folder(
                 "target_layer": "layer4",
                 "layer_shape": [2, 2],
                 "nan_maps": 0,
+                "worst_group": worst.get(m),
             }
             for i, m in enumerate(models)
         ],
@@ -419,6 +430,10 @@ def make_run_folder(
     groups.to_parquet(path / "groups.parquet", index=False)
     gap_table(samples, genders, seed).to_parquet(path / "gaps.parquet", index=False)
     fairness_table(samples).to_parquet(path / "fairness.parquet", index=False)
+    class_rates(samples, groups=["gender"]).to_parquet(path / "rates.parquet", index=False)
+    cell_quantiles(samples, groups=["gender"], metrics=["mass:confounder"]).to_parquet(
+        path / "distributions.parquet", index=False
+    )
     if len(models) > 1:
         comparison_table(samples, models).to_parquet(path / "comparisons.parquet", index=False)
     pd.DataFrame(

@@ -108,7 +108,8 @@ def test_only_required_files(tmp_path: Path) -> None:
     assert data.gaps is None and data.gallery is None and data.groups.empty
     assert data.config_text == json.loads((path / "summary.json").read_text())["config"]
     html = render_report(path).read_text()
-    # Charts fall back to means from the samples table; missing tables are said to be missing.
-    assert 'id="fig-mass"' in html
+    # The report computes nothing: without groups.parquet there is no chart of its numbers
+    # (no fallback to means of the samples table); missing tables are said to be missing.
+    assert 'id="fig-mass"' not in html and 'id="fig-accuracy"' not in html
     assert "Not available in this run: gaps.parquet" in html
     assert "Not available in this run: gallery.json and maps.npz" in html

@@ -7,19 +7,17 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import plotly.offline
 import pytest
 from fairlearn.metrics import MetricFrame, false_positive_rate, true_positive_rate
 from markupsafe import escape
-from scipy.stats import binomtest
 
 import bias_audit
 import bias_audit.report as report
 from bias_audit.errors import ConfigError, RunError
 from bias_audit.report import load_run, render_report
-from bias_audit.report._figures import _accuracy_frame, rate_gaps
+from bias_audit.report._figures import rate_gaps
 from bias_audit.report._render import script_json
 
 from .runfolder import HOSTILE_GROUP, HOSTILE_MODEL, cell_of
@@ -118,21 +116,25 @@ def test_mass_chart_matches_groups_table(run_dir: Path, report_html: str) -> Non
                 assert minus == pytest.approx(r.value - r.ci_low)
 
 
-def test_accuracy_fallback_is_wilson(run_dir: Path) -> None:
-    data = load_run(run_dir)
-    no_acc = data.groups[data.groups["metric"] != "accuracy"]
-    object.__setattr__(data, "groups", no_acc)  # a run whose groups table lacks accuracy
-    acc = _accuracy_frame(data)
-    s = data.samples.assign(cell=cell_of(data.samples))
-    for r in acc.itertuples():
-        part = s[(s["model"] == r.model) & (s["cell"] == r.cell)]
-        k, n = int(part["correct"].sum()), len(part)
-        assert r.n == n and r.value == pytest.approx(k / n)
-        if r.small:
-            assert np.isnan(r.ci_low)
-        else:
-            ci = binomtest(k, n).proportion_ci(method="wilson")
-            assert (r.ci_low, r.ci_high) == pytest.approx((ci.low, ci.high))
+def test_accuracy_chart_and_worst_group_show_the_groups_table(
+    run_dir: Path, report_html: str
+) -> None:
+    # The report draws accuracy from groups.parquet only: no interval of its own.
+    groups = pd.read_parquet(run_dir / "groups.parquet")
+    acc = groups[(groups["metric"] == "accuracy") & ~groups["small"]]
+    fig = charts(report_html)["fig-accuracy"]
+    for model in ("biased",):
+        points = _trace_points(fig, model, "x")
+        for r in acc[acc["model"] == model].itertuples():
+            label = htmlmod.escape(f"{r.cell} (n={r.n})", quote=False)
+            y, plus, minus, _ = points[label]
+            assert (y, y + plus, y - minus) == pytest.approx((r.value, r.ci_high, r.ci_low))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    w = summary["models"][0]["worst_group"]
+    row = acc[(acc["model"] == "biased") & (acc["cell"] == w["cell"])].iloc[0]
+    assert row["value"] == acc[acc["model"] == "biased"]["value"].min()
+    shown = f"<td>{escape(w['cell'])}</td><td>{row['n']}</td><td>{row['value']:.3g}</td>"
+    assert shown + f"<td>[{row['ci_low']:.3f}, {row['ci_high']:.3f}]</td>" in report_html
 
 
 def test_rate_gaps_match_fairlearn(run_dir: Path) -> None:

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bias_audit.core.maps._capture import Capture, capture
-from bias_audit.core.maps._layers import Reshape, resolve_target_layer, to_grid
-from bias_audit.core.maps._weights import WEIGHTS, weighted_map
+from bias_audit.core.maps._layers import Reshape, layer_output, resolve_target_layer, to_grid
+from bias_audit.core.maps._weights import WEIGHTS, compute_dtype, gradcam, weighted_map
 from bias_audit.errors import ConfigError, DataError, ModelError
 
 # guided method -> the ReLU backward rule it needs
@@ -150,9 +150,12 @@ def _linear_head(
         if out is not output and not (out.shape == output.shape and torch.equal(out, output)):
             continue
         gap = act.mean(dim=(2, 3))
+        # The model pooled in its own precision; the map's copy of the layer is float32.
+        tol = max(1e-4, 4 * torch.finfo(inp.dtype).eps)
+        inp = inp.to(gap.dtype)
         if inp.shape != gap.shape:
             why = f"the input of the final linear layer has shape {tuple(inp.shape)}"
-        elif not torch.allclose(inp, gap, rtol=1e-4, atol=1e-5 * (1 + float(gap.abs().max()))):
+        elif not torch.allclose(inp, gap, rtol=tol, atol=tol / 10 * (1 + float(gap.abs().max()))):
             why = "the input of the final linear layer is not the spatial mean of the layer"
         else:
             return linear
@@ -184,7 +187,7 @@ def _scorecam(
                 span = flat.max(dim=1).values[:, None, None] - low
                 # A constant channel masks nothing useful out: give it an all-zero mask.
                 mask = torch.where(span > 0, (up - low) / torch.where(span > 0, span, 1.0), 0.0)
-                out = model(images[i : i + 1] * mask[:, None])
+                out = model(images[i : i + 1] * mask[:, None].to(images.dtype))
                 if callable(targets):
                     score = targets(out)
                 else:
@@ -221,8 +224,11 @@ def _run(
         output = model(x)
         act = cap.activation
         if act is None:
+            if cap.other_output is not None:
+                layer_output(cap.other_output, name)
             raise ModelError(f"target_layer {name!r} was not called during the forward pass")
-        grid = to_grid(act.detach(), reshape, name)
+        # Weights and sums in float32 at least, whatever the model's precision.
+        grid = to_grid(act.detach(), reshape, name).to(compute_dtype(act.dtype))
         scores, used = _scores(output, targets)
         total = scores.sum()  # images are independent in eval mode: one backward for all
 
@@ -234,12 +240,12 @@ def _run(
             (grad,) = torch.autograd.grad(total, act, retain_graph=bool(rules), allow_unused=True)
             if grad is None:
                 raise ModelError(f"target_layer {name!r}: the scores do not depend on it")
-            grad = to_grid(grad, reshape, name)
+            grad = to_grid(grad, reshape, name).to(grid.dtype)
             for m in methods:
-                if m in WEIGHTS:
+                if m == "gradcam" or m == "guided_gradcam":
+                    layer_maps["gradcam"] = gradcam(grid, grad)
+                elif m in WEIGHTS:
                     layer_maps[m] = weighted_map(grid, WEIGHTS[m](grid, grad))
-            if "guided_gradcam" in methods and "gradcam" not in layer_maps:
-                layer_maps["gradcam"] = weighted_map(grid, WEIGHTS["gradcam"](grid, grad))
         for j, rule in enumerate(rules):
             cap.rule.mode = rule
             try:
@@ -252,7 +258,7 @@ def _run(
                 raise ConfigError("'cam' needs class-index targets, not a callable")
             head = _linear_head(linears, output, grid, name)
             w = head.weight.detach()[used]  # (N, K)
-            layer_maps["cam"] = (w[:, :, None, None] * grid).sum(dim=1).clamp(min=0)
+            layer_maps["cam"] = weighted_map(grid, w[:, :, None, None])
         if "scorecam" in methods:
             cap.enabled = False
             src = images.detach() if not images.is_inference() else images.clone()
@@ -329,9 +335,7 @@ def explain(
     methods = _check_methods(methods)
     images = _check_images(images)
     if not isinstance(scorecam_batch_size, int) or scorecam_batch_size < 1:
-        raise ConfigError(
-            f"scorecam_batch_size: expected an int >= 1, got {scorecam_batch_size!r}"
-        )
+        raise ConfigError(f"scorecam_batch_size: expected an int >= 1, got {scorecam_batch_size!r}")
     checked = _check_targets(targets, images.shape[0])
     raw = _run(
         model,

@@ -303,10 +303,10 @@ def _run(
         if any(n.layer_grad for n in needs):
             if not total.requires_grad:
                 raise ModelError(f"target_layer {name!r}: the scores do not depend on it")
-            (grad,) = torch.autograd.grad(total, act, retain_graph=bool(rules), allow_unused=True)
+            grad = _layer_grad(total, act, retain_graph=bool(rules))
             if grad is None:
                 raise ModelError(f"target_layer {name!r}: the scores do not depend on it")
-            grad = to_grid(grad, reshape, name).to(grid.dtype)
+            grad = to_grid(grad, reshape, name)
         input_grads: dict[str, Tensor] = {}
         for j, rule in enumerate(rules):
             cap.rule.mode = rule
@@ -336,6 +336,28 @@ def _run(
             target_layer=name,
             layer_shape=(int(grid.shape[2]), int(grid.shape[3])),
         )
+
+
+def _layer_grad(total: Tensor, act: Tensor, *, retain_graph: bool) -> Tensor | None:
+    """d total / d act in ``compute_dtype``; None if ``total`` does not depend on ``act``.
+
+    In float16 the gradients of a quiet model fall below its smallest number on their way
+    down to the layer and flush to zero. As mixed-precision training scales its loss, the
+    backward starts from a large power of two (exact to undo), backing off on overflow.
+    """
+    scales = (2.0**14, 2.0**7, 1.0) if act.dtype == torch.float16 else (1.0,)
+    for i, scale in enumerate(scales):
+        last = i == len(scales) - 1
+        seed = torch.full_like(total, scale)
+        (grad,) = torch.autograd.grad(
+            total, act, grad_outputs=seed, retain_graph=retain_graph or not last, allow_unused=True
+        )
+        if grad is None:
+            return None
+        grad = grad.to(compute_dtype(grad.dtype))
+        if last or torch.isfinite(grad).all():
+            return grad / scale
+    raise AssertionError("unreachable")
 
 
 def _watch_linears(model: nn.Module, cap: Capture, records: list) -> None:

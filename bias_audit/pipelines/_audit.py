@@ -110,6 +110,10 @@ class _Plan:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     sha256: str
+    target_layer: str | None = None
+    # where target_layer came from: "config", "checkpoint" (the layer training penalised) or
+    # "automatic" (explain's resolver picks it on the first batch)
+    target_layer_from: str = "automatic"
 
 
 def _sha256(path: Path) -> str:
@@ -126,6 +130,9 @@ def _plan(config: AuditConfig, m: ModelConfig) -> _Plan:
 
     meta = read_metadata(m.checkpoint)
     classes = m.classes or (meta.classes if meta else None) or config.data.classes
+    layer, layer_from = m.target_layer or config.explain.target_layer, "config"
+    if layer is None and meta is not None and meta.target_layer is not None:
+        layer, layer_from = meta.target_layer, "checkpoint"
     return _Plan(
         cfg=m,
         arch=m.arch
@@ -139,6 +146,8 @@ def _plan(config: AuditConfig, m: ModelConfig) -> _Plan:
         mean=tuple(meta.mean) if meta else tuple(IMAGENET_MEAN),
         std=tuple(meta.std) if meta else tuple(IMAGENET_STD),
         sha256=_sha256(m.checkpoint),
+        target_layer=layer,
+        target_layer_from=layer_from if layer is not None else "automatic",
     )
 
 
@@ -329,7 +338,7 @@ def _spec(config: AuditConfig, plan: _Plan, ds) -> StepSpec:
         # gallery's selection alone, so they cost nothing per image of the dataset.
         methods=config.explain.methods[:1],
         target=config.explain.target,
-        target_layer=plan.cfg.target_layer or config.explain.target_layer,
+        target_layer=plan.target_layer,
         roles={"causal": config.regions.causal, "confounder": config.regions.confounder},
         groups=config.data.groups,
         interventions=config.interventions.enabled,
@@ -692,6 +701,7 @@ def _summary(
             "name": name, "arch": p.arch, "checkpoint": str(p.cfg.checkpoint), "sha256": p.sha256,
             "classes": list(p.classes or ds.classes),
             "target_layer": layers.get(name, {}).get("target_layer"),
+            "target_layer_from": p.target_layer_from,
             "layer_shape": layers.get(name, {}).get("layer_shape"),
             "image_size": p.image_size,
             "n": int((samples["model"] == name).sum()),

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from bias_audit.core._device import resolve_device
 from bias_audit.core.architectures import build_model
 from bias_audit.core.config import TrainConfig
+from bias_audit.core.maps import resolve_target_layer
 from bias_audit.core.stats import worst_group
-from bias_audit.core.training._penalty import find_target_layer
 from bias_audit.core.training._strategies import (
     BALANCED_SAMPLING,
     STRATEGIES,
@@ -194,17 +194,12 @@ def train_classifier(
         )
     else:
         opt = torch.optim.SGD(params, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
-    target_layer = config.target_layer
+    target_layer, reshape = config.target_layer, None
     if config.strategy == "attention_penalty" and config.penalty == "gradcam":
-        if target_layer is None:
-            target_layer = find_target_layer(model, train_ds[0].image[None].to(dev))
-        else:
-            try:
-                model.get_submodule(target_layer)
-            except AttributeError as err:
-                raise ConfigError(
-                    f"target_layer: {config.arch} has no layer {target_layer!r}"
-                ) from err
+        # explain's resolver: the checkpoint records this layer and the audit reads it back.
+        target_layer, _, reshape = resolve_target_layer(
+            model, config.target_layer, train_ds[0].image[None].to(dev), None
+        )
 
     state = initial_state(config.strategy, sample_cells, n_cells)
     history: list[dict[str, Any]] = []
@@ -240,6 +235,7 @@ def train_classifier(
             history=tuple(history),
             best_epoch=epoch_best,
             config=cfg,
+            target_layer=target_layer,
         )
 
     show = progress and sys.stderr.isatty()
@@ -284,6 +280,7 @@ def train_classifier(
                 state=state,
                 config=config,
                 target_layer=target_layer,
+                target_reshape=reshape,
             )
             loss, logits = STRATEGIES[config.strategy](step)
             opt.zero_grad(set_to_none=True)

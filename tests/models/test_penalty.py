@@ -7,8 +7,9 @@ from captum.attr import LayerGradCam
 from torch import nn
 
 from bias_audit.core.architectures import SmallCNN, build_model
+from bias_audit.core.maps import explain, resolve_target_layer
+from bias_audit.core.maps._explain import _run
 from bias_audit.core.training import (
-    find_target_layer,
     gradcam_evidence_mass,
     gradcam_mass,
     input_grad_energy,
@@ -21,7 +22,7 @@ from bias_audit.core.training._strategies import (
     cell_sampling_weights,
     initial_state,
 )
-from bias_audit.errors import ConfigError
+from bias_audit.errors import ConfigError, ModelError
 from bias_audit.pipelines import TrainConfig
 
 
@@ -157,14 +158,87 @@ def test_input_grad_energy_matches_linear_closed_form(gen):
     torch.testing.assert_close(energy.detach(), expected)
 
 
-def test_find_target_layer():
-    x = torch.zeros(1, 3, 64, 64)
-    assert find_target_layer(SmallCNN(2, width=4), x) == "features"
-    resnet = build_model("resnet18", num_classes=2).train()
-    assert find_target_layer(resnet, x) == "layer4"
-    assert resnet.training
-    with pytest.raises(ConfigError, match="target_layer"):
-        find_target_layer(nn.Sequential(nn.Flatten(), nn.Linear(3 * 64 * 64, 2)), x)
+@pytest.mark.parametrize(
+    "arch, expected",
+    [
+        ("smallcnn_w4", "features"),
+        ("resnet18", "layer4"),
+        # The old training probe took the adaptive pool (7x7 whatever the input) for these two.
+        ("vgg11", "features"),
+        ("alexnet", "features.11"),  # at 64 px `features` ends 1x1: the last ReLU is 3x3
+    ],
+)
+def test_training_and_explain_resolve_the_same_layer(arch, expected, gen):
+    x = torch.randn(2, 3, 64, 64, generator=gen)
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=2).train()
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    # The trainer resolves on a fresh model in training mode.
+    name, module, reshape = resolve_target_layer(model, None, x[:1], None)
+    assert name == expected and module is model.get_submodule(expected) and reshape is None
+    assert all(m.training for m in model.modules())
+    # the probe ran in eval mode: BatchNorm statistics did not move
+    for k, v in model.state_dict().items():
+        if k in stats:
+            assert torch.equal(v, stats[k]), k
+    # explain on an equal model that has never been resolved (no shared cache)
+    torch.manual_seed(0)
+    fresh = build_model(arch, num_classes=2)
+    assert explain(fresh, x).target_layer == expected
+
+
+def test_resolver_refuses_a_model_without_spatial_layers():
+    x = torch.zeros(1, 3, 8, 8)
+    with pytest.raises(ModelError, match="target_layer"):
+        resolve_target_layer(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)), None, x, None)
+
+
+def test_penalty_map_is_explains_gradcam(tiny):
+    """The label penalty's map is explain's Grad-CAM of the label margin at the same layer.
+
+    explain's score must be the penalty's: a callable target giving the label's margin over
+    the mean logit. Then explain's gradcam (upsampled) and the penalty's mass agree.
+    """
+    model, images, region = tiny
+    labels = torch.tensor([0, 2, 1, 2])
+
+    def margin(out):
+        return out.gather(1, labels[:, None])[:, 0] - out.mean(dim=1)
+
+    raw = explain_raw(model, images, labels, margin)
+    assert raw.target_layer == "features" and raw.layer_shape == (4, 4)
+    cam = raw.layer_maps["gradcam"]  # (N, 4, 4): the penalty works at the layer's resolution
+    cover = region.float().reshape(4, 4, 8, 4, 8).mean((2, 4))
+    expected = (cam * cover).sum((1, 2)) / (cam.sum((1, 2)) + 1e-8)
+    _, mass = gradcam_mass(model, images, labels, region, target_layer="features")
+    torch.testing.assert_close(mass.detach(), expected, rtol=1e-5, atol=1e-7)
+
+
+def test_penalty_gradcam_equals_explain_on_resnet(gen):
+    """The same on a torchvision model, with the layer explain picks by itself."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=3).eval()
+    images = torch.randn(2, 3, 64, 64, generator=gen)
+    labels = torch.tensor([1, 2])
+    region = torch.zeros(2, 64, 64, dtype=torch.bool)
+    region[:, :32] = True
+
+    def margin(out):
+        return out.gather(1, labels[:, None])[:, 0] - out.mean(dim=1)
+
+    raw = explain_raw(model, images, labels, margin)
+    assert raw.target_layer == "layer4"
+    cam = raw.layer_maps["gradcam"]  # (2, 2, 2)
+    assert (cam.sum((1, 2)) > 0).all()
+    cover = region.float().reshape(2, 2, 32, 2, 32).mean((2, 4))
+    expected = (cam * cover).sum((1, 2)) / (cam.sum((1, 2)) + 1e-8)
+    _, mass = gradcam_mass(model, images, labels, region, target_layer=raw.target_layer)
+    torch.testing.assert_close(mass.detach(), expected, rtol=1e-4, atol=1e-6)
+
+
+def explain_raw(model, images, labels, score):
+    return _run(model, images, ("gradcam",), target_layer=None, targets=score, reshape=None,
+                scorecam_batch_size=1)  # fmt: skip
 
 
 def test_cell_weights_by_hand():

@@ -8,6 +8,19 @@ exp.maps["gradcam"]   # (N, H, W) float32 >= 0, not normalised
 from __future__ import annotations
 
 from bias_audit.core.maps._explain import METHODS, Explanation, explain
+from bias_audit.core.maps._layers import Reshape, layer_output, resolve_target_layer, to_grid
 from bias_audit.core.maps._overlay import normalize_maps, overlay
+from bias_audit.core.maps._weights import gradcam
 
-__all__ = ["METHODS", "Explanation", "explain", "normalize_maps", "overlay"]
+__all__ = [
+    "METHODS",
+    "Explanation",
+    "Reshape",
+    "explain",
+    "gradcam",
+    "layer_output",
+    "normalize_maps",
+    "overlay",
+    "resolve_target_layer",
+    "to_grid",
+]

@@ -25,6 +25,8 @@ class Capture:
     record_input: bool
     enabled: bool = True
     activation: Tensor | None = None
+    # What the layer returned when it was not a tensor (a tuple, a dict ...): it was called.
+    other_output: object = None
     rule: Rule = field(default_factory=Rule)
     handles: list[RemovableHandle] = field(default_factory=list)
 
@@ -37,7 +39,10 @@ class Capture:
         self.add_hook(layer, self._on_layer)
 
     def _on_layer(self, _module: nn.Module, _args: object, output: object) -> object:
-        if not self.enabled or not isinstance(output, Tensor):
+        if not self.enabled:
+            return None
+        if not isinstance(output, Tensor):
+            self.other_output = output
             return None
         if self.record_input:
             act = output.clone()
@@ -92,3 +97,4 @@ def capture(model: nn.Module, *, guided: bool = False) -> Iterator[Capture]:
         for m, flag in training:
             m.training = flag
         cap.activation = None
+        cap.other_output = None

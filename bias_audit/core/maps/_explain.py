@@ -11,26 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bias_audit.core.maps._capture import Capture, capture
-from bias_audit.core.maps._layers import Reshape, resolve_target_layer, to_grid
-from bias_audit.core.maps._weights import WEIGHTS, weighted_map
+from bias_audit.core.maps._layers import Reshape, layer_output, resolve_target_layer, to_grid
+from bias_audit.core.maps._weights import WEIGHTS, compute_dtype, gradcam, weighted_map
 from bias_audit.errors import ConfigError, DataError, ModelError
-
-# guided method -> the ReLU backward rule it needs
-_GUIDED_RULE = {"guided_backprop": "guided", "deconvnet": "deconvnet", "guided_gradcam": "guided"}
-
-METHODS: tuple[str, ...] = (
-    "cam",
-    "gradcam",
-    "gradcam++",
-    "xgradcam",
-    "layercam",
-    "hirescam",
-    "counterfactual",
-    "scorecam",
-    "guided_backprop",
-    "deconvnet",
-    "guided_gradcam",
-)
 
 Target = Tensor | Sequence[int] | Callable[[Tensor], Tensor] | None
 
@@ -150,9 +133,12 @@ def _linear_head(
         if out is not output and not (out.shape == output.shape and torch.equal(out, output)):
             continue
         gap = act.mean(dim=(2, 3))
+        # The model pooled in its own precision; the map's copy of the layer is float32.
+        tol = max(1e-4, 4 * torch.finfo(inp.dtype).eps)
+        inp = inp.to(gap.dtype)
         if inp.shape != gap.shape:
             why = f"the input of the final linear layer has shape {tuple(inp.shape)}"
-        elif not torch.allclose(inp, gap, rtol=1e-4, atol=1e-5 * (1 + float(gap.abs().max()))):
+        elif not torch.allclose(inp, gap, rtol=tol, atol=tol / 10 * (1 + float(gap.abs().max()))):
             why = "the input of the final linear layer is not the spatial mean of the layer"
         else:
             return linear
@@ -184,13 +170,97 @@ def _scorecam(
                 span = flat.max(dim=1).values[:, None, None] - low
                 # A constant channel masks nothing useful out: give it an all-zero mask.
                 mask = torch.where(span > 0, (up - low) / torch.where(span > 0, span, 1.0), 0.0)
-                out = model(images[i : i + 1] * mask[:, None])
+                out = model(images[i : i + 1] * mask[:, None].to(images.dtype))
                 if callable(targets):
                     score = targets(out)
                 else:
                     score = out.softmax(dim=1)[:, targets[i]]
                 weights[i, start : start + len(chunk[0])] = score.reshape(-1).to(act.dtype)
     return weighted_map(act, weights[:, :, None, None])
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What the one forward and backward gave; every method's layer map is made from it."""
+
+    model: nn.Module
+    images: Tensor  # detached, for methods that run the model again
+    grid: Tensor  # (N, K, h, w) target layer output, float32 at least
+    grad: Tensor | None  # d score / d grid, same shape and dtype, if a method needs it
+    output: Tensor
+    targets: Tensor | Callable[[Tensor], Tensor] | None  # as the caller gave them
+    used: Tensor  # the (N,) class indices (or scores) explained
+    linears: list[tuple[nn.Linear, Tensor, Tensor]]
+    name: str
+    scorecam_batch_size: int
+
+
+@dataclass(frozen=True)
+class _Method:
+    """What a method needs from the pass, and how its map is made from it.
+
+    Attributes:
+        layer_grad: the score's gradient at the target layer (one ``autograd.grad`` serves all).
+        input_rule: the ReLU backward rule (see ``_guided``) of a gradient down to the pixels.
+        head: the GAP + linear head after the layer (the ``nn.Linear`` calls are recorded).
+        extra_passes: runs the model again after the pass (Score-CAM).
+        layer_map: the (N, h, w) map at the layer, or None for a pure input-gradient method.
+        combine: (upsampled layer map or None, input gradient or None) -> the returned map;
+            None returns the upsampled layer map.
+    """
+
+    layer_grad: bool = False
+    input_rule: str | None = None
+    head: bool = False
+    extra_passes: bool = False
+    layer_map: Callable[[_Pass], Tensor] | None = None
+    combine: Callable[[Tensor | None, Tensor | None], Tensor] | None = None
+
+
+def _weighted(name: str) -> Callable[[_Pass], Tensor]:
+    def layer_map(p: _Pass) -> Tensor:
+        return weighted_map(p.grid, WEIGHTS[name](p.grid, p.grad))
+
+    return layer_map
+
+
+def _gradcam_map(p: _Pass) -> Tensor:
+    return gradcam(p.grid, p.grad)
+
+
+def _cam_map(p: _Pass) -> Tensor:
+    if callable(p.targets):
+        raise ConfigError("'cam' needs class-index targets, not a callable")
+    head = _linear_head(p.linears, p.output, p.grid, p.name)
+    w = head.weight.detach()[p.used]  # (N, K)
+    return weighted_map(p.grid, w[:, :, None, None])
+
+
+def _scorecam_map(p: _Pass) -> Tensor:
+    targets = p.targets if callable(p.targets) else p.used
+    return _scorecam(p.model, p.images, p.grid, targets, p.scorecam_batch_size)
+
+
+_METHODS: dict[str, _Method] = {
+    "cam": _Method(head=True, layer_map=_cam_map),
+    "gradcam": _Method(layer_grad=True, layer_map=_gradcam_map),
+    "gradcam++": _Method(layer_grad=True, layer_map=_weighted("gradcam++")),
+    "xgradcam": _Method(layer_grad=True, layer_map=_weighted("xgradcam")),
+    "layercam": _Method(layer_grad=True, layer_map=_weighted("layercam")),
+    "hirescam": _Method(layer_grad=True, layer_map=_weighted("hirescam")),
+    "counterfactual": _Method(layer_grad=True, layer_map=_weighted("counterfactual")),
+    "scorecam": _Method(extra_passes=True, layer_map=_scorecam_map),
+    "guided_backprop": _Method(input_rule="guided", combine=lambda _up, g: g),
+    "deconvnet": _Method(input_rule="deconvnet", combine=lambda _up, g: g),
+    "guided_gradcam": _Method(
+        layer_grad=True,
+        input_rule="guided",
+        layer_map=_gradcam_map,
+        combine=lambda up, g: g * up[:, None],
+    ),
+}
+
+METHODS: tuple[str, ...] = tuple(_METHODS)
 
 
 def _run(
@@ -203,8 +273,8 @@ def _run(
     reshape: Reshape | None,
     scorecam_batch_size: int,
 ) -> _Raw:
-    rules = list(dict.fromkeys(_GUIDED_RULE[m] for m in methods if m in _GUIDED_RULE))
-    need_layer_grad = any(m in WEIGHTS or m == "guided_gradcam" for m in methods)
+    needs = [_METHODS[m] for m in methods]
+    rules = list(dict.fromkeys(n.input_rule for n in needs if n.input_rule))
     grad_mode = (torch.inference_mode(False), torch.enable_grad())
     with capture(model, guided=bool(rules)) as cap, grad_mode[0], grad_mode[1]:
         x = images.detach()
@@ -213,7 +283,7 @@ def _run(
         name, layer, reshape = resolve_target_layer(model, target_layer, x, reshape)
         cap.hook_layer(layer)
         linears: list[tuple[nn.Linear, Tensor, Tensor]] = []
-        if "cam" in methods:
+        if any(n.head for n in needs):
             _watch_linears(model, cap, linears)
         if rules:
             # A copy, so the user's tensor keeps its requires_grad and its .grad.
@@ -221,25 +291,23 @@ def _run(
         output = model(x)
         act = cap.activation
         if act is None:
+            if cap.other_output is not None:
+                layer_output(cap.other_output, name)
             raise ModelError(f"target_layer {name!r} was not called during the forward pass")
-        grid = to_grid(act.detach(), reshape, name)
+        # Weights and sums in float32 at least, whatever the model's precision.
+        grid = to_grid(act.detach(), reshape, name).to(compute_dtype(act.dtype))
         scores, used = _scores(output, targets)
         total = scores.sum()  # images are independent in eval mode: one backward for all
 
-        layer_maps: dict[str, Tensor] = {}
-        input_grads: dict[str, Tensor] = {}
-        if need_layer_grad:
+        grad = None
+        if any(n.layer_grad for n in needs):
             if not total.requires_grad:
                 raise ModelError(f"target_layer {name!r}: the scores do not depend on it")
-            (grad,) = torch.autograd.grad(total, act, retain_graph=bool(rules), allow_unused=True)
+            grad = _layer_grad(total, act, retain_graph=bool(rules))
             if grad is None:
                 raise ModelError(f"target_layer {name!r}: the scores do not depend on it")
             grad = to_grid(grad, reshape, name)
-            for m in methods:
-                if m in WEIGHTS:
-                    layer_maps[m] = weighted_map(grid, WEIGHTS[m](grid, grad))
-            if "guided_gradcam" in methods and "gradcam" not in layer_maps:
-                layer_maps["gradcam"] = weighted_map(grid, WEIGHTS["gradcam"](grid, grad))
+        input_grads: dict[str, Tensor] = {}
         for j, rule in enumerate(rules):
             cap.rule.mode = rule
             try:
@@ -247,27 +315,49 @@ def _run(
             finally:
                 cap.rule.mode = "plain"
             input_grads[rule] = g_in
-        if "cam" in methods:
-            if callable(targets):
-                raise ConfigError("'cam' needs class-index targets, not a callable")
-            head = _linear_head(linears, output, grid, name)
-            w = head.weight.detach()[used]  # (N, K)
-            layer_maps["cam"] = (w[:, :, None, None] * grid).sum(dim=1).clamp(min=0)
-        if "scorecam" in methods:
-            cap.enabled = False
-            src = images.detach() if not images.is_inference() else images.clone()
-            layer_maps["scorecam"] = _scorecam(
-                model, src, grid, targets if callable(targets) else used, scorecam_batch_size
-            )
-        logits = output.detach().float()
+        # The pass is over: extra passes (Score-CAM) must not overwrite what it recorded.
+        cap.enabled = False
+        src = images.detach()
+        if any(n.extra_passes for n in needs) and src.is_inference():
+            src = src.clone()
+        state = _Pass(
+            model=model, images=src, grid=grid, grad=grad, output=output, targets=targets,
+            used=used, linears=linears, name=name, scorecam_batch_size=scorecam_batch_size,
+        )  # fmt: skip
+        layer_maps: dict[str, Tensor] = {}
+        for m, need in zip(methods, needs, strict=True):
+            if need.layer_map is not None:
+                layer_maps[m] = need.layer_map(state)
         return _Raw(
-            logits=logits,
+            logits=output.detach().float(),
             targets=used,
             layer_maps={k: v.detach().float() for k, v in layer_maps.items()},
             input_grads={k: v.detach().float() for k, v in input_grads.items()},
             target_layer=name,
             layer_shape=(int(grid.shape[2]), int(grid.shape[3])),
         )
+
+
+def _layer_grad(total: Tensor, act: Tensor, *, retain_graph: bool) -> Tensor | None:
+    """d total / d act in ``compute_dtype``; None if ``total`` does not depend on ``act``.
+
+    In float16 the gradients of a quiet model fall below its smallest number on their way
+    down to the layer and flush to zero. As mixed-precision training scales its loss, the
+    backward starts from a large power of two (exact to undo), backing off on overflow.
+    """
+    scales = (2.0**14, 2.0**7, 1.0) if act.dtype == torch.float16 else (1.0,)
+    for i, scale in enumerate(scales):
+        last = i == len(scales) - 1
+        seed = torch.full_like(total, scale)
+        (grad,) = torch.autograd.grad(
+            total, act, grad_outputs=seed, retain_graph=retain_graph or not last, allow_unused=True
+        )
+        if grad is None:
+            return None
+        grad = grad.to(compute_dtype(grad.dtype))
+        if last or torch.isfinite(grad).all():
+            return grad / scale
+    raise AssertionError("unreachable")
 
 
 def _watch_linears(model: nn.Module, cap: Capture, records: list) -> None:
@@ -344,11 +434,11 @@ def explain(
     up = {k: upsample(v, size) for k, v in raw.layer_maps.items()}
     maps: dict[str, Tensor] = {}
     for m in methods:
-        if m in _GUIDED_RULE:
-            grads = raw.input_grads[_GUIDED_RULE[m]]
-            maps[m] = grads * up["gradcam"][:, None] if m == "guided_gradcam" else grads
-        else:
+        need = _METHODS[m]
+        if need.combine is None:
             maps[m] = up[m]
+        else:
+            maps[m] = need.combine(up.get(m), raw.input_grads.get(need.input_rule or ""))
     return Explanation(
         logits=raw.logits,
         targets=raw.targets,

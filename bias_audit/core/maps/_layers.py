@@ -72,12 +72,18 @@ def _probe_last_spatial(model: nn.Module, images: Tensor) -> str:
             seen.append((names[module], tuple(output.shape), module))
 
     handles = [m.register_forward_hook(record) for m in names]
+    # Eval mode for the probe: a training-mode pass would move BatchNorm's running statistics
+    # (the trainer resolves its layer on a fresh model in training mode).
+    training = [(m, m.training) for m in names]
     try:
+        model.eval()
         with torch.no_grad():
             model(images[:1])
     finally:
         for handle in handles:
             handle.remove()
+        for m, flag in training:
+            m.training = flag
     spatial = [
         name
         for name, shape, module in seen
@@ -101,7 +107,17 @@ def resolve_target_layer(
 ) -> tuple[str, nn.Module, Reshape | None]:
     """Find the target layer and the reshape that turns its output into (N, C, h, w).
 
-    Must be called while the model is already in eval mode (the probe pass runs the model).
+    The one layer resolver: :func:`explain` and the trainer's attention penalty both call it,
+    so a model is penalised and audited at the same layer. With ``target_layer=None`` it picks
+    the ViT/Swin default, or the last module with a spatial (N, C, h, w) output in a one-image
+    probe pass (in eval mode, flags restored; adaptive pools skipped: they only resample).
+
+    Returns:
+        ``(dotted name, module, reshape or None)``.
+
+    Raises:
+        ConfigError: an unknown name or a module not in the model.
+        ModelError: ``None`` and no module gives a spatial output.
     """
     names = _module_names(model)
     default, auto_reshape, prefix = _transformer_default(model)
@@ -150,3 +166,14 @@ def to_grid(output: Tensor, reshape: Reshape | None, name: str) -> Tensor:
             "pick a convolutional layer or pass reshape="
         )
     return grid
+
+
+def layer_output(output: object, name: str) -> Tensor:
+    """The target layer's output if it is a tensor, else ModelError naming what it is."""
+    if isinstance(output, Tensor):
+        return output
+    kind = type(output).__name__
+    raise ModelError(
+        f"target_layer {name!r} returns a {kind}, not a tensor; pick a layer whose output is a "
+        "tensor or a submodule inside it"
+    )

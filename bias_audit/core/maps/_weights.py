@@ -3,6 +3,9 @@
 Each takes the layer activation ``A`` and the gradient ``g`` of the score, both (N, K, h, w),
 and returns weights that broadcast against ``A``: (N, K, 1, 1) per channel or (N, K, h, w) per
 position. The map is then ``relu(sum_k weights * A)``.
+
+Weights and sums run in :func:`compute_dtype` of the activation (float32 at least): in float16
+the squared and cubed gradients of Grad-CAM++ round to zero and the spatial sums overflow.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 WeightFn = Callable[[Tensor, Tensor], Tensor]
@@ -56,6 +60,28 @@ WEIGHTS: dict[str, WeightFn] = {
 }
 
 
-def weighted_map(act: Tensor, weights: Tensor) -> Tensor:
-    """relu(sum_k weights * act): (N, h, w)."""
-    return (weights * act).sum(dim=1).clamp(min=0)
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half precisions, float64 kept: the precision weights and sums are taken in."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def weighted_map(act: Tensor, weights: Tensor, *, rectify: bool = True) -> Tensor:
+    """relu(sum_k weights * act): (N, h, w), in :func:`compute_dtype`; unrectified if not
+    ``rectify``. Differentiable: the training penalty backpropagates through it."""
+    work = compute_dtype(act.dtype)
+    total = (weights.to(work) * act.to(work)).sum(dim=1)
+    # relu, not clamp: at an exact zero relu passes no gradient (the penalty relies on it).
+    return F.relu(total) if rectify else total
+
+
+def gradcam(act: Tensor, grad: Tensor, *, rectify: bool = True) -> Tensor:
+    """Grad-CAM from a layer activation and the score's gradient there, both (N, K, h, w).
+
+    ``relu(sum_k mean_hw(grad_k) * act_k)``: (N, h, w) in :func:`compute_dtype`. The one
+    Grad-CAM of the package: :func:`explain` calls it without a graph, the attention penalty
+    with ``grad`` from ``autograd.grad(..., create_graph=True)`` so the map stays
+    differentiable in the parameters. ``rectify=False`` keeps the signed evidence.
+    """
+    work = compute_dtype(act.dtype)
+    act, grad = act.to(work), grad.to(work)
+    return weighted_map(act, _gradcam(act, grad), rectify=rectify)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from bias_audit.core.training._penalty import (
-    find_target_layer,
     gradcam_evidence_mass,
     gradcam_mass,
     input_grad_energy,
@@ -12,7 +11,6 @@ from bias_audit.core.training._strategies import STRATEGIES
 
 __all__ = [
     "STRATEGIES",
-    "find_target_layer",
     "gradcam_evidence_mass",
     "gradcam_mass",
     "input_grad_energy",

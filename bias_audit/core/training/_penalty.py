@@ -1,7 +1,10 @@
 """Differentiable attention penalties for "right for the right reasons" training.
 
 Both penalties keep the autograd graph (``create_graph=True``) so that the optimiser can
-move the parameters to take attention out of the confounder regions.
+move the parameters to take attention out of the confounder regions. The Grad-CAM maps are
+the explain engine's own (:func:`bias_audit.core.maps.gradcam`), at a layer chosen by its
+resolver (:func:`bias_audit.core.maps.resolve_target_layer`): what is penalised is what
+the audit measures.
 """
 
 from __future__ import annotations
@@ -10,38 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bias_audit.core.maps import Reshape, gradcam, layer_output, to_grid
 from bias_audit.errors import ConfigError
 
-__all__ = ["find_target_layer", "gradcam_evidence_mass", "gradcam_mass", "input_grad_energy"]
-
-
-def find_target_layer(model: nn.Module, images: Tensor) -> str:
-    """Dotted name of the last module (in execution order) whose output is a 4-D map larger
-    than 1x1: ``features`` for smallcnn, ``layer4`` for a ResNet.
-
-    Runs one forward pass on ``images`` (N,3,S,S) without gradients in eval mode; the
-    training flag is restored afterwards.
-    """
-    names = {m: n for n, m in model.named_modules() if n}
-    seen: list[str] = []
-
-    def hook(module: nn.Module, _inp: object, out: object) -> None:
-        if isinstance(out, Tensor) and out.ndim == 4 and out.shape[2] * out.shape[3] > 1:
-            seen.append(names[module])
-
-    handles = [m.register_forward_hook(hook) for m in names]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(images[:1])
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    if not seen:
-        raise ConfigError("target_layer: the model has no layer with a spatial (N,C,h,w) output")
-    return seen[-1]
+__all__ = ["gradcam_evidence_mass", "gradcam_mass", "input_grad_energy"]
 
 
 def _coverage(region: Tensor, shape: tuple[int, int], window: int) -> Tensor:
@@ -67,6 +42,7 @@ def gradcam_mass(
     *,
     target_layer: str,
     window: int = 1,
+    reshape: Reshape | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Grad-CAM of the true class and its share of mass inside ``region``, differentiably.
 
@@ -86,13 +62,12 @@ def gradcam_mass(
     Returns:
         ``(logits (N,C), mass (N,))``; mass is in [0,1] and 0 where the map is all zero.
     """
-    logits, acts = _forward_capturing(model, images, target_layer)
+    logits, acts = _forward_capturing(model, images, target_layer, reshape)
     # The label's margin over the mean logit, not its raw logit: a shortcut used through
     # another class's logit (a red spot lowering "ring") must count as attention too.
     score = (logits.gather(1, labels[:, None])[:, 0] - logits.mean(dim=1)).sum()
     (grads,) = torch.autograd.grad(score, acts, create_graph=True)
-    alpha = grads.mean(dim=(2, 3), keepdim=True)
-    cam = F.relu((alpha * acts).sum(dim=1))  # (N,h,w)
+    cam = gradcam(acts, grads)  # (N,h,w)
     cover = _coverage(region, tuple(cam.shape[-2:]), window)
     # The epsilon keeps an all-zero map at mass 0 (no gradient) instead of NaN.
     mass = (cam * cover).sum(dim=(1, 2)) / (cam.sum(dim=(1, 2)) + 1e-8)
@@ -100,7 +75,13 @@ def gradcam_mass(
 
 
 def gradcam_evidence_mass(
-    model: nn.Module, images: Tensor, region: Tensor, *, target_layer: str, window: int = 1
+    model: nn.Module,
+    images: Tensor,
+    region: Tensor,
+    *,
+    target_layer: str,
+    window: int = 1,
+    reshape: Reshape | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Share of every class's absolute Grad-CAM evidence inside ``region``, differentiably.
 
@@ -126,14 +107,14 @@ def gradcam_evidence_mass(
     Returns:
         ``(logits (N,C), mass (N,))``; mass is in [0,1], 0 where every map is all zero.
     """
-    logits, acts = _forward_capturing(model, images, target_layer)
+    logits, acts = _forward_capturing(model, images, target_layer, reshape)
     cover = _coverage(region, tuple(acts.shape[-2:]), window)
     margins = logits - logits.mean(dim=1, keepdim=True)
     n_classes = logits.shape[1]
     mass = logits.new_zeros(len(logits))
     for c in range(n_classes):
         (grads,) = torch.autograd.grad(margins[:, c].sum(), acts, create_graph=True)
-        cam = ((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1)).abs()  # (N,h,w)
+        cam = gradcam(acts, grads, rectify=False).abs()  # (N,h,w)
         mass = mass + (cam * cover).sum(dim=(1, 2)) / (cam.sum(dim=(1, 2)) + 1e-8)
     return logits, mass / n_classes
 
@@ -156,14 +137,19 @@ def input_grad_energy(model: nn.Module, images: Tensor, region: Tensor) -> tuple
 
 
 def _forward_capturing(
-    model: nn.Module, images: Tensor, target_layer: str
+    model: nn.Module, images: Tensor, target_layer: str, reshape: Reshape | None
 ) -> tuple[Tensor, Tensor]:
-    """(logits, the target layer's output of the same pass), both kept in the graph."""
+    """(logits, the target layer's output of the same pass as (N, C, h, w)), both kept in the
+    graph."""
     module = model.get_submodule(target_layer)
-    captured: list[Tensor] = []
+    captured: list[object] = []
     handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
         logits = model(images)
     finally:
         handle.remove()
-    return logits, captured[-1]
+    if not captured:
+        raise ConfigError(f"target_layer {target_layer!r} was not called during the forward pass")
+    out = layer_output(captured[-1], target_layer)
+    # The same check and reshape as explain's; the reshape is differentiable (views, permutes).
+    return logits, to_grid(out, reshape, target_layer)

@@ -31,6 +31,7 @@ class Step:
         state: the strategy's mutable state (persisted in the resume file): tensors only.
         config: the TrainConfig.
         target_layer: dotted name for the Grad-CAM penalty.
+        target_reshape: turns that layer's output into (N, C, h, w) (ViT, Swin), or None.
     """
 
     model: nn.Module
@@ -42,6 +43,7 @@ class Step:
     state: dict[str, Tensor]
     config: Any
     target_layer: str | None
+    target_reshape: Callable[[Tensor], Tensor] | None = None
 
 
 def cell_sampling_weights(cells: Tensor, n_cells: int) -> Tensor:
@@ -97,6 +99,7 @@ def _attention_penalty(step: Step) -> tuple[Tensor, Tensor]:
             step.confounder,
             target_layer=step.target_layer,
             window=cfg.penalty_window,
+            reshape=step.target_reshape,
         )
     elif cfg.penalty == "gradcam":
         logits, per_image = gradcam_mass(
@@ -106,6 +109,7 @@ def _attention_penalty(step: Step) -> tuple[Tensor, Tensor]:
             step.confounder,
             target_layer=step.target_layer,
             window=cfg.penalty_window,
+            reshape=step.target_reshape,
         )
     else:
         logits, per_image = input_grad_energy(step.model, step.images, step.confounder)

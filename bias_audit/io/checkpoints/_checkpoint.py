@@ -52,6 +52,8 @@ class CheckpointMeta:
         history: one dict per epoch (losses, accuracies; NaN written as null).
         best_epoch: 1-based epoch whose weights the checkpoint holds.
         config: the full training config as a JSON-able dict.
+        target_layer: dotted name of the layer the attention penalty was computed at (the
+            audit uses it when its config names none); None when training used no layer.
     """
 
     arch: str
@@ -66,6 +68,7 @@ class CheckpointMeta:
     history: tuple[dict[str, Any], ...] = ()
     best_epoch: int | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    target_layer: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -89,6 +92,9 @@ class CheckpointMeta:
             kwargs["image_size"] = int(kwargs["image_size"])
             kwargs["history"] = tuple(dict(h) for h in kwargs.get("history", ()))
             kwargs["config"] = dict(kwargs.get("config", {}))
+            # Older checkpoints kept the penalised layer only in their config.
+            layer = kwargs.get("target_layer", kwargs["config"].get("target_layer"))
+            kwargs["target_layer"] = None if layer is None else str(layer)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{source}: malformed metadata: {err}") from err
         return cls(**kwargs)

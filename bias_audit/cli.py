@@ -327,6 +327,23 @@ def _interrupted(args: argparse.Namespace | None) -> str:
     return "interrupted"
 
 
+# The library speaks in its arguments' names; on the command line they are flags.
+_CLI_WORDS = {
+    "resume=True": "--resume",
+    "force=True": "--force",
+    "max_confounder_mass": "--max-confounder-mass",
+    "min_worst_group_accuracy": "--min-worst-group-accuracy",
+    "max_flip_rate": "--max-flip-rate",
+    "another output folder": "another --out",
+}
+
+
+def _in_cli_words(message: str) -> str:
+    for api, flag in _CLI_WORDS.items():
+        message = message.replace(api, flag)
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     args: argparse.Namespace | None = None
@@ -338,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except BiasAuditError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_in_cli_words(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(_interrupted(args), file=sys.stderr)

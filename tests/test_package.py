@@ -1,4 +1,5 @@
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,3 +117,28 @@ def test_version_comes_from_the_installed_metadata():
     from importlib.metadata import version
 
     assert bias_audit.__version__ == version("bias-audit")
+
+
+def test_no_error_below_the_cli_speaks_in_flags():
+    # The library names its arguments (force=True); only cli.py turns them into flags.
+    flag = re.compile(r"(?<![\w-])--[a-z]")
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in ("cli.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Raise):
+                continue
+            for part in ast.walk(node):
+                if isinstance(part, ast.Constant) and isinstance(part.value, str):
+                    if flag.search(part.value):
+                        found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}: {part.value!r}")
+    assert not found, "\n".join(found)
+
+
+def test_the_cli_turns_argument_names_into_flags(tmp_path, capsys):
+    from bias_audit.cli import main
+
+    assert main(["check", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--max-confounder-mass" in err and "max_confounder_mass" not in err

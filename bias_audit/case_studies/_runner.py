@@ -119,7 +119,7 @@ class CaseStudyResult:
         """The report's path, the headline findings and the acceptance table, for the CLI."""
         lines = [f"case study {self.name}{' (quick)' if self.quick else ''}: {self.run_dir}"]
         if self.reused:
-            lines.append("(already finished here: nothing re-run; pass --force to start over)")
+            lines.append("(already finished here: nothing re-run; pass force=True to start over)")
         lines.append(f"report: {self.report if self.report is not None else '(not rendered)'}")
         order = {"high": 0, "medium": 1, "low": 2, "info": 3}
         headline = sorted(
@@ -535,10 +535,10 @@ def _reuse(
     try:
         info = json.loads(finished.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise RunError(f"{finished}: unreadable ({err}); pass --force to start over") from err
+        raise RunError(f"{finished}: unreadable ({err}); pass force=True to start over") from err
     if bool(info.get("quick")) != quick:
         held = "a --quick" if info.get("quick") else "a full"
-        raise RunError(f"{out}: holds {held} run of {name}; pass --force or choose another --out")
+        raise RunError(f"{out}: holds {held} run of {name}; pass force=True or choose another output folder")
     audit_dir = out / "audit"
     result = AuditResult.load(audit_dir)
     report = audit_dir / "report.html"

@@ -91,8 +91,8 @@ def check_run(
     }
     if all(v is None for v in asked.values()):
         raise ConfigError(
-            "check: no criterion given; pass --max-confounder-mass, "
-            "--min-worst-group-accuracy or --max-flip-rate"
+            "check: no criterion given; pass max_confounder_mass, "
+            "min_worst_group_accuracy or max_flip_rate"
         )
     for key, value in asked.items():
         if value is not None and not (isinstance(value, (int, float)) and 0 <= value <= 1):
@@ -104,7 +104,7 @@ def check_run(
     models = list(dict.fromkeys(groups["model"])) if len(groups) else []
     if model is not None:
         if model not in models:
-            raise ConfigError(f"check: --model: no model {model!r} in {run_dir}; has {models}")
+            raise ConfigError(f"check: model: no model {model!r} in {run_dir}; has {models}")
         models = [model]
 
     out: list[Criterion] = []

@@ -159,12 +159,12 @@ def train_classifier(
     out = Path(config.out)
     model_path, last_path, history_path = out / "model.pt", out / "last.pt", out / "history.json"
     if model_path.exists() and not (resume or force):
-        raise RunError(f"{model_path} exists; pass --resume or --force")
+        raise RunError(f"{model_path} exists; pass resume=True to continue it or force=True to start over")
     saved = None
     if resume and last_path.exists():
         saved = read_checkpoint(last_path)
     elif resume and model_path.exists():
-        raise RunError(f"{last_path}: missing, so {model_path} cannot be resumed; pass --force")
+        raise RunError(f"{last_path}: missing, so {model_path} cannot be resumed; pass force=True to start over")
 
     dev = resolve_device(config.device)
     train_ds = _load_data(config, config.train_manifest, augment=True, classes=config.classes)
@@ -363,10 +363,10 @@ def _check_resume(config: TrainConfig, meta: CheckpointMeta | None, fingerprint:
         if saved.get(key) != now[key]:
             raise RunError(
                 f"{path}: cannot resume: {key!r} was {saved.get(key)!r}, now {now[key]!r}; "
-                "pass --force to start over"
+                "pass force=True to start over"
             )
     if meta.manifest_fingerprint != fingerprint:
         raise RunError(
             f"{path}: cannot resume: {config.train_manifest} changed since the run started "
-            "(fingerprint differs); pass --force to start over"
+            "(fingerprint differs); pass force=True to start over"
         )

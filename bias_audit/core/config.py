@@ -37,8 +37,32 @@ TARGETS = ("predicted", "label")
 ON_ERROR = ("raise", "skip")
 RESIZE = ("crop", "letterbox")
 FILLS = ("blur", "mean")
-#: Model names become file and archive-key names, so they stay plain.
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+#: Model names become file and archive-key names, so they stay plain and short (``fullmatch``:
+#: ``$`` would let a trailing newline through).
+MAX_NAME = 64
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: Columns the samples table (and the cells and statistics tables beside it) already has: a
+#: group attribute of one of these names would silently replace it. Per-region columns carry a
+#: ':' (``mass:hair``), which group names never do. A test keeps this in step with the tables.
+RESERVED_COLUMNS = frozenset(
+    {
+        "model", "id", "label", "pred", "correct", "prob", "target", "map_ok",
+        "cell", "n", "n_valid", "small", "metric", "value", "ci_low", "ci_high",
+        "attribute", "n_cells", "worst_cell", "worst_value", "best_cell", "best_value", "gap",
+        "p_value", "p_adjusted", "model_a", "model_b", "mean_diff", "share_expected_sign",
+    }
+)  # fmt: skip
+
+
+def check_group_name(name: str) -> str | None:
+    """Why ``name`` cannot be a group attribute, or None if it can."""
+    if name in RESERVED_COLUMNS or name.startswith("_"):
+        return f"{name!r} is a column of the samples or statistics tables; rename the column"
+    if ":" in name:
+        return f"{name!r} contains ':', which marks per-region columns"
+    if name != name.strip() or any(not c.isprintable() for c in name):
+        return f"{name!r} has surrounding whitespace or control characters"
+    return None
 
 
 def _methods() -> tuple[str, ...]:
@@ -325,6 +349,10 @@ class AuditConfig:
         )
         if data.label in data.groups:
             raise r.fail("groups", f"the label column {data.label!r} cannot also be a group")
+        for g in data.groups:
+            why = check_group_name(g)
+            if why:
+                raise r.fail("groups", why)
 
         r = section("regions")
         r.refuse_unknown(("causal", "confounder"))
@@ -369,8 +397,12 @@ class AuditConfig:
                 ("name", "arch", "checkpoint", "classes", "target_layer", "image_size")
             )
             name = r.str_("name")
-            if not _NAME_RE.match(name):
-                raise r.fail("name", f"expected letters, digits, '_', '-' or '.', got {name!r}")
+            if not _NAME_RE.fullmatch(name) or len(name) > MAX_NAME:
+                raise r.fail(
+                    "name",
+                    f"expected at most {MAX_NAME} letters, digits, '_', '-' or '.' (starting "
+                    f"with a letter or digit), got {name[:80]!r}",
+                )
             if any(m.name == name for m in models):
                 raise r.fail("name", f"duplicate model name {name!r}")
             models.append(

@@ -102,7 +102,7 @@ def test_from_dict_roundtrips_through_rendered_toml(tmp_path):
             r"\[models.b\] checkpoint: file not found: .*gone.pt",
         ),
         (('name = "b"', 'name = "a"'), r"\[models.a\] name: duplicate model name 'a'"),
-        (('name = "b"', 'name = "a/b"'), r"\[models.a/b\] name: expected letters"),
+        (('name = "b"', 'name = "a/b"'), r"\[models.a/b\] name: expected at most 64 letters"),
         (("[explain]", '[explain]\ntarget = "true"'), r"\[explain\] target: expected one of"),
         (('causal = ["coat"]', 'causal = ["hair"]'), r"\[regions\] confounder: .*'hair'.*causal"),
         (('groups = ["gender"]', 'groups = ["label"]'), r"\[data\] groups: the label column"),

@@ -392,7 +392,9 @@ class AuditConfig:
             if not isinstance(entry, Mapping):
                 raise ConfigError(f"{source}: [[models]] #{i + 1}: expected a table, got {entry!r}")
             name = entry.get("name")
-            r = _Reader(entry, source=source, section=f"models.{name or i + 1}")
+            # A bad name would put a newline or 300 characters into every message's prefix.
+            plain = isinstance(name, str) and _NAME_RE.fullmatch(name) and len(name) <= MAX_NAME
+            r = _Reader(entry, source=source, section=f"models.{name if plain else i + 1}")
             r.refuse_unknown(
                 ("name", "arch", "checkpoint", "classes", "target_layer", "image_size")
             )

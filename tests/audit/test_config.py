@@ -102,7 +102,16 @@ def test_from_dict_roundtrips_through_rendered_toml(tmp_path):
             r"\[models.b\] checkpoint: file not found: .*gone.pt",
         ),
         (('name = "b"', 'name = "a"'), r"\[models.a\] name: duplicate model name 'a'"),
-        (('name = "b"', 'name = "a/b"'), r"\[models.a/b\] name: expected at most 64 letters"),
+        (('name = "b"', 'name = "a/b"'), r"\[models.2\] name: expected at most 64 .*'a/b'"),
+        # TOML "\n" is a real newline: '$' in a plain match would have let it through.
+        (('name = "b"', 'name = "b\\n"'), r"\[models.2\] name: expected at most 64.*'b\\n'"),
+        (('name = "b"', 'name = "' + "m" * 300 + '"'), r"name: expected at most 64 letters"),
+        (('name = "b"', 'name = "b\\u0007x"'), r"name: expected at most 64 letters"),
+        (
+            ('groups = ["gender"]', 'groups = ["model"]'),
+            r"\[data\] groups: 'model' is a column of the samples or statistics tables",
+        ),
+        (('groups = ["gender"]', 'groups = ["pred"]'), r"\[data\] groups: 'pred' is a column"),
         (("[explain]", '[explain]\ntarget = "true"'), r"\[explain\] target: expected one of"),
         (('causal = ["coat"]', 'causal = ["hair"]'), r"\[regions\] confounder: .*'hair'.*causal"),
         (('groups = ["gender"]', 'groups = ["label"]'), r"\[data\] groups: the label column"),

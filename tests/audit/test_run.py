@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bias_audit.cli import main
-from bias_audit.core.config import AuditConfig
+from bias_audit.core.config import RESERVED_COLUMNS, AuditConfig
 from bias_audit.core.maps import explain
 from bias_audit.errors import ConfigError, ModelError
 from bias_audit.io.checkpoints import load_model
@@ -63,6 +63,8 @@ def test_cli_run_writes_the_documented_run_folder(run1):
     expected += [f"{k}:{r}" for r in ("causal", "confounder", "background")
                  for k in ("flip", "drop", "flip_random", "drop_random")]  # fmt: skip
     assert set(expected) <= set(samples.columns)
+    # every fixed column is refused as a group name (else a group would overwrite it)
+    assert {c for c in samples.columns if ":" not in c} - {"gender"} <= RESERVED_COLUMNS
     assert len(samples) == 2 * N
     assert not samples.duplicated(["model", "id"]).any()
     assert list(dict.fromkeys(samples["model"])) == ["biased", "debiased"]

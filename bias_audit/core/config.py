@@ -37,6 +37,9 @@ TARGETS = ("predicted", "label")
 ON_ERROR = ("raise", "skip")
 RESIZE = ("crop", "letterbox")
 FILLS = ("blur", "mean")
+#: Side of the square model input, for a config and for a checkpoint's metadata alike.
+IMAGE_SIZE_RANGE = (8, 4096)
+_SIZE_BOUNDS = {"minimum": IMAGE_SIZE_RANGE[0], "maximum": IMAGE_SIZE_RANGE[1]}
 #: Model names become file and archive-key names, so they stay plain and short (``fullmatch``:
 #: ``$`` would let a trailing newline through).
 MAX_NAME = 64
@@ -340,7 +343,9 @@ class AuditConfig:
             manifest=r.file("manifest", base),
             label=r.str_("label", "label"),
             groups=r.strs("groups", ()),
-            image_size=r.int_("image_size", 224, minimum=8, maximum=4096),
+            image_size=r.int_(
+                "image_size", 224, minimum=IMAGE_SIZE_RANGE[0], maximum=IMAGE_SIZE_RANGE[1]
+            ),
             resize=r.str_("resize", "crop", choices=RESIZE),
             classes=r.strs("classes", None, allow_empty=False),
             on_error=r.str_("on_error", "raise", choices=ON_ERROR),
@@ -415,7 +420,12 @@ class AuditConfig:
                     classes=r.strs("classes", None, allow_empty=False),
                     target_layer=r.str_("target_layer", None),
                     image_size=(
-                        r.int_("image_size", 0, minimum=8, maximum=4096)
+                        r.int_(
+                            "image_size",
+                            0,
+                            minimum=IMAGE_SIZE_RANGE[0],
+                            maximum=IMAGE_SIZE_RANGE[1],
+                        )
                         if r.has("image_size")
                         else None
                     ),

@@ -170,12 +170,29 @@ def test_refuses_to_overwrite_and_force_replaces(run1, world, capsys):
     err = capsys.readouterr().err
     assert "exists and is not empty" in err and "--force" in err and err.count("\n") == 1
     assert (run1 / "samples.parquet").read_bytes() == before
+    # A folder without the run marker: force deletes nothing in it (it once deleted a user's
+    # report.html and a progress/ folder with an unrelated file).
     other = world["root"] / "forced"
-    other.mkdir()
-    (other / "samples.parquet").write_text("stale")
+    (other / "progress").mkdir(parents=True)
+    (other / "report.html").write_text("my report")
+    (other / "progress" / "notes.txt").write_text("mine")
+    assert main(["run", str(cfg), "--out", str(other), "--force", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not a run folder" in err and ".bias-audit-run" in err and err.count("\n") == 1
+    assert (other / "report.html").read_text() == "my report"
+    assert (other / "progress" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in other.rglob("*")) == ["notes.txt", "progress", "report.html"]
+    # A run folder: force replaces what the run wrote and keeps the rest, also in progress/.
+    (other / "report.html").unlink()
+    (other / "progress" / "notes.txt").unlink()
+    (other / "progress").rmdir()
+    assert main(["run", str(cfg), "--out", str(other), "--quiet"]) == 0
     (other / "notes.txt").write_text("mine")
+    (other / "progress" / "mine.txt").write_text("mine too")
+    (other / "samples.parquet").write_text("stale")
     assert main(["run", str(cfg), "--out", str(other), "--force", "--quiet"]) == 0
     assert (other / "notes.txt").read_text() == "mine"  # only run files are replaced
+    assert (other / "progress" / "mine.txt").read_text() == "mine too"
     a = pd.read_parquet(run1 / "samples.parquet")
     b = pd.read_parquet(other / "samples.parquet")
     pd.testing.assert_frame_equal(a, b)  # deterministic: same config, same rows

@@ -322,3 +322,12 @@ def test_nan_float_mask_is_refused_and_never_inside(tmp_path):
     with pytest.raises(DataError, match=r"column 'mask:r': mask 'm.tif' has NaN"):
         load_manifest(path)
     assert _mask_array(Image.open(tmp_path / "m.tif")).sum() == 1
+
+
+def test_image_over_twice_the_limit_is_the_same_refusal(tmp_path, recwarn):
+    # Over 2 x PIL's limit, Image.open itself raises; the message still names file and limit.
+    Image.new("1", (14000, 14000)).save(tmp_path / "huge.png")
+    path = write_manifest(tmp_path, [{"image": "huge.png", "label": "x"}])
+    with pytest.raises(DataError, match=r"'image': 'huge.png' is over the limit of 89478485"):
+        load_manifest(path)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -351,8 +352,7 @@ def _hash_file(h: Any, path: Path) -> None:
 
 def _decode_rgb(path: str, row: int) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            _check_pixels(im)
+        with _open_image(path) as im:
             return _to_rgb(im)
     except _RowError as err:
         raise DataError(f"{path}: row {row}: {err.reason}") from err
@@ -381,13 +381,32 @@ def _mask_array(im: Image.Image) -> np.ndarray:
 
 def _decode_mask(path: str, row: int) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            _check_pixels(im)
+        with _open_image(path, "mask") as im:
             return _mask_array(im)
     except _RowError as err:
         raise DataError(f"{path}: row {row}: {err.reason}") from err
     except Exception as err:
         raise DataError(f"{path}: row {row}: cannot decode mask: {err}") from err
+
+
+def _open_image(path: str | Path, column: str = "image", cell: str = "") -> Image.Image:
+    """``Image.open`` (lazy: only the header is read), refused over MAX_PIXELS before any
+    pixel is decoded. PIL's own bomb warning and error are replaced by that one refusal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as err:
+            named = f"{cell!r} " if cell else ""
+            raise _RowError(
+                column, f"{named}is over the limit of {MAX_PIXELS} pixels: {err}"
+            ) from err
+    try:
+        _check_pixels(im, column, cell)
+    except BaseException:
+        im.close()
+        raise
+    return im
 
 
 def _check_pixels(im: Image.Image, column: str = "image", cell: str = "") -> None:
@@ -652,10 +671,9 @@ def _open_checked(path: Path, cell: str, column: str, what: str) -> Image.Image:
     decode every pixel: a truncated JPEG passes ``verify`` and fails only when decoded, which
     must happen here, not half-way through a run. Returns the decoded image (caller closes)."""
     try:
-        with Image.open(path) as im:
-            _check_pixels(im, column, cell)
+        with _open_image(path, column, cell) as im:
             im.verify()
-        im = Image.open(path)
+        im = _open_image(path, column, cell)
         try:
             im.load()
         except BaseException:

@@ -150,6 +150,8 @@ class _Reader:
         raw = self.str_(key, default)
         if raw is None:
             return None
+        if not raw.isprintable():  # a NUL byte would reach the OS as a ValueError traceback
+            raise self.fail(key, f"path {raw!r} contains control characters")
         path = Path(raw).expanduser()
         if not path.is_absolute():
             path = base_dir / path

@@ -178,7 +178,9 @@ class RunStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            # Digits only: the file is in a folder anyone may have written to.
+            holder = "".join(c for c in os.read(fd, 32).decode("ascii", "replace") if c.isdigit())
+            holder = holder or "unknown"
             os.close(fd)
             raise RunError(
                 f"{self.run_dir}: in use by another running audit (pid {holder}, lock "

@@ -344,6 +344,15 @@ def _in_cli_words(message: str) -> str:
     return message
 
 
+def _os_error(err: OSError) -> str:
+    what = err.strerror or str(err) or type(err).__name__
+    where = err.filename if err.filename is not None else None
+    text = f"{where}: {what}" if where is not None else what
+    if err.filename2 is not None:
+        text += f" (and {err.filename2})"
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     args: argparse.Namespace | None = None
@@ -356,6 +365,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BiasAuditError as err:
         print(f"error: {_in_cli_words(str(err))}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as err:
+        # The environment, not a bug: an unwritable or full output folder, a name the file
+        # system refuses. One line, like every input error, never a traceback.
+        print(f"error: {_os_error(err)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print(_interrupted(args), file=sys.stderr)

@@ -538,7 +538,9 @@ def _reuse(
         raise RunError(f"{finished}: unreadable ({err}); pass force=True to start over") from err
     if bool(info.get("quick")) != quick:
         held = "a --quick" if info.get("quick") else "a full"
-        raise RunError(f"{out}: holds {held} run of {name}; pass force=True or choose another output folder")
+        raise RunError(
+            f"{out}: holds {held} run of {name}; pass force=True or choose another output folder"
+        )
     audit_dir = out / "audit"
     result = AuditResult.load(audit_dir)
     report = audit_dir / "report.html"

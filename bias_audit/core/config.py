@@ -44,11 +44,36 @@ FILLS = ("blur", "mean")
 #: The side of the square images a model sees, wherever it is set (audit, model, training,
 #: manifest): below 8 px no classifier here has a spatial layer left; above 4096 one batch
 #: of activations no longer fits in memory.
-IMAGE_SIZE = (8, 4096)
+IMAGE_SIZE_RANGE = (8, 4096)
+_SIZE = {"minimum": IMAGE_SIZE_RANGE[0], "maximum": IMAGE_SIZE_RANGE[1]}
 #: How the trainer picks the epoch whose weights it keeps.
 SELECT = ("worst_group_accuracy", "accuracy")
-#: Model names become file and archive-key names, so they stay plain.
+#: Model names become file and archive-key names, so they stay plain and short (``fullmatch``:
+#: ``$`` would let a trailing newline through).
+MAX_NAME = 64
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: Columns the samples table (and the cells and statistics tables beside it) already has: a
+#: group attribute of one of these names would silently replace it. Per-region columns carry a
+#: ':' (``mass:hair``), which group names never do. A test keeps this in step with the tables.
+RESERVED_COLUMNS = frozenset(
+    {
+        "model", "id", "label", "pred", "correct", "prob", "target", "map_ok",
+        "cell", "n", "n_valid", "small", "metric", "value", "ci_low", "ci_high",
+        "attribute", "n_cells", "worst_cell", "worst_value", "best_cell", "best_value", "gap",
+        "p_value", "p_adjusted", "model_a", "model_b", "mean_diff", "share_expected_sign",
+    }
+)  # fmt: skip
+
+
+def check_group_name(name: str) -> str | None:
+    """Why ``name`` cannot be a group attribute, or None if it can."""
+    if name in RESERVED_COLUMNS or name.startswith("_"):
+        return f"{name!r} is a column of the samples or statistics tables; rename the column"
+    if ":" in name:
+        return f"{name!r} contains ':', which marks per-region columns"
+    if name != name.strip() or any(not c.isprintable() for c in name):
+        return f"{name!r} has surrounding whitespace or control characters"
+    return None
 
 
 def _methods() -> tuple[str, ...]:
@@ -144,6 +169,8 @@ def _check(rule: Rule, value: Any) -> Any:
         if choices is not None and value not in choices:
             raise ValueError(f"expected one of {', '.join(map(repr, choices))}, got {value!r}")
         if rule.kind == "path":
+            if not value.isprintable():  # a NUL byte would reach the OS as a ValueError
+                raise ValueError(f"path {value!r} contains control characters")
             path = Path(value).expanduser()
             if rule.exists and not path.exists():
                 raise ValueError(f"file not found: {path}")
@@ -250,7 +277,7 @@ class DataConfig(_Section):
     manifest: Path = setting(kind="path")
     label: str = setting("label", kind="str")
     groups: tuple[str, ...] = setting((), kind="names")
-    image_size: int = setting(224, kind="int", minimum=IMAGE_SIZE[0], maximum=IMAGE_SIZE[1])
+    image_size: int = setting(224, kind="int", **_SIZE)
     resize: str = setting("crop", kind="str", choices=RESIZE)
     classes: tuple[str, ...] | None = setting(None, kind="names", nonempty=True)
     on_error: str = setting("raise", kind="str", choices=ON_ERROR)
@@ -260,6 +287,10 @@ class DataConfig(_Section):
     def _cross_check(self) -> None:
         if self.label in self.groups:
             raise self._fail("groups", f"the label column {self.label!r} cannot also be a group")
+        for g in self.groups:
+            why = check_group_name(g)
+            if why:
+                raise self._fail("groups", why)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -310,7 +341,7 @@ class ModelConfig(_Section):
     arch: str | None = setting(None, kind="str")
     classes: tuple[str, ...] | None = setting(None, kind="names", nonempty=True)
     target_layer: str | None = setting(None, kind="str")
-    image_size: int | None = setting(None, kind="int", minimum=IMAGE_SIZE[0], maximum=IMAGE_SIZE[1])
+    image_size: int | None = setting(None, kind="int", **_SIZE)
 
     def _section(self) -> str:
         return f"models.{self.name}"
@@ -319,8 +350,8 @@ class ModelConfig(_Section):
         if not _NAME_RE.fullmatch(self.name):
             raise self._fail(
                 "name",
-                f"expected 1 to 64 letters, digits, '_', '-' or '.' (starting with a letter or "
-                f"digit), got {self.name!r}",
+                f"expected 1 to {MAX_NAME} letters, digits, '_', '-' or '.' (starting with a "
+                f"letter or digit), got {self.name[:80]!r}",
             )
 
 
@@ -474,7 +505,10 @@ class AuditConfig:
         for i, entry in enumerate(raw_models):
             if not isinstance(entry, Mapping):
                 raise ConfigError(f"{source}: [[models]] #{i + 1}: expected a table, got {entry!r}")
-            label = f"models.{entry.get('name') or i + 1}"
+            name = entry.get("name")
+            # A bad name would put a newline or 300 characters into every message's prefix.
+            plain = isinstance(name, str) and _NAME_RE.fullmatch(name)
+            label = f"models.{name if plain else i + 1}"
             model = ModelConfig.from_table(entry, source=source, section=label, base_dir=base)
             if any(m.name == model.name for m in models):
                 raise ConfigError(f"{source}: [{label}] name: duplicate model name {model.name!r}")
@@ -607,7 +641,7 @@ class TrainConfig(_Section):
     classes: tuple[str, ...] | None = setting(None, kind="names", nonempty=True)
     confounders: tuple[str, ...] = setting((), kind="names")
     arch: str = setting("smallcnn", kind="str")
-    image_size: int = setting(96, kind="int", minimum=IMAGE_SIZE[0], maximum=IMAGE_SIZE[1])
+    image_size: int = setting(96, kind="int", **_SIZE)
     resize: str = setting("crop", kind="str", choices=RESIZE)
     mean: tuple[float, float, float] | None = setting(None, kind="floats3")
     std: tuple[float, float, float] | None = setting(None, kind="floats3")

@@ -247,78 +247,84 @@ def audit(
     }
     store = RunStore(run_dir)
     resumed = store.open(key, resume=resume, force=force)
-    # Also on resume: a title or report edit is allowed then, and the folder shows the config used.
-    store.write_text("config.toml", config.to_toml())
-    torch.manual_seed(config.stats.seed)
+    # The folder stays locked until the run ends, also on error: no second run can mix in.
+    with store:
+        # Also on resume: a title or report edit is allowed then, and the folder shows the
+        # config used.
+        store.write_text("config.toml", config.to_toml())
+        torch.manual_seed(config.stats.seed)
 
-    per_model_s: dict[str, float] = dict(store.info("per_model_s", {}) or {})
-    layers: dict[str, dict[str, Any]] = dict(store.info("layers", {}) or {})
-    frames = []
-    loaded: dict[str, tuple[torch.nn.Module, Any, _Plan]] = {}
-    for plan in plans:
-        name = plan.cfg.name
-        ds = datasets.get(plan)
-        batches = _batches(len(ds), config.data.batch_size)
-        done = store.completed(name)
-        pending = [b for b in range(len(batches)) if b not in done]
-        model = _load(plan, ds, dev)
-        loaded[name] = (model, ds, plan)
-        if pending:
-            t_model = time.perf_counter()
-            spec = _spec(config, plan, ds)
-            layer = _stream(model, ds, batches, pending, spec, store, config, dev, progress)
-            if layer:
-                layers[name] = layer
-            per_model_s[name] = per_model_s.get(name, 0.0) + time.perf_counter() - t_model
-            store.set_info(per_model_s=per_model_s, layers=layers)
-        frames.append(store.collect(name, len(batches)))
-    samples = pd.concat(frames, ignore_index=True)
-    store.write_table("samples.parquet", samples)
-    store.write_table("skipped.parquet", _skipped(first_ds))
+        per_model_s: dict[str, float] = dict(store.info("per_model_s", {}) or {})
+        layers: dict[str, dict[str, Any]] = dict(store.info("layers", {}) or {})
+        frames = []
+        loaded: dict[str, tuple[torch.nn.Module, Any, _Plan]] = {}
+        for plan in plans:
+            name = plan.cfg.name
+            ds = datasets.get(plan)
+            batches = _batches(len(ds), config.data.batch_size)
+            ids = ds.ids
+            batch_ids = [[ids[i] for i in batch] for batch in batches]
+            # Only parts that pass their checksum and hold their batch's ids count as done.
+            done = store.verify(name, batch_ids)
+            pending = [b for b in range(len(batches)) if b not in done]
+            model = _load(plan, ds, dev)
+            loaded[name] = (model, ds, plan)
+            if pending:
+                t_model = time.perf_counter()
+                spec = _spec(config, plan, ds)
+                layer = _stream(model, ds, batches, pending, spec, store, config, dev, progress)
+                if layer:
+                    layers[name] = layer
+                per_model_s[name] = per_model_s.get(name, 0.0) + time.perf_counter() - t_model
+                store.set_info(per_model_s=per_model_s, layers=layers)
+            frames.append(store.collect(name, batch_ids))
+        samples = pd.concat(frames, ignore_index=True)
+        store.write_table("samples.parquet", samples)
+        store.write_table("skipped.parquet", _skipped(first_ds))
 
-    t_stats = time.perf_counter()
-    tables = _statistics(samples, config, first_ds.regions)
-    map_counts = {}
-    for p in plans:
-        ok = samples.loc[samples["model"] == p.cfg.name, MAP_OK]
-        map_counts[p.cfg.name] = (int((~ok).sum()), int(len(ok)))
-    nan_maps = {name: bad for name, (bad, _) in map_counts.items()}
-    drafts = draft_findings(
-        FindingInputs(
-            samples=samples, groups=tables["groups"], worst=tables["worst_group"],
-            gaps=tables["gaps"], comparisons=tables["comparisons"],
-            roles={"causal": config.regions.causal, "confounder": config.regions.confounder},
-            min_group_size=config.stats.min_group_size, map_counts=map_counts,
-        )
-    )  # fmt: skip
-    drafts = _holm_all(tables, drafts)
-    findings = [f.to_dict() for f in settle_findings(drafts)]
-    for name in STAT_TABLES:
-        store.write_table(f"{name}.parquet", tables[name])
-    stats_s = time.perf_counter() - t_stats
+        t_stats = time.perf_counter()
+        tables = _statistics(samples, config, first_ds.regions)
+        map_counts = {}
+        for p in plans:
+            ok = samples.loc[samples["model"] == p.cfg.name, MAP_OK]
+            map_counts[p.cfg.name] = (int((~ok).sum()), int(len(ok)))
+        nan_maps = {name: bad for name, (bad, _) in map_counts.items()}
+        drafts = draft_findings(
+            FindingInputs(
+                samples=samples, groups=tables["groups"], worst=tables["worst_group"],
+                gaps=tables["gaps"], comparisons=tables["comparisons"],
+                roles={"causal": config.regions.causal, "confounder": config.regions.confounder},
+                min_group_size=config.stats.min_group_size, map_counts=map_counts,
+            )
+        )  # fmt: skip
+        drafts = _holm_all(tables, drafts)
+        findings = [f.to_dict() for f in settle_findings(drafts)]
+        for name in STAT_TABLES:
+            store.write_table(f"{name}.parquet", tables[name])
+        stats_s = time.perf_counter() - t_stats
 
-    t_gallery = time.perf_counter()
-    if config.report.gallery_per_cell > 0:
-        _gallery(samples, config, loaded, store, dev, layers)
-    gallery_s = time.perf_counter() - t_gallery
+        t_gallery = time.perf_counter()
+        if config.report.gallery_per_cell > 0:
+            _gallery(samples, config, loaded, store, dev, layers)
+        gallery_s = time.perf_counter() - t_gallery
 
-    summary = _summary(
-        config, first_ds, plans, layers, samples, tables, findings, nan_maps, dev,
-        timings={
-            "total_s": time.perf_counter() - t0,
-            "per_model_s": per_model_s,
-            "stats_s": stats_s,
-            "gallery_s": gallery_s,
-            "resumed": resumed,
-        },
-    )  # fmt: skip
-    store.write_json("summary.json", summary)
-    store.finish()
-    return AuditResult(
-        run_dir=run_dir, samples=samples, groups=tables["groups"], gaps=tables["gaps"],
-        fairness=tables["fairness"], comparisons=tables["comparisons"],
-        findings=tuple(findings), summary=summary,
-    )  # fmt: skip
+        summary = _summary(
+            config, first_ds, plans, layers, samples, tables, findings, nan_maps, dev,
+            timings={
+                "total_s": time.perf_counter() - t0,
+                "per_model_s": per_model_s,
+                "stats_s": stats_s,
+                "gallery_s": gallery_s,
+                "resumed": resumed,
+            },
+        )  # fmt: skip
+        store.write_json("summary.json", summary)
+        store.finish()
+        return AuditResult(
+            run_dir=run_dir, samples=samples, groups=tables["groups"], gaps=tables["gaps"],
+            fairness=tables["fairness"], comparisons=tables["comparisons"],
+            findings=tuple(findings), summary=summary,
+        )  # fmt: skip
 
 
 def _load(plan: _Plan, ds, dev: torch.device) -> torch.nn.Module:

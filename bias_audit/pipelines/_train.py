@@ -159,12 +159,17 @@ def train_classifier(
     out = Path(config.out)
     model_path, last_path, history_path = out / "model.pt", out / "last.pt", out / "history.json"
     if model_path.exists() and not (resume or force):
-        raise RunError(f"{model_path} exists; pass resume=True to continue it or force=True to start over")
+        raise RunError(
+            f"{model_path} exists; pass resume=True to continue it or force=True to start over"
+        )
     saved = None
     if resume and last_path.exists():
         saved = read_checkpoint(last_path)
     elif resume and model_path.exists():
-        raise RunError(f"{last_path}: missing, so {model_path} cannot be resumed; pass force=True to start over")
+        raise RunError(
+            f"{last_path}: missing, so {model_path} cannot be resumed; pass force=True to "
+            "start over"
+        )
 
     dev = resolve_device(config.device)
     train_ds = _load_data(config, config.train_manifest, augment=True, classes=config.classes)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import subprocess
 import sys
 
+import pandas as pd
+import torch
+
 from bias_audit.cli import main
 from bias_audit.io.checkpoints import read_metadata
+from tests.audit.conftest import write_config
 from tests.audit.test_run import REPO, _env
 
 
@@ -52,3 +58,78 @@ def test_python_dash_m_and_version():
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr == "error: missing.toml: config file not found\n"
+
+
+def _one_line_error(proc_or_err: subprocess.CompletedProcess | str) -> str:
+    err = proc_or_err if isinstance(proc_or_err, str) else proc_or_err.stderr
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_unwritable_out_is_one_line_exit_2(world):
+    proc = subprocess.run(
+        [sys.executable, "-m", "bias_audit", "run", str(write_config(world)), "--out",
+         "/proc/bias-audit-x/run", "-q"],
+        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "/proc/bias-audit-x" in _one_line_error(proc)
+
+
+def test_full_disk_is_one_line_naming_the_file(world, tmp_path, capsys, monkeypatch):
+    from bias_audit.io.run_folder import RunStore
+
+    def full(self, name, table):
+        path = self.run_dir / name
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(RunStore, "write_table", full)
+    out = tmp_path / "run"
+    assert main(["run", str(write_config(world)), "--out", str(out), "-q"]) == 2
+    err = _one_line_error(capsys.readouterr().err)
+    assert f"{out / 'samples.parquet'}: No space left on device" in err
+
+
+def test_long_model_name_and_reserved_group_are_one_line(world, tmp_path, capsys):
+    long = write_config(world, "long.toml", replace=('name = "biased"', f'name = "{"m" * 300}"'))
+    assert main(["run", str(long), "--out", str(tmp_path / "a"), "-q"]) == 2
+    err = _one_line_error(capsys.readouterr().err)
+    assert "[models.1] name: expected at most 64" in err and len(err) < 300
+    grp = write_config(world, "grp.toml", replace=('groups = ["gender"]', 'groups = ["model"]'))
+    assert main(["run", str(grp), "--out", str(tmp_path / "b"), "-q"]) == 2
+    assert "[data] groups: 'model' is a column" in _one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_nul_byte_in_a_manifest_path_is_skipped_and_recorded(world, tmp_path, capsys):
+    df = pd.read_csv(world["manifest"], dtype=str, keep_default_na=False)
+    df.loc[0, "image"] = "img/000.png\x00.txt"
+    df.to_json(world["root"] / "nul.jsonl", orient="records", lines=True)
+    skip = ('manifest = "manifest.csv"', 'manifest = "nul.jsonl"\non_error = "skip"')
+    cfg = write_config(world, "nul.toml", replace=skip)
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "-q"]) == 0, capsys.readouterr().err
+    skipped = pd.read_parquet(out / "skipped.parquet")
+    assert skipped[["row", "column"]].values.tolist() == [[1, "image"]]
+    assert "control characters" in skipped["reason"].iloc[0]
+    assert "s000" not in set(pd.read_parquet(out / "samples.parquet")["id"])
+
+
+def test_hostile_checkpoint_metadata_is_one_line_and_runs_nothing(world, tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    state = torch.load(world["biased"], weights_only=True)
+    state["meta"] = {**state["meta"], "arch": "tests.models.evil_factory:build",
+                     "image_size": 100000}  # fmt: skip
+    torch.save(state, world["root"] / "huge.pt")
+    edit = ('checkpoint = "biased.pt"\narch = "tests.audit.nets:build"', 'checkpoint = "huge.pt"')
+    cfg = write_config(world, "huge.toml", replace=edit)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bias_audit", "run", str(cfg), "--out", str(tmp_path / "r"), "-q"],
+        capture_output=True, text=True, env=_env(BIAS_AUDIT_TEST_MARKER=str(marker)), cwd=REPO,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    err = _one_line_error(proc)
+    assert "huge.pt" in err and "'image_size': expected an integer between 8 and 4096" in err
+    assert not marker.exists()

@@ -104,7 +104,20 @@ def test_from_dict_roundtrips_through_rendered_toml(tmp_path):
             r"\[models.b\] checkpoint: file not found: .*gone.pt",
         ),
         (('name = "b"', 'name = "a"'), r"\[models.a\] name: duplicate model name 'a'"),
-        (('name = "b"', 'name = "a/b"'), r"\[models.a/b\] name: expected 1 to 64 letters"),
+        (
+            ('checkpoint = "m.pt"', 'checkpoint = "m\\u0000.pt"'),
+            r"\[models.a\] checkpoint: path 'm\\x00.pt' contains control characters",
+        ),
+        (('name = "b"', 'name = "a/b"'), r"\[models.2\] name: expected 1 to 64 .*'a/b'"),
+        # TOML "\n" is a real newline: '$' in a plain match would have let it through.
+        (('name = "b"', 'name = "b\\n"'), r"\[models.2\] name: expected 1 to 64.*'b\\n'"),
+        (('name = "b"', 'name = "' + "m" * 300 + '"'), r"name: expected 1 to 64 letters"),
+        (('name = "b"', 'name = "b\\u0007x"'), r"name: expected 1 to 64 letters"),
+        (
+            ('groups = ["gender"]', 'groups = ["model"]'),
+            r"\[data\] groups: 'model' is a column of the samples or statistics tables",
+        ),
+        (('groups = ["gender"]', 'groups = ["pred"]'), r"\[data\] groups: 'pred' is a column"),
         (("[explain]", '[explain]\ntarget = "true"'), r"\[explain\] target: expected one of"),
         (('causal = ["coat"]', 'causal = ["hair"]'), r"\[regions\] confounder: .*'hair'.*causal"),
         (('groups = ["gender"]', 'groups = ["label"]'), r"\[data\] groups: the label column"),
@@ -185,7 +198,7 @@ def test_cli_usage_errors_exit_2(capsys):
     [
         (("[regions]", "[stats]\nbootstrap = 0\n[regions]"), r"\[stats\] bootstrap: .*between 20"),
         (("[regions]", "[stats]\npermutations = 5\n[regions]"), r"\[stats\] permutations:"),
-        (('name = "b"', 'name = "b\\n"'), r"\[models.b\n\] name: expected 1 to 64"),
+        (('name = "b"', 'name = "b\\n"'), r"\[models.2\] name: expected 1 to 64"),
         (('name = "b"', f'name = "{"m" * 65}"'), r"name: expected 1 to 64"),
         (('name = "b"\n', 'name = "b"\nimage_size = 4\n'), r"\[models.b\] image_size: .*8 and"),
         (("[regions]", "[stats]\nmin_group_sise = 3\n[regions]"), r"did you mean 'min_group_size'"),

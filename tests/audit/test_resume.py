@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -203,3 +204,126 @@ def test_real_sigint_exits_130_with_one_line(slow_config, reference, tmp_path):
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert main(["run", str(slow_config), "--out", str(out), "--resume", "-q"]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "samples.parquet"), reference)
+
+
+def _half_run(slow_config, out: Path, monkeypatch) -> int:
+    """Interrupt a run after 5 of its 10 batches; returns the number of parts written."""
+    original = run_module.explain_batch
+    seen = []
+
+    def interrupted(model, batch, *, spec):
+        seen.append(1)
+        if len(seen) == 6:
+            raise KeyboardInterrupt
+        return original(model, batch, spec=spec)
+
+    monkeypatch.setattr(run_module, "explain_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        audit(slow_config, out=out, progress=False)
+    monkeypatch.setattr(run_module, "explain_batch", original)
+    return len(_parts(out))
+
+
+def _counting(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    original = run_module.explain_batch
+
+    def counting(model, batch, *, spec):
+        calls.append(len(batch))
+        return original(model, batch, spec=spec)
+
+    monkeypatch.setattr(run_module, "explain_batch", counting)
+    return calls
+
+
+@pytest.mark.parametrize("tamper", ["unreadable", "other_batch", "bit_flip"])
+def test_resume_recomputes_a_part_that_fails_its_check(
+    slow_config, reference, tmp_path, monkeypatch, tamper
+):
+    out = tmp_path / "run"
+    assert _half_run(slow_config, out, monkeypatch) == 5
+    parts = _parts(out)
+    state = json.loads((out / "progress" / "state.json").read_text())
+    rec = state["parts"]["slow"]["1"]
+    assert rec["batch"] == 1 and rec["n"] == 4 and len(rec["sha256"]) == 64
+    if tamper == "unreadable":
+        parts[1].write_bytes(b"\x00" * 10)
+    elif tamper == "other_batch":
+        # A valid part, from batch 3: once merged as 4 duplicate rows.
+        parts[1].write_bytes(parts[3].read_bytes())
+    else:
+        raw = bytearray(parts[1].read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        parts[1].write_bytes(bytes(raw))
+    calls = _counting(monkeypatch)
+    r = audit(slow_config, out=out, resume=True, progress=False)
+    assert len(calls) == N // 4 - 5 + 1  # the 5 missing batches and the tampered one
+    assert not r.samples.duplicated(["model", "id"]).any()
+    pd.testing.assert_frame_equal(r.samples, reference)
+
+
+def test_a_part_changed_after_the_check_is_never_merged(slow_config, tmp_path, monkeypatch):
+    from bias_audit.io.run_folder import RunStore
+
+    out = tmp_path / "run"
+    audit(slow_config, out=out, progress=False)
+    parts = _parts(out)
+    parts[2].write_bytes(parts[0].read_bytes())
+    store = RunStore(out)
+    store._state = json.loads((out / "progress" / "state.json").read_text())
+    ids = [f"s{i:03d}" for i in range(N)]
+    with pytest.raises(RunError, match=r"part-000002.parquet: changed since it was written"):
+        store.collect("slow", [ids[i : i + 4] for i in range(0, N, 4)])
+
+
+def test_a_second_run_into_a_locked_folder_is_refused_with_the_pid(
+    slow_config, world, tmp_path, capsys
+):
+    import os
+
+    from bias_audit.io.run_folder import RunStore
+
+    out = tmp_path / "run"
+    audit(slow_config, out=out, progress=False)
+    key = json.loads((out / "progress" / "state.json").read_text())
+    holder = RunStore(out)
+    holder.open(key, resume=True)  # a running audit holds the lock
+    try:
+        state_before = (out / "progress" / "state.json").read_bytes()
+        n_parts = len(_parts(out))
+        for flags in (["--force"], ["--resume"]):
+            code = main(["run", str(slow_config), "--out", str(out), "-q", *flags])
+            err = capsys.readouterr().err
+            assert code == 2 and err.count("\n") == 1
+            assert f"in use by another running audit (pid {os.getpid()}" in err
+        # the force run wiped nothing of the running audit's progress
+        assert (out / "progress" / "state.json").read_bytes() == state_before
+        assert len(_parts(out)) == n_parts
+    finally:
+        holder.close()
+    # released: the next run goes ahead
+    assert main(["run", str(slow_config), "--out", str(out), "-q", "--force"]) == 0
+
+
+def test_two_simultaneous_runs_one_is_refused(slow_config, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bias_audit", "run", str(slow_config), "--out", str(out), "-q"]
+    first = subprocess.Popen(cmd, env=_env(BIAS_AUDIT_TEST_DELAY="0.2"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not _parts(out):
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        second = subprocess.run([*cmd, "--force"], env=_env(), capture_output=True, text=True,
+                                timeout=120)  # fmt: skip
+        assert second.returncode == 2
+        assert f"(pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 0, err
+    finally:
+        if first.poll() is None:
+            first.kill()
+    samples = pd.read_parquet(out / "samples.parquet")
+    assert len(samples) == N and not samples.duplicated(["model", "id"]).any()

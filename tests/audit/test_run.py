@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bias_audit.cli import main
-from bias_audit.core.config import AuditConfig
+from bias_audit.core.config import RESERVED_COLUMNS, AuditConfig
 from bias_audit.core.maps import explain
 from bias_audit.errors import ConfigError, ModelError
 from bias_audit.io.checkpoints import load_model
@@ -64,6 +64,8 @@ def test_cli_run_writes_the_documented_run_folder(run1):
     expected += [f"{k}:{r}" for r in ("causal", "confounder", "background")
                  for k in ("flip", "drop", "flip_random", "drop_random")]  # fmt: skip
     assert set(expected) <= set(samples.columns)
+    # every fixed column is refused as a group name (else a group would overwrite it)
+    assert {c for c in samples.columns if ":" not in c} - {"gender"} <= RESERVED_COLUMNS
     assert len(samples) == 2 * N
     assert not samples.duplicated(["model", "id"]).any()
     assert list(dict.fromkeys(samples["model"])) == ["biased", "debiased"]
@@ -171,12 +173,29 @@ def test_refuses_to_overwrite_and_force_replaces(run1, world, capsys):
     err = capsys.readouterr().err
     assert "exists and is not empty" in err and "--force" in err and err.count("\n") == 1
     assert (run1 / "samples.parquet").read_bytes() == before
+    # A folder without the run marker: force deletes nothing in it (it once deleted a user's
+    # report.html and a progress/ folder with an unrelated file).
     other = world["root"] / "forced"
-    other.mkdir()
-    (other / "samples.parquet").write_text("stale")
+    (other / "progress").mkdir(parents=True)
+    (other / "report.html").write_text("my report")
+    (other / "progress" / "notes.txt").write_text("mine")
+    assert main(["run", str(cfg), "--out", str(other), "--force", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "not a run folder" in err and ".bias-audit-run" in err and err.count("\n") == 1
+    assert (other / "report.html").read_text() == "my report"
+    assert (other / "progress" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in other.rglob("*")) == ["notes.txt", "progress", "report.html"]
+    # A run folder: force replaces what the run wrote and keeps the rest, also in progress/.
+    (other / "report.html").unlink()
+    (other / "progress" / "notes.txt").unlink()
+    (other / "progress").rmdir()
+    assert main(["run", str(cfg), "--out", str(other), "--quiet"]) == 0
     (other / "notes.txt").write_text("mine")
+    (other / "progress" / "mine.txt").write_text("mine too")
+    (other / "samples.parquet").write_text("stale")
     assert main(["run", str(cfg), "--out", str(other), "--force", "--quiet"]) == 0
     assert (other / "notes.txt").read_text() == "mine"  # only run files are replaced
+    assert (other / "progress" / "mine.txt").read_text() == "mine too"
     a = pd.read_parquet(run1 / "samples.parquet")
     b = pd.read_parquet(other / "samples.parquet")
     pd.testing.assert_frame_equal(a, b)  # deterministic: same config, same rows

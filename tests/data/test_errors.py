@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bias_audit.errors import ConfigError, DataError
@@ -229,12 +230,104 @@ def test_csv_with_byte_order_mark(tmp_path):
     assert load_manifest(tmp_path / "m.csv").table.columns.tolist() == ["image", "label", "id"]
 
 
-def test_truncated_jpeg_fails_when_decoded_naming_the_file(tmp_path):
-    # verify() cannot see a truncated JPEG; decoding it raises a DataError with file and row.
+def test_truncated_jpeg_is_refused_at_load_or_skipped(tmp_path):
+    # verify() cannot see a truncated JPEG; load decodes every pixel, so it fails there (naming
+    # file, row and column) instead of half-way through a run, and skip mode records it.
     write_image(tmp_path / "t.jpg", 64, 48)
+    write_image(tmp_path / "ok.png", 64, 48)
     raw = (tmp_path / "t.jpg").read_bytes()
     (tmp_path / "t.jpg").write_bytes(raw[: len(raw) // 2])
-    path = write_manifest(tmp_path, [{"image": "t.jpg", "label": "x"}])
-    ds = load_manifest(path)
-    with pytest.raises(DataError, match=r"t.jpg: row 1: cannot decode image"):
-        ds[0]
+    rows = [{"image": "t.jpg", "label": "x"}, {"image": "ok.png", "label": "x"}]
+    path = write_manifest(tmp_path, rows)
+    with pytest.raises(
+        DataError, match=r"row 1, column 'image': unreadable or corrupt image 't.jpg'"
+    ):
+        load_manifest(path)
+    ds = load_manifest(path, on_error="skip")
+    assert ds.ids == ["ok.png"]
+    assert ds.skipped[["row", "column"]].values.tolist() == [[1, "image"]]
+    assert "truncated" in ds.skipped["reason"].iloc[0]
+
+
+@pytest.mark.parametrize("name", ["model", "pred", "target", "map_ok", "correct", "prob", "id"])
+def test_group_named_like_a_samples_column_is_refused(tmp_path, name):
+    # A group "model" would replace the samples table's model column: findings about fake models.
+    row = {**_good_row(tmp_path), name: "a"}
+    path = write_manifest(tmp_path, [row])
+    with pytest.raises(ConfigError, match=rf"groups: '{name}' is a column of the samples"):
+        load_manifest(path, groups=[name])
+
+
+def test_sixteen_bit_image_is_scaled_by_its_bit_depth(tmp_path):
+    # A real 16-bit PNG written by PIL: value v becomes round(v / 65535 * 255), not min(v, 255).
+    values = np.array([[0, 257, 32896, 65535]], dtype=np.uint16).repeat(4, axis=0)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode in ("I;16", "I")
+    path = write_manifest(tmp_path, [{"image": "deep.png", "label": "x"}])
+    ds = load_manifest(path, image_size=4, mean=(0, 0, 0), std=(1, 1, 1))
+    got = (ds[0].image * 255).round().to(torch.int64)
+    assert got.shape == (3, 4, 4)
+    assert got[:, 0].tolist() == [[0, 1, 128, 255]] * 3
+
+
+def test_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    from bias_audit.io.data import _manifest
+
+    write_image(tmp_path / "big.png", 40, 30)
+    path = write_manifest(tmp_path, [{"image": "big.png", "label": "x"}])
+    monkeypatch.setattr(_manifest, "MAX_PIXELS", 40 * 30 - 1)
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(1))
+    with pytest.raises(DataError, match=r"row 1, column 'image': 'big.png' 40x30 = 1200 pixels"):
+        load_manifest(path)
+    assert decoded == []  # refused before decoding a pixel
+
+
+def test_real_decompression_bomb_is_refused_without_decoding(tmp_path):
+    # 12000 x 12000 of zeros compresses to a few hundred KB; decoding it would take 432 MB.
+    Image.new("L", (12000, 12000)).save(tmp_path / "bomb.png", optimize=True)
+    assert (tmp_path / "bomb.png").stat().st_size < 1_000_000
+    path = write_manifest(tmp_path, [{"image": "bomb.png", "label": "x"}])
+    with pytest.raises(DataError, match=r"'bomb.png' 12000x12000 = 144000000 pixels is over"):
+        load_manifest(path)
+
+
+@pytest.mark.parametrize("on_error", ["raise", "skip"])
+def test_nul_byte_in_a_path_is_a_row_error(tmp_path, on_error):
+    rows = [{**_good_row(tmp_path), "image": "ok\x00.png"}, _good_row(tmp_path, "b.png")]
+    path = write_manifest(tmp_path, rows, name="m.jsonl")
+    if on_error == "raise":
+        with pytest.raises(DataError, match=r"row 1, column 'image': .*control characters"):
+            load_manifest(path)
+        return
+    ds = load_manifest(path, on_error="skip")
+    assert ds.ids == ["b.png"] and ds.skipped["row"].tolist() == [1]
+
+
+def test_repeated_csv_header_is_refused(tmp_path):
+    write_image(tmp_path / "a.png", 8, 8)
+    (tmp_path / "m.csv").write_text("image,label,gender,gender\na.png,x,f,m\n")
+    with pytest.raises(DataError, match=r"m.csv: repeated column name\(s\) \['gender'\]"):
+        load_manifest(tmp_path / "m.csv", groups=["gender"])
+
+
+def test_nan_float_mask_is_refused_and_never_inside(tmp_path):
+    from bias_audit.io.data._manifest import _mask_array
+
+    write_image(tmp_path / "a.png", 4, 4)
+    m = np.zeros((4, 4), dtype=np.float32)
+    m[0, 0], m[1, 1] = np.nan, 1.0
+    Image.fromarray(m, mode="F").save(tmp_path / "m.tif")
+    path = write_manifest(tmp_path, [{"image": "a.png", "label": "x", "mask:r": "m.tif"}])
+    with pytest.raises(DataError, match=r"column 'mask:r': mask 'm.tif' has NaN"):
+        load_manifest(path)
+    assert _mask_array(Image.open(tmp_path / "m.tif")).sum() == 1
+
+
+def test_image_over_twice_the_limit_is_the_same_refusal(tmp_path, recwarn):
+    # Over 2 x PIL's limit, Image.open itself raises; the message still names file and limit.
+    Image.new("1", (14000, 14000)).save(tmp_path / "huge.png")
+    path = write_manifest(tmp_path, [{"image": "huge.png", "label": "x"}])
+    with pytest.raises(DataError, match=r"'image': 'huge.png' is over the limit of 89478485"):
+        load_manifest(path)
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -233,3 +233,70 @@ def test_checkpoint_metadata_never_chooses_code(tmp_path, monkeypatch, arch):
         with pytest.raises(SystemExit):
             load_model(arch, checkpoint=path)
         assert marker.exists()
+
+
+_GOOD_META = {
+    "arch": "tests.models.evil_factory:build",
+    "classes": ["a", "b"],
+    "image_size": 16,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+}
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("image_size", 100000, r"'image_size': expected an integer between 8 and 4096, got 100000"),
+        ("image_size", "224", r"'image_size': expected an integer"),
+        ("image_size", True, r"'image_size': expected an integer"),
+        ("classes", "ab", r"'classes': expected a non-empty list of distinct class names"),
+        ("classes", ["a", "a"], r"'classes': expected a non-empty list of distinct"),
+        ("classes", [], r"'classes': expected a non-empty list"),
+        ("classes", [1, 2], r"'classes': expected a non-empty list"),
+        ("mean", [0.5, 0.5], r"'mean': expected 3 finite numbers, got \[0.5, 0.5\]"),
+        ("mean", [float("nan")] * 3, r"'mean': expected 3 finite numbers"),
+        ("std", [0.25, 0.0, 0.25], r"'std': expected 3 finite numbers > 0"),
+        ("std", {"x": 1}, r"'std': expected 3 finite numbers > 0"),
+        ("arch", 5, r"'arch': expected an architecture name"),
+        ("arch", "x" * 300, r"'arch': expected an architecture name.*\.\.\.$"),
+        ("seed", "7", r"'seed': expected an integer or null"),
+        ("history", "nope", r"'history': expected a list of dicts"),
+        ("resize", "stretch", r"'resize': expected one of"),
+    ],
+)
+def test_checkpoint_metadata_is_validated_like_a_config(tmp_path, monkeypatch, key, value, match):
+    # The metadata names the evil factory: validation must refuse before anything is built.
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("BIAS_AUDIT_TEST_MARKER", str(marker))
+    path = tmp_path / "meta.pt"
+    state = SmallCNN(2, width=4).state_dict()
+    torch.save(
+        {"format": "bias-audit-checkpoint/1", "state_dict": state,
+         "meta": {**_GOOD_META, key: value}},
+        path,
+    )  # fmt: skip
+    with pytest.raises(CheckpointError, match=rf"meta\.pt'?: metadata {match}"):
+        load_model("tests.models.evil_factory:build", checkpoint=path)
+    with pytest.raises(CheckpointError, match=r"meta\.pt"):
+        read_metadata(path)
+    assert not marker.exists()
+
+
+def test_random_bytes_are_not_reported_as_pickle_code(tmp_path):
+    path = tmp_path / "noise.pt"
+    path.write_bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0))
+                     .to(torch.uint8).numpy().tobytes())  # fmt: skip
+    with pytest.raises(CheckpointError, match=r"noise\.pt.*not a readable torch file") as info:
+        load_model("smallcnn", checkpoint=path, num_classes=2)
+    assert "pickle code" not in str(info.value)
+
+
+def test_integer_weights_are_refused(tmp_path, gen):
+    state = SmallCNN(2, width=4).state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key].to(torch.int8)
+    path = tmp_path / "int8.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=rf"int8\.pt.*{key!r} has dtype torch.int8"):
+        load_model("smallcnn_w4", checkpoint=path, num_classes=2)

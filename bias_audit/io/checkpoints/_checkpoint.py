@@ -13,6 +13,7 @@ Three kinds are read:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pickle
 from collections.abc import Mapping
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 
+from bias_audit.core.config import IMAGE_SIZE_RANGE, RESIZE
 from bias_audit.errors import CheckpointError
 from bias_audit.io._files import atomic_write
 
@@ -79,24 +81,72 @@ class CheckpointMeta:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, source: str = "meta") -> CheckpointMeta:
+        """Validate metadata like a config: a checkpoint is input, so a wrong type or an
+        out-of-range value (``image_size = 100000`` would allocate 30 GB) is refused by key."""
+        if not isinstance(d, Mapping):
+            raise CheckpointError(f"{source}: metadata: expected a dict, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         # Unknown keys are kept out rather than refused: a newer writer may add fields.
         kwargs = {k: v for k, v in d.items() if k in names}
         for key in ("arch", "classes", "image_size", "mean", "std"):
             if key not in kwargs:
                 raise CheckpointError(f"{source}: metadata lacks key {key!r}")
-        try:
-            kwargs["classes"] = tuple(str(c) for c in kwargs["classes"])
-            kwargs["mean"] = tuple(float(v) for v in kwargs["mean"])
-            kwargs["std"] = tuple(float(v) for v in kwargs["std"])
-            kwargs["image_size"] = int(kwargs["image_size"])
-            kwargs["history"] = tuple(dict(h) for h in kwargs.get("history", ()))
-            kwargs["config"] = dict(kwargs.get("config", {}))
-            # Older checkpoints kept the penalised layer only in their config.
-            layer = kwargs.get("target_layer", kwargs["config"].get("target_layer"))
-            kwargs["target_layer"] = None if layer is None else str(layer)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{source}: malformed metadata: {err}") from err
+
+        def bad(key: str, what: str) -> CheckpointError:
+            value = repr(kwargs[key])
+            value = value if len(value) <= 80 else value[:77] + "..."
+            return CheckpointError(f"{source}: metadata {key!r}: expected {what}, got {value}")
+
+        arch = kwargs["arch"]
+        if not isinstance(arch, str) or not arch or len(arch) > 200 or not arch.isprintable():
+            raise bad("arch", "an architecture name (one line, at most 200 characters)")
+        classes = kwargs["classes"]
+        if (
+            not isinstance(classes, list | tuple)
+            or not classes
+            or not all(isinstance(c, str) and c and c.isprintable() for c in classes)
+            or len(set(classes)) != len(classes)
+        ):
+            raise bad("classes", "a non-empty list of distinct class names")
+        kwargs["classes"] = tuple(classes)
+        lo, hi = IMAGE_SIZE_RANGE
+        size = kwargs["image_size"]
+        if isinstance(size, bool) or not isinstance(size, int) or not lo <= size <= hi:
+            raise bad("image_size", f"an integer between {lo} and {hi}")
+        for key in ("mean", "std"):
+            v = kwargs[key]
+            if (
+                not isinstance(v, list | tuple)
+                or len(v) != 3
+                or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+                or not all(math.isfinite(x) for x in v)
+                or (key == "std" and min(v) <= 0)
+            ):
+                raise bad(key, "3 finite numbers" + (" > 0" if key == "std" else ""))
+            kwargs[key] = tuple(float(x) for x in v)
+        if "resize" in kwargs and kwargs["resize"] not in RESIZE:
+            raise bad("resize", f"one of {list(RESIZE)}")
+        for key in ("manifest_fingerprint", "strategy"):
+            if kwargs.get(key) is not None and not isinstance(kwargs[key], str):
+                raise bad(key, "a string or null")
+        for key in ("seed", "best_epoch"):
+            v = kwargs.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise bad(key, "an integer or null")
+        history = kwargs.get("history", ())
+        if not isinstance(history, list | tuple) or not all(
+            isinstance(h, Mapping) for h in history
+        ):
+            raise bad("history", "a list of dicts")
+        kwargs["history"] = tuple(dict(h) for h in history)
+        if not isinstance(kwargs.get("config", {}), Mapping):
+            raise bad("config", "a dict")
+        kwargs["config"] = dict(kwargs.get("config", {}))
+        # Older checkpoints kept the penalised layer only in their config.
+        layer = kwargs.get("target_layer", kwargs["config"].get("target_layer"))
+        if layer is not None and (not isinstance(layer, str) or not layer.isprintable()):
+            raise bad("target_layer", "a layer name or null")
+        kwargs["target_layer"] = layer
         return cls(**kwargs)
 
 
@@ -116,7 +166,9 @@ def _load_raw(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only load failed" in str(err).lower():
+        # Only a reference to a Python global means code would run; random bytes also fail
+        # the weights-only unpickler, with "Unsupported operand", and are just not a checkpoint.
+        if "unsupported global" in str(err).lower():
             raise CheckpointError(f"checkpoint {str(path)!r}: {_UNSAFE_HINT}") from err
         raise CheckpointError(
             f"checkpoint {str(path)!r}: not a readable torch file: {_first_line(err)}"

@@ -132,6 +132,12 @@ def load_state_dict_strict(
     unexpected = [k for k in state if k not in expected]
     counts = f"{len(missing)} missing, {len(unexpected)} unexpected keys"
     for key, value in state.items():
+        # load_state_dict would cast int8 or bool "weights" silently into float parameters.
+        if key in expected and expected[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(
+                f"checkpoint {source!r}: key {key!r} has dtype {value.dtype} in the checkpoint; "
+                f"the model expects floating point ({expected[key].dtype})"
+            )
         if key in expected and tuple(value.shape) != tuple(expected[key].shape):
             raise CheckpointError(
                 f"checkpoint {source!r}: key {key!r} has shape {tuple(value.shape)} in the "

@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from bias_audit.core._naming import cell_name
-from bias_audit.core.config import IMAGE_SIZE
+from bias_audit.core.config import IMAGE_SIZE_RANGE, check_group_name
 from bias_audit.errors import ConfigError, DataError
 from bias_audit.io.data._sample import Sample
 from bias_audit.io.data._transform import (
@@ -31,7 +32,14 @@ from bias_audit.io.data._transform import (
     transform_mask,
 )
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "AuditDataset", "load_manifest", "read_table"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "MAX_PIXELS",
+    "AuditDataset",
+    "load_manifest",
+    "read_table",
+]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -40,7 +48,13 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 MASK_MODES = frozenset({"1", "L", "P", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 _MASK_PREFIX = "mask:"
 _BBOX_PREFIX = "bbox:"
-_RESERVED = frozenset({"cell", "label", "n", "small"})
+#: Largest image (width x height) that is decoded: PIL's own decompression-bomb threshold. A
+#: larger one is refused from its header, before any pixel is decoded (a 400 KB PNG can hold
+#: 12000 x 12000 pixels, 430 MB once decoded to RGB).
+MAX_PIXELS = 89_478_485
+#: Integer modes and the full scale of their values: a 16-bit image is scaled by its bit depth,
+#: not clipped at 255. PIL opens 16-bit PNGs as "I;16" (or "I" in older versions).
+_INT_SCALE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535}
 _CHUNK = 1 << 20
 
 
@@ -81,6 +95,7 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
+            _check_csv_header(path)
             df = pd.read_csv(
                 path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig"
             )
@@ -100,6 +115,19 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         if not isinstance(name, str):
             raise DataError(f"{path}: column names must be text, got {name!r}")
     return pd.DataFrame({c: [_cell_str(v) for v in df[c].tolist()] for c in df.columns}, dtype=str)
+
+
+def _check_csv_header(path: Path) -> None:
+    # pandas renames a repeated header to "name.1", so a second "gender" column would be read
+    # silently under another name.
+    import csv
+
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        header = next(csv.reader(fh), [])
+    names = [h.strip() for h in header]
+    dupes = sorted({h for h in names if names.count(h) > 1})
+    if dupes:
+        raise DataError(f"{path}: repeated column name(s) {dupes} in the header")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -324,18 +352,72 @@ def _hash_file(h: Any, path: Path) -> None:
 
 def _decode_rgb(path: str, row: int) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))
+        with _open_image(path) as im:
+            return _to_rgb(im)
+    except _RowError as err:
+        raise DataError(f"{path}: row {row}: {err.reason}") from err
     except Exception as err:
         raise DataError(f"{path}: row {row}: cannot decode image: {err}") from err
 
 
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8. Integer images wider than 8 bits are scaled by their bit depth
+    (``convert("RGB")`` would clip a 16-bit image at 255, i.e. nearly all white)."""
+    scale = _INT_SCALE.get(im.mode)
+    if scale is None:
+        return np.array(im.convert("RGB"))
+    gray = np.asarray(im).astype(np.float64) / scale
+    gray = np.round(np.clip(gray, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+def _mask_array(im: Image.Image) -> np.ndarray:
+    """(H, W) bool: nonzero pixels are inside; NaN is never inside."""
+    arr = np.asarray(im)
+    if arr.dtype.kind == "f":
+        return np.isfinite(arr) & (arr != 0)
+    return arr != 0
+
+
 def _decode_mask(path: str, row: int) -> np.ndarray:
     try:
-        with Image.open(path) as im:
-            return np.asarray(im) != 0
+        with _open_image(path, "mask") as im:
+            return _mask_array(im)
+    except _RowError as err:
+        raise DataError(f"{path}: row {row}: {err.reason}") from err
     except Exception as err:
         raise DataError(f"{path}: row {row}: cannot decode mask: {err}") from err
+
+
+def _open_image(path: str | Path, column: str = "image", cell: str = "") -> Image.Image:
+    """``Image.open`` (lazy: only the header is read), refused over MAX_PIXELS before any
+    pixel is decoded. PIL's own bomb warning and error are replaced by that one refusal."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as err:
+            named = f"{cell!r} " if cell else ""
+            raise _RowError(
+                column, f"{named}is over the limit of {MAX_PIXELS} pixels: {err}"
+            ) from err
+    try:
+        _check_pixels(im, column, cell)
+    except BaseException:
+        im.close()
+        raise
+    return im
+
+
+def _check_pixels(im: Image.Image, column: str = "image", cell: str = "") -> None:
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        named = f"{cell!r} " if cell else ""
+        raise _RowError(
+            column,
+            f"{named}{width}x{height} = {width * height} pixels is over the limit of {MAX_PIXELS} "
+            "(MAX_PIXELS); downscale the file",
+        )
 
 
 def load_manifest(
@@ -477,8 +559,9 @@ def _check_options(**kw: Any) -> dict[str, Any]:
     for g in groups:
         if not isinstance(g, str) or not g:
             raise ConfigError(f"groups: expected column names, got {g!r}")
-        if g in _RESERVED:
-            raise ConfigError(f"groups: {g!r} is reserved for the cells table; rename the column")
+        why = check_group_name(g)
+        if why:
+            raise ConfigError(f"groups: {why}")
     if len(set(groups)) != len(groups):
         raise ConfigError(f"groups: repeated names in {list(groups)}")
     classes = kw["classes"]
@@ -489,7 +572,7 @@ def _check_options(**kw: Any) -> dict[str, Any]:
         if not classes or len(set(classes)) != len(classes):
             raise ConfigError(f"classes: expected distinct names, got {classes}")
     size = kw["image_size"]
-    low, high = IMAGE_SIZE
+    low, high = IMAGE_SIZE_RANGE
     if isinstance(size, bool) or not isinstance(size, int) or not low <= size <= high:
         raise ConfigError(f"image_size: expected an integer between {low} and {high}, got {size!r}")
     if kw["resize"] not in ("crop", "letterbox"):
@@ -560,6 +643,14 @@ class _RowChecker:
         )  # fmt: skip
 
     def _resolve(self, cell: str, column: str) -> Path:
+        if any(not c.isprintable() for c in cell):
+            raise _RowError(column, f"path {cell!r} contains control characters (e.g. NUL)")
+        try:
+            return self._resolve_path(cell, column)
+        except (OSError, ValueError) as err:  # e.g. a name too long for the file system
+            raise _RowError(column, f"path {cell!r} cannot be used: {err}") from err
+
+    def _resolve_path(self, cell: str, column: str) -> Path:
         given = Path(cell)
         if given.is_absolute() and not self.allow_outside_root:
             raise _RowError(
@@ -576,32 +667,46 @@ class _RowChecker:
         return full
 
 
-def _check_image(path: Path, cell: str) -> tuple[int, int]:
+def _open_checked(path: Path, cell: str, column: str, what: str) -> Image.Image:
+    """Open, check the header (size against MAX_PIXELS), verify the structure (PNG CRCs), then
+    decode every pixel: a truncated JPEG passes ``verify`` and fails only when decoded, which
+    must happen here, not half-way through a run. Returns the decoded image (caller closes)."""
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            # verify() checks the file's structure (e.g. PNG CRCs) without decoding pixels.
+        with _open_image(path, column, cell) as im:
             im.verify()
+        im = _open_image(path, column, cell)
+        try:
+            im.load()
+        except BaseException:
+            im.close()
+            raise
+        return im
+    except _RowError:
+        raise
     except Exception as err:
-        raise _RowError("image", f"unreadable or corrupt image {cell!r}: {err}") from err
+        raise _RowError(column, f"unreadable or corrupt {what} {cell!r}: {err}") from err
+
+
+def _check_image(path: Path, cell: str) -> tuple[int, int]:
+    with _open_checked(path, cell, "image", "image") as im:
+        width, height = im.size
     if width < 1 or height < 1:
         raise _RowError("image", f"image {cell!r} has size {width}x{height}")
     return width, height
 
 
 def _check_mask(path: Path, cell: str, column: str) -> None:
-    try:
-        with Image.open(path) as im:
-            mode = im.mode
-            im.verify()
-    except Exception as err:
-        raise _RowError(column, f"unreadable or corrupt mask {cell!r}: {err}") from err
-    if mode not in MASK_MODES:
-        raise _RowError(
-            column,
-            f"mask {cell!r} is not a 2-D image (mode {mode}); save it single-channel "
-            "(mode L, 1, P or I)",
-        )
+    with _open_checked(path, cell, column, "mask") as im:
+        mode = im.mode
+        if mode not in MASK_MODES:
+            raise _RowError(
+                column,
+                f"mask {cell!r} is not a 2-D image (mode {mode}); save it single-channel "
+                "(mode L, 1, P or I)",
+            )
+        arr = np.asarray(im)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise _RowError(column, f"mask {cell!r} has NaN or infinite values")
 
 
 def _parse_box(cell: str, column: str, width: int, height: int) -> tuple[float, ...]:

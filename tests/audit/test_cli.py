@@ -95,7 +95,7 @@ def test_long_model_name_and_reserved_group_are_one_line(world, tmp_path, capsys
     long = write_config(world, "long.toml", replace=('name = "biased"', f'name = "{"m" * 300}"'))
     assert main(["run", str(long), "--out", str(tmp_path / "a"), "-q"]) == 2
     err = _one_line_error(capsys.readouterr().err)
-    assert "[models.1] name: expected at most 64" in err and len(err) < 300
+    assert "[models.1] name: expected 1 to 64" in err and len(err) < 300
     grp = write_config(world, "grp.toml", replace=('groups = ["gender"]', 'groups = ["model"]'))
     assert main(["run", str(grp), "--out", str(tmp_path / "b"), "-q"]) == 2
     assert "[data] groups: 'model' is a column" in _one_line_error(capsys.readouterr().err)

@@ -308,7 +308,9 @@ def test_a_second_run_into_a_locked_folder_is_refused_with_the_pid(
 def test_two_simultaneous_runs_one_is_refused(slow_config, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "bias_audit", "run", str(slow_config), "--out", str(out), "-q"]
-    first = subprocess.Popen(cmd, env=_env(BIAS_AUDIT_TEST_DELAY="0.2"), stdout=subprocess.PIPE,
+    # Slow enough batches that the first run still holds the folder while the second starts
+    # (a fresh interpreter importing torch takes seconds on a loaded machine).
+    first = subprocess.Popen(cmd, env=_env(BIAS_AUDIT_TEST_DELAY="1.5"), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120

@@ -335,6 +335,7 @@ _CLI_WORDS = {
     "min_worst_group_accuracy": "--min-worst-group-accuracy",
     "max_flip_rate": "--max-flip-rate",
     "another output folder": "another --out",
+    "check: model:": "check: --model:",
 }
 
 

@@ -106,7 +106,7 @@ def test_from_dict_roundtrips_through_rendered_toml(tmp_path):
         (('name = "b"', 'name = "a"'), r"\[models.a\] name: duplicate model name 'a'"),
         (
             ('checkpoint = "m.pt"', 'checkpoint = "m\\u0000.pt"'),
-            r"\[models.a\] checkpoint: path 'm\\x00.pt' contains control characters",
+            r"\[models.a\] checkpoint: path '.*m\\x00.pt' contains control characters",
         ),
         (('name = "b"', 'name = "a/b"'), r"\[models.2\] name: expected 1 to 64 .*'a/b'"),
         # TOML "\n" is a real newline: '$' in a plain match would have let it through.

@@ -260,14 +260,16 @@ def test_group_named_like_a_samples_column_is_refused(tmp_path, name):
 
 def test_sixteen_bit_image_is_scaled_by_its_bit_depth(tmp_path):
     # A real 16-bit PNG written by PIL: value v becomes round(v / 65535 * 255), not min(v, 255).
-    values = np.array([[0, 257, 32896, 65535]], dtype=np.uint16).repeat(4, axis=0)
+    # Each value fills a 2-pixel-wide column of an 8 x 8 image, so resizing keeps it exact.
+    values = np.array([[0, 0, 257, 257, 32896, 32896, 65535, 65535]], dtype=np.uint16)
+    values = values.repeat(8, axis=0)
     Image.fromarray(values).save(tmp_path / "deep.png")
     assert Image.open(tmp_path / "deep.png").mode in ("I;16", "I")
     path = write_manifest(tmp_path, [{"image": "deep.png", "label": "x"}])
-    ds = load_manifest(path, image_size=4, mean=(0, 0, 0), std=(1, 1, 1))
+    ds = load_manifest(path, image_size=8, mean=(0, 0, 0), std=(1, 1, 1))
     got = (ds[0].image * 255).round().to(torch.int64)
-    assert got.shape == (3, 4, 4)
-    assert got[:, 0].tolist() == [[0, 1, 128, 255]] * 3
+    assert got.shape == (3, 8, 8)
+    assert got[:, 0].tolist() == [[0, 0, 1, 1, 128, 128, 255, 255]] * 3
 
 
 def test_image_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):

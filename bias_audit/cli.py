@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bias_audit.core.config import TrainConfig
 from bias_audit.errors import BiasAuditError, ConfigError
 
 __all__ = ["main"]
@@ -104,10 +105,6 @@ def _build_parser() -> _Parser:
 
 
 def _train_fields() -> list[dataclasses.Field]:
-    try:
-        from bias_audit.pipelines import TrainConfig
-    except (ImportError, AttributeError):
-        return []
     return [f for f in dataclasses.fields(TrainConfig) if f.init]
 
 

@@ -7,9 +7,8 @@ models, audit, report and the acceptance checks of ``case_studies/<name>/expecte
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from bias_audit.case_studies import nurse_doctor
+from bias_audit.case_studies._registry import CASE_STUDIES
 from bias_audit.case_studies._runner import (
     AcceptanceCheck,
     CaseStudyResult,
@@ -33,7 +32,3 @@ __all__ = [
     "run_case_study",
     "train_plan",
 ]
-
-#: name -> generator module (each has ``generate(out_dir, *, seed, image_size, n, quick, force)``,
-#: ``SPLITS``, ``CLASSES``, ``REGIONS`` and ``ROLES``).
-CASE_STUDIES: dict[str, ModuleType] = {"nurse-doctor": nurse_doctor}

@@ -26,11 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
+from bias_audit.case_studies._registry import CASE_STUDIES
 from bias_audit.core._naming import CONFOUNDER, column
+from bias_audit.core.config import AuditConfig
 from bias_audit.errors import ConfigError, RunError
 from bias_audit.io._files import write_json, write_text
 from bias_audit.io._resources import resource_dir
+from bias_audit.pipelines import AuditResult, TrainConfig, audit, train_classifier
 from bias_audit.report import render_report
 
 __all__ = [
@@ -306,7 +310,6 @@ def train_plan(
         ConfigError: a bad file, a missing ``split``, a key the runner sets, or a TrainConfig
             error, each naming the file and the model.
     """
-    from bias_audit.pipelines import TrainConfig
 
     path = Path(train_toml)
     raw = _read_toml(path)
@@ -433,7 +436,6 @@ def run_case_study(
         DataError, RunError: from the layers: e.g. ``out`` holds data or models made with other
             settings and ``force`` is False.
     """
-    import torch
 
     folder = _folder(name)
     out = Path(out) if out is not None else Path("runs") / (name + ("-quick" if quick else ""))
@@ -457,9 +459,6 @@ def _run(
     name: str, folder: Path, out: Path, audit_dir: Path, quick: bool, force: bool,
     progress: bool, device: str | None, expected: Mapping[str, Any],
 ) -> CaseStudyResult:  # fmt: skip
-    from bias_audit.case_studies import CASE_STUDIES
-    from bias_audit.core.config import AuditConfig
-    from bias_audit.pipelines import audit, train_classifier
 
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -530,7 +529,6 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 def _reuse(
     name: str, out: Path, finished: Path, quick: bool, expected: Mapping[str, Any]
 ) -> CaseStudyResult:
-    from bias_audit.pipelines import AuditResult
 
     try:
         info = json.loads(finished.read_text(encoding="utf-8"))

@@ -7,6 +7,7 @@ import importlib
 import re
 
 import torch
+import torchvision
 from torch import nn
 
 from bias_audit.errors import ModelError
@@ -62,7 +63,6 @@ class SmallCNN(nn.Module):
 
 def list_archs() -> list[str]:
     """Every built-in architecture name: "smallcnn" and torchvision's classification models."""
-    import torchvision
 
     return ["smallcnn", *torchvision.models.list_models(module=torchvision.models)]
 
@@ -99,7 +99,6 @@ def build_model(arch: str, *, num_classes: int) -> nn.Module:
         return SmallCNN(num_classes, width=width)
     if ":" in arch:
         return _build_from_factory(arch, num_classes)
-    import torchvision
 
     names = torchvision.models.list_models(module=torchvision.models)
     if arch not in names:

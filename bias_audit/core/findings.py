@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.stats import fisher_exact, wilcoxon
 
 from bias_audit.core._naming import CONFOUNDER, column
 
@@ -191,7 +192,6 @@ def _f(x: Any) -> float:
 
 def _one_sided_wilcoxon(diff: np.ndarray) -> float:
     """p-value that ``diff`` is centred above 0 (NaN when there is nothing to test)."""
-    from scipy.stats import wilcoxon
 
     diff = diff[np.isfinite(diff)]
     if diff.size < 2 or np.all(diff == 0):
@@ -240,7 +240,6 @@ def _confounder_attention(inputs: FindingInputs) -> list[Finding]:
 
 
 def _worst_group_accuracy(inputs: FindingInputs) -> list[Finding]:
-    from scipy.stats import fisher_exact
 
     out = []
     for w in inputs.worst.to_dict("records"):

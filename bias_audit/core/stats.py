@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 from scipy import stats
 
 from bias_audit.core._naming import cell_name
@@ -685,7 +686,6 @@ def fairness_differences(
         DataFrame with columns ``model, attribute, metric, value``; metric is
         ``demographic_parity_difference`` or ``equalized_odds_difference``.
     """
-    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
     groups = list(groups)
     _need(samples, ["model", "pred", label, *groups])

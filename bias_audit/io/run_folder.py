@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from bias_audit.errors import ConfigError, RunError
@@ -344,7 +345,6 @@ class RunStore:
         return path
 
     def write_npz(self, name: str, arrays: Mapping[str, Any]) -> Path:
-        import numpy as np
 
         path = self.run_dir / name
         with atomic_write(path, "wb") as fh:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from bias_audit.core._naming import CONFOUNDER, ROLES, column
+from bias_audit.core.stats import paired_comparison
 from bias_audit.errors import ConfigError, RunError
 from bias_audit.io.run_folder import read_table
 
@@ -58,7 +59,6 @@ def compare_runs(
         RunError: a missing run folder or table, or no shared image ids.
         ConfigError: an unknown model name.
     """
-    from bias_audit.core.stats import paired_comparison
 
     run_a, run_b = Path(run_a), Path(run_b)
     a = _pick(read_table(run_a / "samples.parquet"), model_a, run_a, "--model-a")

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from bias_audit.core._naming import ROLES, column
+from bias_audit.core.maps import explain
+from bias_audit.core.metrics import occlusion_effect, role_masks, sample_metrics
 
 if TYPE_CHECKING:  # pragma: no cover
     from bias_audit.core.maps import Explanation
@@ -90,7 +92,6 @@ def audit_batch(model: nn.Module, batch: Batch, *, spec: StepSpec) -> pd.DataFra
 
 def explain_batch(model: nn.Module, batch: Batch, *, spec: StepSpec) -> Explanation:
     """The model half of :func:`audit_batch`: one explain pass -> an ``Explanation``."""
-    from bias_audit.core.maps import explain
 
     device = next(iter(model.parameters()), torch.empty(0)).device
     targets = batch.labels.to(device) if spec.target == "label" else None
@@ -106,7 +107,6 @@ def batch_rows(model: nn.Module, batch: Batch, exp: Explanation, *, spec: StepSp
     Without interventions it never calls ``model``, so it can run beside the next batch's
     :func:`explain_batch`.
     """
-    from bias_audit.core.metrics import sample_metrics
 
     logits = exp.logits.detach()
     probs = torch.softmax(logits.float(), dim=1)
@@ -138,8 +138,6 @@ def batch_rows(model: nn.Module, batch: Batch, exp: Explanation, *, spec: StepSp
     for name, values in metric_cols.items():
         data[name] = _numpy(values)
     if spec.interventions:
-        from bias_audit.core.metrics import occlusion_effect
-
         device = next(iter(model.parameters()), torch.empty(0)).device
         stacked = _role_masks(masks, present, batch.regions, roles)
         names = (*ROLES, *spec.occlude_regions)
@@ -167,7 +165,6 @@ def batch_rows(model: nn.Module, batch: Batch, exp: Explanation, *, spec: StepSp
 def _role_masks(masks, present, regions, roles) -> torch.Tensor:
     """(N, 3, H, W) bool: the masks of ``ROLES`` in order; an absent role is empty, so its
     occlusion is skipped and its effects are NaN."""
-    from bias_audit.core.metrics import role_masks
 
     by_name, here = role_masks(masks, present, regions, roles)
     return torch.stack([by_name[r] & here[r][:, None, None] for r in ROLES], dim=1)

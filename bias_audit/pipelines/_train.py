@@ -13,6 +13,8 @@ from typing import Any
 import pandas as pd
 import torch
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from bias_audit.core._device import resolve_device
 from bias_audit.core.architectures import build_model
@@ -30,6 +32,7 @@ from bias_audit.errors import ConfigError, RunError
 from bias_audit.io._files import write_json
 from bias_audit.io.checkpoints._checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from bias_audit.io.checkpoints._load import load_state_dict_strict
+from bias_audit.io.data import collate, load_manifest
 
 __all__ = ["TrainConfig", "TrainResult", "train_classifier"]  # TrainConfig: re-exported
 
@@ -62,7 +65,6 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def _load_data(config: TrainConfig, path: str, *, augment: bool, classes: Any) -> Any:
-    from bias_audit.io.data import load_manifest
 
     kwargs: dict[str, Any] = {}
     if config.mean is not None:
@@ -94,9 +96,6 @@ def _confounder_union(batch: Any, confounders: tuple[str, ...]) -> Tensor:
 
 @torch.no_grad()
 def _validate(model: nn.Module, ds: Any, cells: list[str], config: TrainConfig, dev: torch.device):
-    from torch.utils.data import DataLoader
-
-    from bias_audit.io.data import collate
 
     model.eval()
     correct = torch.zeros(len(ds), dtype=torch.bool)
@@ -151,10 +150,6 @@ def train_classifier(
         ConfigError: a confounder region or group the manifest lacks.
         DataError, ModelError: from the data layer and ``build_model``.
     """
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from bias_audit.io.data import collate
 
     out = Path(config.out)
     model_path, last_path, history_path = out / "model.pt", out / "last.pt", out / "history.json"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import bias_audit.pipelines._audit as run_module
+import bias_audit.pipelines._stream as run_module
 from bias_audit.cli import main
 from bias_audit.core.config import AuditConfig
 from bias_audit.errors import RunError

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torchvision.models import SwinTransformer, VisionTransformer
 
 from bias_audit.errors import ConfigError, ModelError
 
@@ -50,7 +51,6 @@ def _transformer_default(
     model: nn.Module,
 ) -> tuple[str | None, Reshape | None, str | tuple[str, ...]]:
     """(default layer, automatic reshape, name prefixes it applies to) for ViT/Swin."""
-    from torchvision.models import SwinTransformer, VisionTransformer
 
     if isinstance(model, VisionTransformer):
         last = len(model.encoder.layers) - 1

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from bias_audit.core.config import IMAGE_SIZE_RANGE, RESIZE
 from bias_audit.errors import CheckpointError
@@ -154,9 +156,6 @@ def _load_raw(path: Path) -> Any:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r}: no such file")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 from bias_audit.errors import DataError
 from bias_audit.io._files import atomic_write
@@ -138,7 +139,6 @@ def _iter_coco(
     categories: Mapping[str, str],
 ) -> Iterator[tuple[str, int, int, dict[str, np.ndarray]]]:
     # pycocotools is imported here: only COCO users pay for it.
-    from pycocotools import mask as mask_utils
 
     source, coco = _load(instances_json)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import itertools
 import json
@@ -120,7 +121,6 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
 def _check_csv_header(path: Path) -> None:
     # pandas renames a repeated header to "name.1", so a second "gender" column would be read
     # silently under another name.
-    import csv
 
     with open(path, encoding="utf-8-sig", newline="") as fh:
         header = next(csv.reader(fh), [])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bias_audit.core.maps import METHODS, explain
+from bias_audit.core.maps import METHODS, explain, resolve_target_layer
 
 GUIDED = {"guided_backprop", "deconvnet", "guided_gradcam"}
 
@@ -109,9 +109,11 @@ def test_no_graph_before_the_target_layer(model):
         model.fc.register_forward_hook(record("fc")),
     ]
     calls = []
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    # The layout probe (one image, once per model and input shape) is cached after this call.
+    resolve_target_layer(model, "layer3", images, None)
     handles.append(model.register_forward_pre_hook(lambda *_: calls.append(1)))
     try:
-        images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
         explain(model, images, methods=("gradcam", "gradcam++", "layercam"), target_layer="layer3")
     finally:
         for h in handles:

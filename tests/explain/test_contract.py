@@ -53,7 +53,11 @@ def model():
     return torchvision.models.resnet18(weights=None, num_classes=4)
 
 
-@pytest.mark.parametrize("method", METHODS)
+# Attention rollout needs a ViT: its contract is checked in test_attention.py.
+CNN_METHODS = tuple(m for m in METHODS if m != "attention_rollout")
+
+
+@pytest.mark.parametrize("method", CNN_METHODS)
 def test_contract(model, method):
     state = _prepare(model)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -82,7 +86,7 @@ def test_contract(model, method):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_contract_after_an_error_in_the_pass(model, method):
+def test_contract_after_an_error_in_the_pass(model, method):  # rollout included: it fails first
     state = _prepare(model)
     images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 

@@ -60,6 +60,11 @@ class Grid:
         return out
 
     @property
+    def numel(self) -> int:
+        """Positions on the grid, h * w."""
+        return self.shape[0] * self.shape[1]
+
+    @property
     def reshape(self) -> Reshape | None:
         """The reshape to pass on, or None where the output is already (N, C, h, w)."""
         return None if self.layout == "channels_first" else self

@@ -231,3 +231,35 @@ def test_layercam_is_zero_on_a_signed_layer_where_gradcam_is_not():
     assert raw.layer_maps["layercam"].max() == 0
     want = _pgc(LayerCAM, model, raw.target_layer, None, IMAGE, raw.targets)
     assert want.max() == 0
+
+
+def test_vit_tiny_p8_penalty_is_explains_gradcam_at_the_same_layer():
+    # The trainer's attention penalty and the audit resolve the same token layer; the
+    # penalty's map is explain's Grad-CAM of the label's margin there, and it trains (its
+    # gradient reaches the patch embedding through the attention's double backward).
+    from bias_audit.core.architectures import build_model
+    from bias_audit.core.training import gradcam_mass
+
+    torch.manual_seed(0)
+    model = build_model("vit_tiny_p8", num_classes=2)
+    nn.init.normal_(model.heads.head.weight, std=0.1)
+    images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1])
+    name, _, reshape = resolve_target_layer(model, None, images, None)
+    assert name == "encoder.layers.encoder_layer_1.ln_1"
+    region = torch.zeros(2, 96, 96, dtype=torch.bool)
+    region[:, :32, 16:48] = True  # whole 8 px patches: rows 0-3, columns 2-5 of the 12 x 12 grid
+    model.train()
+    _, mass = gradcam_mass(model, images, labels, region, target_layer=name, reshape=reshape)
+    mass.sum().backward()
+    assert model.conv_proj.weight.grad.abs().sum() > 0
+
+    model.eval()  # dropout is 0 in this ViT: train and eval passes agree
+    raw = _run(
+        model, images, _check_methods(("gradcam",)), target_layer=name,
+        targets=lambda out: out.gather(1, labels[:, None])[:, 0] - out.mean(1),
+        reshape=None, scorecam_batch_size=8,
+    )  # fmt: skip
+    cam = raw.layer_maps["gradcam"]
+    want = cam[:, :4, 2:6].sum(dim=(1, 2)) / cam.sum(dim=(1, 2))
+    torch.testing.assert_close(mass.detach(), want, rtol=1e-4, atol=1e-6)

@@ -6,15 +6,20 @@ time is the median of --repeats runs after one warm-up.
 
     PYTHONPATH=. python benchmarks/explain_bench.py            # ResNet-50, 224 px, batch 16
     PYTHONPATH=. python benchmarks/explain_bench.py --repeats 1 --batch 4   # a quick check
+    PYTHONPATH=. python benchmarks/explain_bench.py --arch vit_b_16 --cases abc   # the ViT row
 
 By default the subprocesses run with glibc malloc keeping freed memory (GLIBC_TUNABLES), so
 that the timings measure computation, not page faults; --page-faults measures the default.
 
 Cases:
     a  inference-only forward pass (torch.inference_mode)
-    b  bias_audit explain(..., methods=("gradcam", "gradcam++"), target_layer="layer4")
-    c  pytorch-grad-cam GradCAM + GradCAMPlusPlus on layer4, same targets
-    d  captum LayerGradCam on layer4 (+ bilinear upsampling), same targets
+    b  bias_audit explain(..., methods=("gradcam", "gradcam++"), target_layer=<layer>)
+    c  pytorch-grad-cam GradCAM + GradCAMPlusPlus on <layer>, same targets
+    d  captum LayerGradCam on <layer> (+ bilinear upsampling), same targets (CNNs only: captum
+       takes channels at dimension 1)
+
+<layer> is "layer4" for ResNets and the last block's ln_1 (class token dropped, 14 x 14) for
+torchvision ViTs.
 """
 
 from __future__ import annotations
@@ -52,6 +57,18 @@ def _worker(case: str, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = getattr(torchvision.models, args.arch)(weights=None).eval()
+    reshape = None
+    if isinstance(model, torchvision.models.VisionTransformer):
+        torch.nn.init.normal_(model.heads.head.weight, std=0.02)  # zero-initialised
+        layer_name = f"encoder.layers.encoder_layer_{len(model.encoder.layers) - 1}.ln_1"
+        side = args.size // model.patch_size
+
+        def reshape(t):  # pytorch-grad-cam's ViT reshape, with the grid of this model
+            return t[:, 1:].transpose(1, 2).reshape(t.shape[0], -1, side, side)
+
+    else:
+        layer_name = "layer4"
+    layer = model.get_submodule(layer_name)
     images = torch.randn(args.batch, 3, args.size, args.size)
     with torch.no_grad():  # not inference_mode: captum cannot use inference tensors
         targets = model(images).argmax(1)
@@ -66,7 +83,9 @@ def _worker(case: str, args: argparse.Namespace) -> dict:
         from bias_audit.core.maps import explain
 
         def run() -> None:
-            explain(model, images, ("gradcam", "gradcam++"), target_layer="layer4", targets=targets)
+            explain(
+                model, images, ("gradcam", "gradcam++"), target_layer=layer_name, targets=targets
+            )
 
     elif case == "c":
         from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
@@ -76,14 +95,14 @@ def _worker(case: str, args: argparse.Namespace) -> dict:
 
         def run() -> None:
             for cls in (GradCAM, GradCAMPlusPlus):
-                with cls(model=model, target_layers=[model.layer4]) as cam:
+                with cls(model=model, target_layers=[layer], reshape_transform=reshape) as cam:
                     cam(images, targets=pgc_targets)
 
     elif case == "d":
         from captum.attr import LayerGradCam
 
         def run() -> None:
-            gc_ = LayerGradCam(model, model.layer4)
+            gc_ = LayerGradCam(model, layer)
             maps = gc_.attribute(images, target=targets, relu_attributions=True)
             F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
             model.zero_grad(set_to_none=True)

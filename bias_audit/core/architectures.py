@@ -15,6 +15,8 @@ from bias_audit.errors import ModelError
 __all__ = ["SmallCNN", "build_model", "list_archs"]
 
 _SMALLCNN = re.compile(r"^smallcnn(?:_w(\d+))?$")
+# A ViT small enough to train from scratch on a CPU in minutes: 96 px in 8 px patches (12 x 12).
+VIT_TINY = "vit_tiny_p8"
 
 
 class SmallCNN(nn.Module):
@@ -64,7 +66,7 @@ class SmallCNN(nn.Module):
 def list_archs() -> list[str]:
     """Every built-in architecture name: "smallcnn" and torchvision's classification models."""
 
-    return ["smallcnn", *torchvision.models.list_models(module=torchvision.models)]
+    return ["smallcnn", VIT_TINY, *torchvision.models.list_models(module=torchvision.models)]
 
 
 def build_model(arch: str, *, num_classes: int) -> nn.Module:
@@ -73,6 +75,8 @@ def build_model(arch: str, *, num_classes: int) -> nn.Module:
     Args:
         arch: one of
             - ``"smallcnn"`` (or ``"smallcnn_w<width>"``, e.g. ``"smallcnn_w8"`` for tests),
+            - ``"vit_tiny_p8"``: a torchvision ``VisionTransformer`` for 96 px inputs only
+              (patch 8, a 12 x 12 grid, 2 layers, 2 heads, width 32),
             - a torchvision classification model name such as ``"resnet18"``, built with
               ``weights=None``,
             - ``"pkg.module:factory"``: ``factory(num_classes=num_classes)`` must return an
@@ -97,6 +101,13 @@ def build_model(arch: str, *, num_classes: int) -> nn.Module:
         if width < 1:
             raise ModelError(f"arch {arch!r}: the width must be at least 1")
         return SmallCNN(num_classes, width=width)
+    if arch == VIT_TINY:
+        from torchvision.models import VisionTransformer
+
+        return VisionTransformer(
+            image_size=96, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
+            num_classes=num_classes,
+        )  # fmt: skip
     if ":" in arch:
         return _build_from_factory(arch, num_classes)
 

@@ -8,16 +8,25 @@ exp.maps["gradcam"]   # (N, H, W) float32 >= 0, not normalised
 from __future__ import annotations
 
 from bias_audit.core.maps._explain import METHODS, Explanation, explain
-from bias_audit.core.maps._layers import Reshape, layer_output, resolve_target_layer, to_grid
+from bias_audit.core.maps._layers import (
+    Grid,
+    Reshape,
+    layer_grid,
+    layer_output,
+    resolve_target_layer,
+    to_grid,
+)
 from bias_audit.core.maps._overlay import normalize_maps, overlay
 from bias_audit.core.maps._weights import gradcam
 
 __all__ = [
     "METHODS",
     "Explanation",
+    "Grid",
     "Reshape",
     "explain",
     "gradcam",
+    "layer_grid",
     "layer_output",
     "normalize_maps",
     "overlay",

@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bias_audit.core.maps._capture import Capture, capture
-from bias_audit.core.maps._layers import Reshape, layer_output, resolve_target_layer, to_grid
+from bias_audit.core.maps._layers import (
+    Grid,
+    Reshape,
+    layer_output,
+    resolve_target_layer,
+    to_grid,
+)
 from bias_audit.core.maps._weights import WEIGHTS, compute_dtype, gradcam, weighted_map
 from bias_audit.errors import ConfigError, DataError, ModelError
 
@@ -193,6 +199,8 @@ class _Pass:
     linears: list[tuple[nn.Linear, Tensor, Tensor]]
     name: str
     scorecam_batch_size: int
+    reshape: Reshape | None
+    attentions: list[Tensor]  # (N, heads, T, T) per nn.MultiheadAttention call, in order
 
 
 @dataclass(frozen=True)
@@ -204,6 +212,7 @@ class _Method:
         input_rule: the ReLU backward rule (see ``_guided``) of a gradient down to the pixels.
         head: the GAP + linear head after the layer (the ``nn.Linear`` calls are recorded).
         extra_passes: runs the model again after the pass (Score-CAM).
+        attention: reads the attention weights of every ``nn.MultiheadAttention`` call.
         layer_map: the (N, h, w) map at the layer, or None for a pure input-gradient method.
         combine: (upsampled layer map or None, input gradient or None) -> the returned map;
             None returns the upsampled layer map.
@@ -213,6 +222,7 @@ class _Method:
     input_rule: str | None = None
     head: bool = False
     extra_passes: bool = False
+    attention: bool = False
     layer_map: Callable[[_Pass], Tensor] | None = None
     combine: Callable[[Tensor | None, Tensor | None], Tensor] | None = None
 
@@ -241,6 +251,34 @@ def _scorecam_map(p: _Pass) -> Tensor:
     return _scorecam(p.model, p.images, p.grid, targets, p.scorecam_batch_size)
 
 
+def _rollout_map(p: _Pass) -> Tensor:
+    """Attention rollout (Abnar and Zuidema 2020): the product over layers of the head-mean
+    attention with the residual added (0.5 A + 0.5 I, rows renormalised); the class token's row
+    over the patches, laid out on the target layer's patch grid. Class-agnostic."""
+    grid = p.reshape
+    if not p.attentions:
+        raise ModelError(
+            "'attention_rollout' needs nn.MultiheadAttention layers (torchvision's ViT); "
+            "the model has none that was called"
+        )
+    n, _, t, _ = p.attentions[0].shape
+    if not isinstance(grid, Grid) or grid.layout != "tokens" or grid.extra + grid.numel != t:
+        raise ModelError(
+            f"'attention_rollout': target_layer {p.name!r} is not a token layer of the "
+            f"{t} tokens the attention mixes; pick one (a ViT's last ln_1)"
+        )
+    work = compute_dtype(p.attentions[0].dtype)
+    eye = torch.eye(t, dtype=work, device=p.attentions[0].device)
+    roll = eye.expand(n, t, t)
+    for attn in p.attentions:
+        a = 0.5 * attn.to(work).mean(dim=1) + 0.5 * eye
+        roll = (a / a.sum(dim=-1, keepdim=True)) @ roll
+    e = grid.extra
+    # Without a class token, the patches' rows are averaged: what all the patches read.
+    row = roll[:, 0, e:] if e else roll[:, e:, e:].mean(dim=1)
+    return row.reshape(n, *grid.shape)
+
+
 _METHODS: dict[str, _Method] = {
     "cam": _Method(head=True, layer_map=_cam_map),
     "gradcam": _Method(layer_grad=True, layer_map=_gradcam_map),
@@ -250,6 +288,7 @@ _METHODS: dict[str, _Method] = {
     "hirescam": _Method(layer_grad=True, layer_map=_weighted("hirescam")),
     "counterfactual": _Method(layer_grad=True, layer_map=_weighted("counterfactual")),
     "scorecam": _Method(extra_passes=True, layer_map=_scorecam_map),
+    "attention_rollout": _Method(attention=True, layer_map=_rollout_map),
     "guided_backprop": _Method(input_rule="guided", combine=lambda _up, g: g),
     "deconvnet": _Method(input_rule="deconvnet", combine=lambda _up, g: g),
     "guided_gradcam": _Method(
@@ -285,6 +324,9 @@ def _run(
         linears: list[tuple[nn.Linear, Tensor, Tensor]] = []
         if any(n.head for n in needs):
             _watch_linears(model, cap, linears)
+        attentions: list[Tensor] = []
+        if any(n.attention for n in needs):
+            _watch_attention(model, cap, attentions)
         if rules:
             # A copy, so the user's tensor keeps its requires_grad and its .grad.
             x = x.clone().requires_grad_(True)
@@ -323,6 +365,7 @@ def _run(
         state = _Pass(
             model=model, images=src, grid=grid, grad=grad, output=output, targets=targets,
             used=used, linears=linears, name=name, scorecam_batch_size=scorecam_batch_size,
+            reshape=reshape, attentions=attentions,
         )  # fmt: skip
         layer_maps: dict[str, Tensor] = {}
         for m, need in zip(methods, needs, strict=True):
@@ -367,6 +410,25 @@ def _watch_linears(model: nn.Module, cap: Capture, records: list) -> None:
 
     for module in model.modules():
         if isinstance(module, nn.Linear):
+            cap.add_hook(module, record)
+
+
+def _watch_attention(model: nn.Module, cap: Capture, records: list[Tensor]) -> None:
+    """Record each nn.MultiheadAttention call's per-head weights, without changing the model:
+    a pre-hook asks the call for them (the caller discards the second output anyway)."""
+
+    def ask(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if cap.enabled:
+            kwargs = {**kwargs, "need_weights": True, "average_attn_weights": False}
+        return args, kwargs
+
+    def record(_module: nn.Module, _args: object, output: object) -> None:
+        if cap.enabled and isinstance(output, tuple) and isinstance(output[1], Tensor):
+            records.append(output[1].detach())
+
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            cap.handles.append(module.register_forward_pre_hook(ask, with_kwargs=True))
             cap.add_hook(module, record)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bias_audit.core.maps import Reshape, gradcam, layer_output, to_grid
 from bias_audit.errors import ConfigError
@@ -62,11 +63,11 @@ def gradcam_mass(
     Returns:
         ``(logits (N,C), mass (N,))``; mass is in [0,1] and 0 where the map is all zero.
     """
-    logits, acts = _forward_capturing(model, images, target_layer, reshape)
+    logits, out, acts = _forward_capturing(model, images, target_layer, reshape)
     # The label's margin over the mean logit, not its raw logit: a shortcut used through
     # another class's logit (a red spot lowering "ring") must count as attention too.
     score = (logits.gather(1, labels[:, None])[:, 0] - logits.mean(dim=1)).sum()
-    (grads,) = torch.autograd.grad(score, acts, create_graph=True)
+    grads = _grid_grad(score, out, reshape, target_layer)
     cam = gradcam(acts, grads)  # (N,h,w)
     cover = _coverage(region, tuple(cam.shape[-2:]), window)
     # The epsilon keeps an all-zero map at mass 0 (no gradient) instead of NaN.
@@ -107,13 +108,13 @@ def gradcam_evidence_mass(
     Returns:
         ``(logits (N,C), mass (N,))``; mass is in [0,1], 0 where every map is all zero.
     """
-    logits, acts = _forward_capturing(model, images, target_layer, reshape)
+    logits, out, acts = _forward_capturing(model, images, target_layer, reshape)
     cover = _coverage(region, tuple(acts.shape[-2:]), window)
     margins = logits - logits.mean(dim=1, keepdim=True)
     n_classes = logits.shape[1]
     mass = logits.new_zeros(len(logits))
     for c in range(n_classes):
-        (grads,) = torch.autograd.grad(margins[:, c].sum(), acts, create_graph=True)
+        grads = _grid_grad(margins[:, c].sum(), out, reshape, target_layer)
         cam = gradcam(acts, grads, rectify=False).abs()  # (N,h,w)
         mass = mass + (cam * cover).sum(dim=(1, 2)) / (cam.sum(dim=(1, 2)) + 1e-8)
     return logits, mass / n_classes
@@ -136,20 +137,31 @@ def input_grad_energy(model: nn.Module, images: Tensor, region: Tensor) -> tuple
     return logits, energy
 
 
+def _grid_grad(score: Tensor, out: Tensor, reshape: Reshape | None, target_layer: str) -> Tensor:
+    """d score / d (the layer output as a grid), kept in the graph. Taken at the raw output and
+    reshaped: the score depends on the output, not on the grid view made from it (a token
+    layer's class token is dropped, a channels-last one permuted)."""
+    (grad,) = torch.autograd.grad(score, out, create_graph=True)
+    return to_grid(grad, reshape, target_layer)
+
+
 def _forward_capturing(
     model: nn.Module, images: Tensor, target_layer: str, reshape: Reshape | None
-) -> tuple[Tensor, Tensor]:
-    """(logits, the target layer's output of the same pass as (N, C, h, w)), both kept in the
-    graph."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(logits, the target layer's raw output, that output as (N, C, h, w)) of one pass, all
+    kept in the graph."""
     module = model.get_submodule(target_layer)
     captured: list[object] = []
     handle = module.register_forward_hook(lambda _m, _i, out: captured.append(out))
     try:
-        logits = model(images)
+        # The penalty differentiates a gradient: the fused attention kernels have no double
+        # backward on CPU, the math one (the same attention, in plain ops) has.
+        with sdpa_kernel(SDPBackend.MATH):
+            logits = model(images)
     finally:
         handle.remove()
     if not captured:
         raise ConfigError(f"target_layer {target_layer!r} was not called during the forward pass")
     out = layer_output(captured[-1], target_layer)
     # The same check and reshape as explain's; the reshape is differentiable (views, permutes).
-    return logits, to_grid(out, reshape, target_layer)
+    return logits, out, to_grid(out, reshape, target_layer)

@@ -62,6 +62,9 @@ def _build_parser() -> _Parser:
     r.add_argument("--resume", action="store_true", help="continue an interrupted run")
     r.add_argument("--force", action="store_true", help="overwrite an existing run folder")
     r.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
+    r.add_argument(
+        "--redact", action="store_true", help="no paths and no config comments in report.html"
+    )
 
     t = add("train", "train a model (flags, or a TOML file of the same keys)")
     t.add_argument("config", nargs="?", type=Path, help="a TOML file of TrainConfig keys")
@@ -78,6 +81,9 @@ def _build_parser() -> _Parser:
 
     rp = add("report", "render the report again from a run folder")
     rp.add_argument("run_dir", type=Path)
+    rp.add_argument(
+        "--redact", action="store_true", help="no paths and no config comments in report.html"
+    )
 
     c = add("compare", "compare two runs over the images they share (paired)")
     c.add_argument("run_a", type=Path)
@@ -162,7 +168,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if config.report.enabled:
         from bias_audit.report import render_report
 
-        render_report(result.run_dir)
+        render_report(result.run_dir, redact=args.redact)
     if not args.quiet:
         for f in result.findings:
             print(f"[{f['severity']}] {f['text']}")
@@ -231,7 +237,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise ConfigError(f"report: the report layer is not available: {err}") from err
     if not (args.run_dir / "summary.json").is_file():
         raise ConfigError(f"{args.run_dir}: not a finished run folder (no summary.json)")
-    path = render_report(args.run_dir)
+    path = render_report(args.run_dir, redact=args.redact)
     if not args.quiet:
         print(f"report: {path}")
     return EXIT_OK

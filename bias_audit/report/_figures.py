@@ -30,6 +30,8 @@ __all__ = [
     "rate_gaps",
     "comparison_figures",
     "intervention_figures",
+    "method_figures",
+    "methods_of",
 ]
 
 #: Plotly's qualitative palette without red/green as the only contrast.
@@ -167,68 +169,99 @@ def _panels(
     yrange: Sequence[float] | None,
     baseline: str | None = None,
     names: Sequence[str] = ROLES,
+    reference: float | None = None,
 ) -> dict[str, Any] | None:
     """One subplot per role (or region of ``names``), bars per model by cell; ``baseline``
-    adds diamond markers."""
+    adds diamond markers over each model's bar; ``reference`` a dashed line on every panel."""
+    panels = [
+        (role, column(metric, role), column(baseline, role) if baseline else None) for role in names
+    ]
+    return _panel_figure(data, panels, ytitle=metric, yrange=yrange, reference=reference)
+
+
+def _panel_figure(
+    data: ReportData,
+    panels: Sequence[tuple[str, str, str | None]],
+    *,
+    ytitle: str,
+    yrange: Sequence[float] | None,
+    reference: float | None = None,
+) -> dict[str, Any] | None:
+    """Subplots side by side, one per ``(title, metric column, baseline column or None)``."""
     cells = _cell_info(data)
-    frames = {role: metric_frame(data, column(metric, role)) for role in names}
+    frames = {col: metric_frame(data, col) for _, col, _ in panels}
     if all(f.empty for f in frames.values()):
         return None
     traces: list[dict[str, Any]] = []
-    layout: dict[str, Any] = {"barmode": "group"}  # the caption carries the title
-    n_roles = len(names)
+    # scattermode "group" puts each baseline marker over the bar of its own offsetgroup (its
+    # model), not over the middle of the cell's group of bars.
+    layout: dict[str, Any] = {"barmode": "group", "scattermode": "group", "shapes": []}
+    n_panels = len(panels)
     gap = 0.06
-    width = (1 - gap * (n_roles - 1)) / n_roles
-    for i, role in enumerate(names):
+    width = (1 - gap * (n_panels - 1)) / n_panels
+    for i, (title, col, base_col) in enumerate(panels):
         xa, ya = _axis_names(i)
         start = i * (width + gap)
         layout[f"xaxis{i + 1 if i else ''}"] = {
             "domain": [start, start + width],
             "anchor": ya,
-            "title": {"text": role},
+            "title": {"text": plot_text(title)},
             "tickangle": -30,
             "automargin": True,
         }
         layout[f"yaxis{i + 1 if i else ''}"] = {
             "anchor": xa,
             **({"range": list(yrange)} if yrange else {}),
-            **({"matches": "y"} if i else {"title": {"text": metric}}),
+            **({"matches": "y"} if i else {"title": {"text": plot_text(ytitle)}}),
         }
+        if reference is not None:
+            layout["shapes"].append(
+                {
+                    "type": "line",
+                    "xref": f"{xa} domain",
+                    "yref": ya,
+                    "x0": 0,
+                    "x1": 1,
+                    "y0": reference,
+                    "y1": reference,
+                    "line": {"color": "#57606a", "width": 1.5, "dash": "dash"},
+                }
+            )
+        base = metric_frame(data, base_col) if base_col else None
         for j, model in enumerate(data.models):
             color = MODEL_COLORS[j % len(MODEL_COLORS)]
             traces.extend(
                 _bar_trace(
-                    frames[role], model, cells, color=color, xaxis=xa, yaxis=ya, showlegend=i == 0
+                    frames[col], model, cells, color=color, xaxis=xa, yaxis=ya, showlegend=i == 0
                 )
             )
-            if baseline:
-                base = metric_frame(data, column(baseline, role))
-                if base.empty:
-                    continue
-                for trace in _bar_trace(
-                    base,
-                    model,
-                    cells,
-                    color=color,
-                    xaxis=xa,
-                    yaxis=ya,
-                    showlegend=i == 0,
-                    name=plot_text(model) + " \u00b7 random patch",
-                ):
-                    # Markers at the bar's position: a scatter has no offsetgroup, so the
-                    # baseline sits over the middle of the cell's group of bars.
-                    trace.update(
-                        type="scatter",
-                        mode="markers",
-                        marker={
-                            "color": color,
-                            "symbol": "diamond-open",
-                            "size": 10,
-                            "line": {"width": 2},
-                        },
-                    )
-                    trace.pop("offsetgroup")
-                    traces.append(trace)
+            if base is None or base.empty:
+                continue
+            for trace in _bar_trace(
+                base,
+                model,
+                cells,
+                color=color,
+                xaxis=xa,
+                yaxis=ya,
+                showlegend=i == 0,
+                name=plot_text(model) + " \u00b7 random patch",
+            ):
+                trace.update(
+                    type="scatter",
+                    mode="markers",
+                    # the model's own slot: the same offsetgroup as its bars
+                    offsetgroup=plot_text(model),
+                    marker={
+                        "color": "#1b1f24",
+                        "symbol": "diamond-open",
+                        "size": 10,
+                        "line": {"width": 2},
+                    },
+                )
+                if "error_y" in trace:
+                    trace["error_y"]["color"] = "#1b1f24"
+                traces.append(trace)
     layout["legend"] = {"orientation": "h", "y": 1.12, "yanchor": "bottom"}
     layout["margin"] = {"t": 90, "b": 40}
     layout["height"] = 460
@@ -296,14 +329,15 @@ def attention_figures(data: ReportData) -> list[FigureSpec]:
                 mass,
             )
         )
-    lift = _panels(data, "lift", yrange=None)
+    lift = _panels(data, "lift", yrange=None, reference=1.0)
     if lift:
         out.append(
             FigureSpec(
                 "fig-lift",
                 "Lift by role",
-                "Mass divided by the role's area: 1 is what a uniform map gets, "
-                "above 1 means attention concentrates on the role.",
+                "Mass divided by the role's area, error bars 95% bootstrap CIs; the dashed "
+                "line at 1 is what a uniform map gets, above it attention concentrates on "
+                "the role.",
                 lift,
             )
         )
@@ -318,6 +352,44 @@ def attention_figures(data: ReportData) -> list[FigureSpec]:
                 box,
             )
         )
+    return out
+
+
+def methods_of(data: ReportData) -> list[str]:
+    """The explanation methods of the run, first (plain column names) first."""
+    methods = data.summary.get("methods") or (data.summary.get("explain") or {}).get("methods")
+    return [str(m) for m in methods or []]
+
+
+def method_figures(data: ReportData) -> list[FigureSpec]:
+    """Small multiples: for each role, one panel per explanation method (``@method`` columns
+    of groups.parquet for every method after the first)."""
+    methods = methods_of(data)
+    if len(methods) < 2:
+        return []
+    out = []
+    for metric, role, yrange, ref in (
+        ("mass", "confounder", (0, 1), None),
+        ("mass", "causal", (0, 1), None),
+        ("lift", "confounder", None, 1.0),
+    ):
+        panels = [
+            (m, column(metric, role) + (f"@{m}" if i else ""), None) for i, m in enumerate(methods)
+        ]
+        fig = _panel_figure(
+            data, panels, ytitle=f"{metric} \u00b7 {role}", yrange=yrange, reference=ref
+        )
+        if fig:
+            out.append(
+                FigureSpec(
+                    f"fig-methods-{metric}-{role}",
+                    f"{'Attention mass' if metric == 'mass' else 'Lift'} on the {role} role, "
+                    "by explanation method",
+                    "One panel per method listed in the config, same cells and models; error "
+                    "bars 95% bootstrap CIs" + ("; dashed line: lift 1." if ref else "."),
+                    fig,
+                )
+            )
     return out
 
 
@@ -426,22 +498,43 @@ def comparison_columns(frame: pd.DataFrame) -> dict[str, str] | None:
     return {"value": value}
 
 
+#: Rows per forest plot: at 26 px a row, one plot fits a printed page with its x-axis.
+FOREST_ROWS = 24
+
+
 def comparison_figures(data: ReportData) -> list[FigureSpec]:
-    """Forest plot of the paired model differences in ``comparisons.parquet``."""
+    """Forest plots of the paired model differences in ``comparisons.parquet``: one per metric
+    (split further past :data:`FOREST_ROWS` rows), so each fits a printed page with its axis."""
     frame = data.comparisons
     if frame is None or frame.empty:
         return []
     cols = comparison_columns(frame)
     if cols is None:
         return []
+    metrics = frame["metric"].astype(str) if "metric" in frame else pd.Series([""] * len(frame))
+    out = []
+    for metric in pd.unique(metrics):
+        part = frame[metrics.to_numpy() == metric]
+        for k, first in enumerate(range(0, len(part), FOREST_ROWS)):
+            chunk = part.iloc[first : first + FOREST_ROWS]
+            suffix = f"-{k + 1}" if len(part) > FOREST_ROWS else ""
+            fid = (
+                "fig-comparison-"
+                + "".join(ch if ch.isalnum() else "-" for ch in str(metric)).strip("-")
+                + suffix
+            )
+            out.append(_forest(chunk, cols["value"], fid, str(metric)))
+    return out
+
+
+def _forest(frame: pd.DataFrame, value: str, fid: str, metric: str) -> FigureSpec:
     labels = []
     for r in frame.to_dict("records"):
         pair = " \u2212 ".join(str(r[c]) for c in ("model_a", "model_b") if c in r)
         cell = r.get("cell")
         cell = "all cells" if cell is None or pd.isna(cell) else str(cell)
-        parts = [pair, str(r.get("metric", "")), cell]
-        labels.append(plot_text(" \u00b7 ".join(p for p in parts if p)))
-    v = frame[cols["value"]].astype(float)
+        labels.append(plot_text(" \u00b7 ".join(p for p in (pair, cell) if p)))
+    v = frame[value].astype(float)
     lo, hi = frame["ci_low"].astype(float), frame["ci_high"].astype(float)
     plus = [None if math.isnan(a) else float(a) for a in (hi - v)]
     minus = [None if math.isnan(a) else float(a) for a in (v - lo)]
@@ -453,28 +546,21 @@ def comparison_figures(data: ReportData) -> list[FigureSpec]:
         "marker": {"color": MODEL_COLORS[0], "size": 8},
         "error_x": {"type": "data", "array": plus, "arrayminus": minus},
     }
-    height = max(300, 26 * len(labels) + 120)
     layout = {
-        "height": height,
+        "height": max(260, 26 * len(labels) + 120),
         "margin": {"l": 300},
         "showlegend": False,
-        "xaxis": {
-            "title": {
-                "text": "paired difference",
-            },
-            "zeroline": True,
-        },
+        "xaxis": {"title": {"text": f"paired difference \u00b7 {plot_text(metric)}"},
+                  "zeroline": True},
         "yaxis": {"autorange": "reversed", "automargin": True},
-    }
-    return [
-        FigureSpec(
-            "fig-comparison",
-            "Paired differences between models",
-            "Mean paired difference over the same images, with its paired "
-            "bootstrap 95% CI; 0 means no difference.",
-            {"data": [trace], "layout": layout},
-        )
-    ]
+    }  # fmt: skip
+    return FigureSpec(
+        fid,
+        f"Paired differences between models: {metric}",
+        "Mean paired difference over the same images, with its paired bootstrap 95% CI; "
+        "0 means no difference.",
+        {"data": [trace], "layout": layout},
+    )
 
 
 def _occluded_regions(data: ReportData) -> list[str]:

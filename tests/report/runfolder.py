@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from bias_audit.core.stats import cell_quantiles, class_rates, worst_group
+from bias_audit.core.stats import cell_quantiles, class_rates, group_gaps, holm, worst_group
 
 ROLES = ("causal", "confounder", "background")
 REGIONS = ("coat", "face", "hair", "stethoscope")
@@ -26,6 +26,13 @@ CLASSES = ("doctor", "nurse")
 HOSTILE_GROUP = "<img src=x onerror=alert(1)>"
 HOSTILE_MODEL = "debiased</script><script>alert(2)</script>"
 MIN_GROUP_SIZE = 20
+#: In the config's comments: the report drops it with ``redact``.
+SECRET_COMMENT = "alice@ward.example"
+
+
+def project_dir(run_dir: Path) -> Path:
+    """The folder of the run's config: manifest and checkpoints live under it."""
+    return Path(run_dir).resolve().parent / "project"
 
 
 def _cells(genders: tuple[str, str]) -> list[tuple[str, str]]:
@@ -39,8 +46,13 @@ def make_samples(
     genders: tuple[str, str],
     small: int | None,
     seed: int,
+    methods: tuple[str, ...] = ("gradcam",),
 ) -> pd.DataFrame:
-    """One row per model x image with every documented column, drawn at random."""
+    """One row per model x image with every documented column, drawn at random.
+
+    Methods after the first get their own localisation columns, ``<metric>:<name>@<method>``;
+    occlusion does not depend on the map, so flips and drops have no suffix.
+    """
     rng = np.random.default_rng(seed)
     cells = _cells(genders)
     sizes = [small if (small is not None and i == 3) else n_per_cell for i in range(len(cells))]
@@ -92,6 +104,16 @@ def make_samples(
                 degenerate, np.nan, (rng.random(n) < cols[f"mass:{name}"]).astype(float)
             )
             cols[f"loc_iou:{name}"] = rng.uniform(0, 1, n)
+        for method in methods[1:]:
+            # Another method: the same tendency, drawn again, so its numbers differ.
+            mr2 = rng.dirichlet(conc[::-1] if mi == 0 else conc, n)
+            for k, role in enumerate(ROLES):
+                cols[f"mass:{role}@{method}"] = mr2[:, k]
+                cols[f"lift:{role}@{method}"] = mr2[:, k] / area_role[role]
+            for r in REGIONS:
+                role = ROLES.index(ROLE_OF[r])
+                cols[f"mass:{r}@{method}"] = mr2[:, role] * area[r] / area_role[ROLE_OF[r]]
+                cols[f"lift:{r}@{method}"] = cols[f"mass:{r}@{method}"] / area[r]
         for role in ROLES:
             cols[f"flip:{role}"] = (rng.random(n) < mass_role[role]).astype(float)
             cols[f"drop:{role}"] = rng.uniform(-0.1, 0.6, n) * mass_role[role]
@@ -151,44 +173,16 @@ def group_table(samples: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def holm(p: np.ndarray) -> np.ndarray:
-    order = np.argsort(p)
-    m = len(p)
-    adj = np.empty(m)
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
-        adj[i] = running
-    return adj
-
-
-def gap_table(samples: pd.DataFrame, genders: tuple[str, str], seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng(seed + 1)
-    rows = []
-    for model, part in samples.groupby("model", sort=False):
-        for metric in ("mass:confounder", "correct"):
-            v = part[metric].astype(float).to_numpy()
-            g = (part["gender"] == genders[0]).to_numpy()
-            ok = ~np.isnan(v)
-            v, g = v[ok], g[ok]
-            gap = v[g].mean() - v[~g].mean()
-            perms = (rng.permutation(g) for _ in range(200))
-            perm = [abs(v[p].mean() - v[~p].mean()) for p in perms]
-            p_value = (1 + sum(x >= abs(gap) for x in perm)) / 201
-            rows.append(
-                {
-                    "model": model,
-                    "metric": metric,
-                    "attribute": "gender",
-                    "group_a": genders[0],
-                    "group_b": genders[1],
-                    "gap": gap,
-                    "ci_low": gap - 0.05,
-                    "ci_high": gap + 0.05,
-                    "p_value": p_value,
-                }
-            )
-    frame = pd.DataFrame(rows)
+def gap_table(samples: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """Largest gap between cells, as the audit writes gaps.parquet (core.stats.group_gaps)."""
+    frame = group_gaps(
+        samples,
+        groups=["gender"],
+        metrics=["mass:confounder", "flip:confounder", "mass:causal"],
+        n_perm=200,
+        seed=seed,
+        min_group_size=MIN_GROUP_SIZE,
+    )
     frame["p_adjusted"] = holm(frame["p_value"].to_numpy())
     return frame
 
@@ -248,6 +242,7 @@ def findings(groups: pd.DataFrame, seed: int) -> list[dict]:
         out.append(
             {
                 "rule": "confounder_attention",
+                "kind": "risk",
                 "severity": sev,
                 "model": model,
                 "cell": row["cell"],
@@ -262,7 +257,8 @@ def findings(groups: pd.DataFrame, seed: int) -> list[dict]:
         )
     out.append(
         {
-            "rule": "note",
+            "rule": "class_effect",
+            "kind": "info",
             "severity": "info",
             "model": None,
             "cell": None,
@@ -272,15 +268,162 @@ def findings(groups: pd.DataFrame, seed: int) -> list[dict]:
             "ci_high": None,
             "p_value": None,
             "p_adjusted": None,
-            "text": "Small cells show no interval.",
+            "text": "Nurses are harder than doctors for every model (a class effect).",
         }
     )
     rng = np.random.default_rng(seed)
     return [out[i] for i in rng.permutation(len(out))]
 
 
+#: The gate's defaults (issue 12): name -> (label, limit, higher_is_worse).
+GATE = {
+    "max_confounder_mass": ("Attention on confounders", 0.30, True),
+    "max_confounder_lift": ("Confounder lift", 2.0, True),
+    "max_flip_excess": ("Flip rate above random patches", 0.10, True),
+    "min_worst_group_accuracy": ("Worst-group accuracy", 0.80, False),
+}
+_SCORE_OF = {
+    "max_confounder_mass": "confounder_mass",
+    "max_confounder_lift": "confounder_lift",
+    "max_flip_excess": "flip_excess",
+    "min_worst_group_accuracy": "worst_group_accuracy",
+}
+
+
+def _mean_ci(values: pd.Series) -> dict:
+    v = values.astype(float).dropna()
+    mean, se = float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))
+    return {"value": mean, "ci_low": mean - 1.96 * se, "ci_high": mean + 1.96 * se, "n": len(v)}
+
+
+def scoreboard(samples: pd.DataFrame, worst: dict, top: dict) -> list[dict]:
+    """The compact scoreboard, one entry per model, computed from the samples."""
+    out = []
+    for model, part in samples.groupby("model", sort=False):
+        k, n = int(part["correct"].sum()), len(part)
+        ci = binomtest(k, n).proportion_ci(method="wilson")
+        w = worst.get(model)
+        excess = part["flip:confounder"] - part["flip_random:confounder"]
+        out.append(
+            {
+                "model": model,
+                "accuracy": {"value": k / n, "ci_low": ci.low, "ci_high": ci.high, "n": n},
+                "worst_group_accuracy": (
+                    {k: w[k] for k in ("cell", "value", "ci_low", "ci_high", "n")} if w else None
+                ),
+                "confounder_mass": _mean_ci(part["mass:confounder"]),
+                "confounder_lift": _mean_ci(part["lift:confounder"]),
+                "flip_rate": _mean_ci(part["flip:confounder"]),
+                "flip_rate_random": _mean_ci(part["flip_random:confounder"]),
+                "flip_excess": _mean_ci(excess),
+                "top_finding": (top.get(model) or {}).get("text"),
+            }
+        )
+    return out
+
+
+def _criterion_status(entry: dict | None, limit: float, higher_is_worse: bool) -> str:
+    """The contract's rule: beyond the limit with the CI clear of it fails; point estimate
+    beyond but the CI crossing is a concern; no data is its own status."""
+    if not entry or entry.get("value") is None:
+        return "no_data"
+    sign = 1 if higher_is_worse else -1
+    value, favourable = (
+        sign * entry["value"],
+        sign * entry["ci_low" if higher_is_worse else "ci_high"],
+    )
+    if value <= sign * limit:
+        return "pass"
+    return "fail" if favourable > sign * limit else "concern"
+
+
+def verdicts(board: list[dict], top: dict, warnings: list[dict]) -> list[dict]:
+    out = []
+    for entry in board:
+        criteria = []
+        for name, (label, limit, worse) in GATE.items():
+            score = entry[_SCORE_OF[name]]
+            criteria.append(
+                {
+                    "name": name,
+                    "label": label,
+                    "value": score["value"] if score else None,
+                    "limit": limit,
+                    "ci_low": score["ci_low"] if score else None,
+                    "ci_high": score["ci_high"] if score else None,
+                    "n": score["n"] if score else None,
+                    "status": _criterion_status(score, limit, worse),
+                }
+            )
+        statuses = {c["status"] for c in criteria}
+        status = (
+            "fail" if statuses & {"fail", "no_data"} else "concern" if "concern" in statuses
+            else "pass"
+        )  # fmt: skip
+        mass = entry["confounder_mass"]
+        out.append(
+            {
+                "model": entry["model"],
+                "status": status,
+                "headline": (
+                    f"{mass['value']:.0%} of attention on the confounders; occluding them "
+                    f"flips {entry['flip_rate']['value']:.0%} of predictions (random patches "
+                    f"{entry['flip_rate_random']['value']:.0%})."
+                ),
+                "criteria": criteria,
+                "top_finding": top.get(entry["model"]),
+                "caveats": [
+                    w
+                    for w in warnings
+                    if w["code"] == "non_final_layer" and entry["model"] in w["text"]
+                ],
+            }
+        )
+    return out
+
+
+def changes(board: list[dict]) -> list[dict]:
+    """Each later model against the first, on the scoreboard's metrics, worded as changes."""
+    lower_is_better = {"confounder_mass", "flip_rate"}
+    first, out = board[0], []
+    for other in board[1:]:
+        for metric in ("accuracy", "confounder_mass", "flip_rate"):
+            a, b = first[metric], other[metric]
+            diff = b["value"] - a["value"]
+            half = 1.96 * np.hypot(
+                (a["ci_high"] - a["ci_low"]) / 3.92, (b["ci_high"] - b["ci_low"]) / 3.92
+            )
+            lo, hi = diff - half, diff + half
+            good = -diff if metric in lower_is_better else diff
+            direction = "same" if lo <= 0 <= hi else "better" if good > 0 else "worse"
+            out.append(
+                {
+                    "model_a": first["model"],
+                    "model_b": other["model"],
+                    "metric": metric,
+                    "cell": "all",
+                    "diff": diff,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "p_value": 0.01 if direction != "same" else 0.4,
+                    "direction": direction,
+                    "text": (
+                        f"{other['model']} vs {first['model']}: {metric} {diff:+.2f} "
+                        f"[{lo:.2f}, {hi:.2f}]"
+                    ),
+                }
+            )
+    return out
+
+
 def gallery(
-    samples: pd.DataFrame, models: tuple[str, ...], *, per_cell: int, size: int, seed: int
+    samples: pd.DataFrame,
+    models: tuple[str, ...],
+    *,
+    per_cell: int,
+    size: int,
+    seed: int,
+    methods: tuple[str, ...] = ("gradcam",),
 ) -> tuple[dict, dict[str, np.ndarray]]:
     rng = np.random.default_rng(seed + 2)
     first = samples[samples["model"] == models[0]].assign(cell=cell_of)
@@ -313,13 +456,16 @@ def gallery(
                     cy, cx = rng.uniform(0, size, size=2)
                     bump = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (size / 5) ** 2))
                     arrays[f"map/{model}/{key}"] = (3.0 * bump).astype(np.float16)
+                    for method in methods[1:]:
+                        arrays[f"map/{model}/{key}@{method}"] = (2.0 * bump.T).astype(np.float16)
                     entry["models"][model] = {
                         "pred": row["pred"],
                         "prob": row["prob"],
                         "mass": {role: row[f"mass:{role}"] for role in ROLES},
                     }
                 items.append(entry)
-    return {"regions": list(REGIONS), "size": [size, size], "items": items}, arrays
+    gal = {"regions": list(REGIONS), "size": [size, size], "items": items, "methods": list(methods)}
+    return gal, arrays
 
 
 def _nan_to_none(obj):
@@ -349,19 +495,29 @@ def make_run_folder(
     image_size: int = 64,
     seed: int = 0,
     optional: bool = True,
+    methods: tuple[str, ...] = ("gradcam", "gradcam++"),
 ) -> Path:
     """Write a run folder at ``path`` and return it.
 
     ``hostile`` puts HTML/script in a group value, a model name, the title and the config.
     ``optional=False`` writes only the required files (summary.json, samples.parquet).
+
+    Paths are absolute, as the audit writes them, under a project folder next to ``path``
+    (:func:`project_dir`) that holds the config; the config has comments with a path in them.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    project = project_dir(path)
     genders = ("female", HOSTILE_GROUP if hostile else "male")
     if hostile:
         models = (models[0], HOSTILE_MODEL, *models[2:])
     samples = make_samples(
-        n_per_cell=n_per_cell, models=models, genders=genders, small=small, seed=seed
+        n_per_cell=n_per_cell,
+        models=models,
+        genders=genders,
+        small=small,
+        seed=seed,
+        methods=methods,
     )
     groups = group_table(samples)
     worst = {
@@ -370,7 +526,11 @@ def make_run_folder(
         if r["n_cells"]
     }
     title = "Nurse / doctor audit" + (" <script>alert(3)</script>" if hostile else "")
-    config = f'title = "{title}"\n[data]\nmanifest = "manifest.csv"\ngroups = ["gender"]\n'
+    config = (
+        f"# audit of the ward study, contact {SECRET_COMMENT}\n"
+        f'title = "{title}"\n[data]\nmanifest = "data/manifest.csv"  # {project}\n'
+        'groups = ["gender"]\n'
+    )
     first = samples[samples["model"] == models[0]]
     cells = [
         {"cell": c, "gender": g, "label": lab, "n": int(n), "small": bool(n < MIN_GROUP_SIZE)}
@@ -379,12 +539,33 @@ def make_run_folder(
         .size()
         .items()
     ]
+    top = {}
+    for f in findings(groups, seed):
+        if f.get("kind") == "risk" and f["model"] not in top:
+            top[f["model"]] = {k: f[k] for k in ("rule", "severity", "text")}
+    warns = [
+        {
+            "code": "non_final_layer",
+            "text": "Target layer layer3 is not the last spatial layer (layer4) of "
+            f"{models[0]}: its maps may miss what the model finally relies on.",
+        },
+        {
+            "code": "resized",
+            "text": f"Images of 96 px in {project / 'data'} were resized to 224 px (2.3x).",
+        },
+    ]
+    board = scoreboard(samples, worst, top)
     summary = {
+        "verdicts": verdicts(board, top, warns),
+        "scoreboard": board,
+        "changes": changes(board) if len(models) > 1 else [],
+        "warnings": warns,
+        "methods": list(methods),
         "title": title,
         "created": "2026-01-02T03:04:05Z",
         "config": config,
         "data": {
-            "manifest": "data/manifest.csv",
+            "manifest": str(project / "data" / "manifest.csv"),
             "n": int(len(first)),
             "fingerprint": "sha256:" + "ab" * 32,
             "groups": ["gender"],
@@ -399,7 +580,7 @@ def make_run_folder(
             {
                 "name": m,
                 "arch": "resnet18",
-                "checkpoint": f"models/{m}.pt",
+                "checkpoint": str(project / "models" / f"{m}.pt"),
                 "sha256": f"{i:02d}" * 32,
                 "classes": list(CLASSES),
                 "target_layer": "layer4",
@@ -409,7 +590,7 @@ def make_run_folder(
             }
             for i, m in enumerate(models)
         ],
-        "explain": {"methods": ["gradcam"], "target": "predicted"},
+        "explain": {"methods": list(methods), "target": "predicted"},
         "stats": {"min_group_size": MIN_GROUP_SIZE, "bootstrap": 1000, "seed": seed},
         "findings": findings(groups, seed),
         "provenance": {
@@ -428,7 +609,7 @@ def make_run_folder(
         return path
     (path / "config.toml").write_text(config)
     groups.to_parquet(path / "groups.parquet", index=False)
-    gap_table(samples, genders, seed).to_parquet(path / "gaps.parquet", index=False)
+    gap_table(samples, seed).to_parquet(path / "gaps.parquet", index=False)
     fairness_table(samples).to_parquet(path / "fairness.parquet", index=False)
     class_rates(samples, groups=["gender"]).to_parquet(path / "rates.parquet", index=False)
     cell_quantiles(samples, groups=["gender"], metrics=["mass:confounder"]).to_parquet(
@@ -440,10 +621,13 @@ def make_run_folder(
         {
             "row": [3, 17],
             "column": ["mask:hair", "image"],
+            "path": [str(project / "data" / "masks" / "h3.png"), str(project / "img17.png")],
             "reason": ["file not found", "cannot decode"],
         }
     ).to_parquet(path / "skipped.parquet", index=False)
-    gal, arrays = gallery(samples, models, per_cell=gallery_per_cell, size=image_size, seed=seed)
+    gal, arrays = gallery(
+        samples, models, per_cell=gallery_per_cell, size=image_size, seed=seed, methods=methods
+    )
     (path / "gallery.json").write_text(json.dumps(_nan_to_none(gal)))
     np.savez(path / "maps.npz", **arrays)
     return path

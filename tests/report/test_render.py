@@ -23,13 +23,14 @@ from bias_audit.report._render import script_json
 from .runfolder import HOSTILE_GROUP, HOSTILE_MODEL, cell_of
 
 SECTIONS = (
-    "scope",
-    "summary",
+    "verdict",
+    "findings",
     "attention",
     "performance",
     "comparison",
     "interventions",
     "gallery",
+    "scope",
     "methods",
 )
 _CHART = re.compile(r'<script type="application/json" id="(fig-[\w-]+)-data">(.*?)</script>', re.S)
@@ -71,7 +72,9 @@ def test_every_chart_has_data(report_html: str) -> None:
         "fig-confounder-box",
         "fig-accuracy",
         "fig-rate-gaps",
-        "fig-comparison",
+        "fig-comparison-mass-causal",
+        "fig-comparison-mass-confounder",
+        "fig-methods-mass-confounder",
         "fig-flip",
         "fig-drop",
     } <= set(figs)
@@ -168,12 +171,20 @@ def test_box_plot_quantiles(run_dir: Path, report_html: str) -> None:
 def test_findings_by_severity(run_dir: Path, report_html: str) -> None:
     summary = json.loads((run_dir / "summary.json").read_text())
     order = {"high": 0, "medium": 1, "low": 2, "info": 3}
-    expected = sorted(summary["findings"], key=lambda f: order[f["severity"]])
+    risks = [f for f in summary["findings"] if f["kind"] == "risk"]
+    infos = [f for f in summary["findings"] if f["kind"] == "info"]
+    assert risks and infos
+    expected = sorted(risks, key=lambda f: order[f["severity"]])
     body = report_html[
-        report_html.index('<section id="summary">') : report_html.index('<section id="attention">')
+        report_html.index('<section id="findings">') : report_html.index('<section id="attention">')
     ]
-    shown = re.findall(r'<li class="finding sev-(\w+)">', body)
+    shown = re.findall(r'<li class="finding sev-(\w+)">', body[: body.index("Changes between")])
     assert shown == [f["severity"] for f in expected]
+    # Class effects are listed apart, after the risks and the changes, as information.
+    info_part = body[body.index("Class effects and notes") :]
+    for f in infos:
+        assert str(escape(f["text"])) in info_part
+        assert str(escape(f["text"])) not in body[: body.index("Class effects and notes")]
     positions = [body.index(str(escape(f["text"]))) for f in expected]
     assert positions == sorted(positions)
     top = expected[0]
@@ -253,8 +264,14 @@ def test_gallery_caps(tmp_path: Path, run_dir: Path) -> None:
     assert reasons == ["confounder"] * 8
     html = render_report(path, max_total=3).read_text()
     assert html.count('<figure class="sample">') == 3
-    # Each sample: the image with outlines plus one overlay per model.
-    assert html.count('class="zoomable"') == 3 * 3
+    # Each sample: the image with outlines plus one overlay per model and method.
+    summary = json.loads((path / "summary.json").read_text())
+    n_models, n_methods = len(summary["models"]), len(summary["methods"])
+    assert n_methods == 2
+    assert html.count('class="zoomable"') == 3 * (1 + n_models * n_methods)
+    for model in summary["models"]:
+        for method in summary["methods"]:
+            assert f"<span>{escape(model['name'])} \u00b7 {method}</span>" in html
 
 
 def test_out_and_force(tmp_path: Path, run_dir: Path) -> None:

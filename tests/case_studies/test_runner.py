@@ -200,6 +200,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
+@pytest.mark.slow
 def test_quick_case_study_end_to_end(tmp_path):
     """generate + 3 trainings + audit + report + acceptance, through the CLI, then a re-run."""
     out = tmp_path / "nd"

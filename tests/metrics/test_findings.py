@@ -66,8 +66,9 @@ def test_mostly_invalid_maps_are_a_high_finding_and_json_shape():
     assert bad["ok"].severity == "info" and bad["ok"].value == 1 / 40
     assert settled[0].severity == "high"  # sorted by severity
     d = bad["m"].to_dict()
-    assert list(d) == ["rule", "severity", "model", "cell", "metric", "value", "ci_low",
-                       "ci_high", "p_value", "p_adjusted", "text"]  # fmt: skip
+    assert list(d) == ["rule", "kind", "severity", "model", "cell", "metric", "value", "ci_low",
+                       "ci_high", "p_value", "p_adjusted", "n", "text"]  # fmt: skip
+    assert d["kind"] == "risk" and d["n"] == 40
     back = Finding.from_dict({**d, "ci_low": None})
     assert (
         math.isnan(back.ci_low)

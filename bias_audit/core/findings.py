@@ -285,6 +285,8 @@ def _attention_elsewhere(inputs: FindingInputs) -> list[Finding]:
         if lift_row is None or row is None or not math.isfinite(_f(lift_row["value"])):
             continue
         lift, lift_high = _f(lift_row["value"]), _f(lift_row["ci_high"])
+        if lift >= 1:
+            continue  # the causal regions get more than a uniform map's share: nothing left them
         lift_high = lift_high if math.isfinite(lift_high) else lift
         # Judged on the high end of the interval: a shortfall the data cannot show is none.
         proposed = severity_of("causal_shortfall", 1.0 - lift_high) if lift_high < 1 else "info"
@@ -305,7 +307,7 @@ def _attention_elsewhere(inputs: FindingInputs) -> list[Finding]:
                 rule="attention_elsewhere", model=model, metric=mass_col, value=m,
                 ci_low=_f(row["ci_low"]), ci_high=_f(row["ci_high"]), p_value=p,
                 proposed=proposed, n=_n(row),
-                text=(f"{model}: only {_pct(m)}% of attention on the causal regions ({names}: "
+                text=(f"{model}: {_pct(m)}% of attention on the causal regions ({names}: "
                       f"{_pct(a)}% of the image), {lift:.2f}× a uniform map; the rest goes "
                       f"elsewhere ({where})"),
             )

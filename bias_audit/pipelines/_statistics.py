@@ -34,6 +34,7 @@ STAT_METRICS = (
     column("lift", CONFOUNDER),
     # the confounder regions' share of the image, for the lift a finding states
     column("area", CONFOUNDER),
+    column("area", "causal"),
     column("pointing", "causal"),
     column("pointing", CONFOUNDER),
     *(column(k, r) for k in OCCLUSION_METRICS for r in ("causal", CONFOUNDER)),

@@ -123,7 +123,10 @@ def batch_rows(model: nn.Module, batch: Batch, exp: Explanation, *, spec: StepSp
     # Every listed method is measured on every image: the first keeps the plain names.
     for method in spec.methods[1:]:
         more = sample_metrics(_saliency(exp.maps[method]), masks, present, batch.regions, roles)
-        metric_cols.update({method_column(k, method): v for k, v in more.items()})
+        # A region's area does not depend on the map: it stays in the first method's column.
+        metric_cols.update(
+            {method_column(k, method): v for k, v in more.items() if not k.startswith("area:")}
+        )
     total = maps.flatten(1).sum(dim=1)
 
     classes = spec.classes

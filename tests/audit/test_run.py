@@ -486,3 +486,22 @@ def test_a_model_with_zero_weights_fails_the_gate_and_gets_a_high_finding(world,
         f["rule"] == "degenerate_maps" and f["severity"] == "high" and f["model"] == "debiased"
         for f in result.findings
     )
+
+
+def test_scorecam_states_its_cost_and_is_refused_over_the_budget(world, tmp_path, capsys):
+    cfg = write_config(
+        world, "scorecam.toml",
+        replace=('methods = ["gradcam", "gradcam++"]',
+                 'methods = ["gradcam", "scorecam"]\nmax_seconds = 0.000001'),
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=rf"\[explain\] max_seconds: biased: scorecam needs {N} "
+                       rf"images x \d+ channels = \d+ forward passes, about"):  # fmt: skip
+        audit(AuditConfig.from_toml(cfg), out=tmp_path / "sc", progress=False)
+    # within budget the estimate is printed before the run, and Score-CAM is measured too
+    cfg = write_config(
+        world, "scorecam2.toml",
+        replace=('methods = ["gradcam", "gradcam++"]', 'methods = ["gradcam", "scorecam"]'),
+    )  # fmt: skip
+    result = audit(AuditConfig.from_toml(cfg), out=tmp_path / "sc2", progress=True)
+    assert "forward passes" in capsys.readouterr().err
+    assert result.samples["mass:confounder@scorecam"].notna().any()

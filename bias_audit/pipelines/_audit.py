@@ -137,8 +137,8 @@ def audit(
 
     dev = resolve_device(device)
     run_dir = config.run_dir(out)
-    plans, warnings = _settle_sizes(config, [_plan(config, m) for m in config.models])
     datasets = _Datasets(config)
+    plans, warnings = _settle_sizes(config, [_plan(config, m) for m in config.models], datasets)
     first_ds = datasets.get(plans[0])
     _check_regions(config, first_ds.regions)
     if len(first_ds) == 0:

@@ -112,19 +112,22 @@ def _native_sizes(ds) -> list[tuple[int, int]]:
     return [(r.width, r.height) for r in ds._rows]
 
 
-def _settle_sizes(config: AuditConfig, plans: list[_Plan]) -> tuple[list[_Plan], list[dict]]:
+def _settle_sizes(
+    config: AuditConfig, plans: list[_Plan], datasets: _Datasets
+) -> tuple[list[_Plan], list[dict]]:
     """Give every plan an image size and say what resizing it costs: ``(plans, warnings)``.
 
     A plan without one (no size in the config or the checkpoint) takes the images' own size
     when they all share it; otherwise the run stops and asks, since a silent resize once made a
-    shortcut look "low". A resize by more than 1.5x either way is a warning.
+    shortcut look "low". A resize by more than 1.5x either way is a warning. The first plan's
+    dataset is opened here (and kept in ``datasets``) when its size is known.
     """
-    probe = load_manifest(
-        config.data.manifest, label=config.data.label, groups=config.data.groups,
-        classes=next((p.classes for p in plans if p.classes), None), image_size=IMAGE_SIZE_RANGE[0],
-        resize=config.data.resize, on_error=config.data.on_error,
-        min_group_size=config.stats.min_group_size,
-    )  # fmt: skip
+    first = plans[0]
+    probe = (
+        datasets.get(first)
+        if first.image_size is not None
+        else datasets.get(replace(first, image_size=IMAGE_SIZE_RANGE[0]))
+    )
     sizes = _native_sizes(probe)
     shared = sizes[0] if sizes and all(s == sizes[0] for s in sizes) else None
     out, warnings = [], []

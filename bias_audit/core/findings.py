@@ -226,8 +226,9 @@ def _rows(inputs: FindingInputs, model: str) -> pd.DataFrame:
 # Rules
 
 
-#: Below this share of attention, a confounder's lift is too little attention to matter.
-MIN_CONFOUNDER_MASS = 0.05
+#: Below this share of attention, a confounder's lift is too little attention to matter (a
+#: watermark on 1.6% of the image drew 4.6% of a shortcut model's attention: lift 2.9).
+MIN_CONFOUNDER_MASS = 0.02
 
 
 def _confounder_attention(inputs: FindingInputs) -> list[Finding]:
@@ -523,7 +524,7 @@ RULES: dict[str, Rule] = {
             "mean share of attention on the confounder regions, and that share over the "
             "regions' share of the image (pooled lift). Severity: the more severe of the mass "
             "(counted only when the lift is at least 1.25) and the lift's lower 95% bound "
-            "(counted only when the mass is at least 5%)",
+            f"(counted only when the mass is at least {MIN_CONFOUNDER_MASS:.0%})",
         ),
         Rule(
             "confounder_reliance",

@@ -65,7 +65,9 @@ class AuditResult:
             comparisons: paired model comparisons (``p_value`` and Holm ``p_adjusted``).
         findings: dicts with rule, severity, model, cell, metric, value, ci_low, ci_high,
             p_value, p_adjusted, text (NaN where a number does not apply).
-        summary: the content of ``summary.json``.
+        summary: the content of ``summary.json``; it leads with ``verdicts`` (one per model:
+            status pass / concern / fail from the ``[gate]``), ``scoreboard``, ``changes``
+            between models and ``warnings``.
     """
 
     run_dir: Path

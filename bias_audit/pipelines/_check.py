@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from bias_audit.core.stats import worst_group
-from bias_audit.core.verdicts import GATE_DEFAULTS, judge_criteria
+from bias_audit.core.verdicts import CRITERIA, GATE_DEFAULTS, judge_criteria
 from bias_audit.errors import ConfigError, RunError
 from bias_audit.io.run_folder import read_summary, read_table
 
@@ -26,7 +26,8 @@ class Criterion:
 
     ``status`` is "pass", "concern" (beyond the limit, but the 95% interval crosses it),
     "fail" (the whole interval beyond the limit) or "no_data" (no valid value: counts as a
-    fail, a broken model must not pass).
+    fail, a broken model must not pass); "not_measured" when the run's own gate names a
+    criterion the run did not measure (not a failure; asked for by a limit, it is an error).
     """
 
     name: str
@@ -47,6 +48,8 @@ class Criterion:
     @property
     def line(self) -> str:
         where = f"{self.model}" + (f" [{self.cell}]" if self.cell else "")
+        if self.status == "not_measured":
+            return f"NOT MEASURED {where}: {self.label} ({self.name}): not in this run"
         if self.status == "no_data":
             return (
                 f"FAIL {where}: {self.label} ({self.name}): no valid data (n={self.n}), nothing "
@@ -114,7 +117,8 @@ def check_run(
             raise ConfigError(f"check: {key}: expected {low:g}..{high:g}, got {value!r}")
     groups, summary = _load(run_dir)
     limits = {k: float(v) for k, v in asked.items() if v is not None}
-    if not limits:
+    given = bool(limits)
+    if not given:
         limits = {k: float(v) for k, v in (summary.get("gate") or GATE_DEFAULTS).items()}
     min_n = int(summary.get("stats", {}).get("min_group_size", 20))
     # min_group_size may be stricter here than in the run (a copy of the folder re-judged).
@@ -133,7 +137,7 @@ def check_run(
     out: list[Criterion] = []
     for name in models:
         criteria, missing = judge_criteria(groups, worst, name, limits)
-        if missing:
+        if missing and given:
             hint = " (interventions were disabled?)" if any("flip" in m for m in missing) else ""
             raise RunError(
                 f"{run_dir / 'groups.parquet'}: nothing to judge {', '.join(missing)} on{hint}"
@@ -145,5 +149,14 @@ def check_run(
                 status=c["status"],
             )
             for c in criteria
+        )  # fmt: skip
+        # The run's own gate on a run that did not measure a criterion (no confounder regions,
+        # interventions off, an older run): said, not failed.
+        out.extend(
+            Criterion(
+                name=m, label=CRITERIA[m][0], model=name, cell=None, value=math.nan,
+                ci_low=math.nan, ci_high=math.nan, limit=limits[m], n=0, status="not_measured",
+            )
+            for m in missing
         )  # fmt: skip
     return out

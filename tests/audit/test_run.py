@@ -228,6 +228,17 @@ def test_check_exit_codes(run1, capsys):
     assert "--model: no model 'nope'" in capsys.readouterr().err
     assert main(["check", str(run1), "--max-flip-rate", "1.5"]) == 2
     assert "--max-flip-rate: expected 0..1" in capsys.readouterr().err
+    # a run without the pooled lift (an older run): the gate says so and does not fail on it
+    copy = run1.parent / "no_lift"
+    copy.mkdir(exist_ok=True)
+    (copy / "summary.json").write_text(json.dumps(summary))
+    groups = pd.read_parquet(run1 / "groups.parquet")
+    groups[~groups["metric"].str.startswith("pooled_lift")].to_parquet(copy / "groups.parquet")
+    assert main(["check", str(copy), "--model", "debiased"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "NOT MEASURED debiased: Confounder lift (max_confounder_lift)" in out
+    assert main(["check", str(copy), "--max-confounder-lift", "2"]) == 2
+    assert "nothing to judge max_confounder_lift" in capsys.readouterr().err
     assert main(["check", str(run1), "--max-flip-excess", "-2"]) == 2
     assert "--max-flip-excess: expected -1..1" in capsys.readouterr().err
 

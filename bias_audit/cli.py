@@ -95,6 +95,14 @@ def _build_parser() -> _Parser:
     k = add("check", "a gate for model review: exit 1 listing failed criteria, else 0")
     k.add_argument("run_dir", type=Path)
     k.add_argument("--max-confounder-mass", type=float, default=None, metavar="X")
+    k.add_argument(
+        "--max-confounder-lift", type=float, default=None, metavar="L",
+        help="attention on the confounders over their share of the image",
+    )  # fmt: skip
+    k.add_argument(
+        "--max-flip-excess", type=float, default=None, metavar="E",
+        help="flip rate when the confounders are occluded minus the random-patch rate",
+    )  # fmt: skip
     k.add_argument("--min-worst-group-accuracy", type=float, default=None, metavar="Y")
     k.add_argument("--max-flip-rate", type=float, default=None, metavar="Z")
     k.add_argument("--model", default=None, help="judge only this model")
@@ -271,13 +279,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     criteria = check_run(
         args.run_dir,
         max_confounder_mass=args.max_confounder_mass,
+        max_confounder_lift=args.max_confounder_lift,
+        max_flip_excess=args.max_flip_excess,
         min_worst_group_accuracy=args.min_worst_group_accuracy,
         max_flip_rate=args.max_flip_rate,
         model=args.model,
     )
-    failed = [c for c in criteria if c.status == "fail"]
+    failed = [c for c in criteria if c.failed]
     for c in criteria:
-        if c.status == "fail" or not args.quiet:
+        if c.failed or not args.quiet:
             print(c.line)
     return EXIT_CHECK_FAILED if failed else EXIT_OK
 
@@ -334,9 +344,17 @@ def _interrupted(args: argparse.Namespace | None) -> str:
 _CLI_WORDS = {
     "resume=True": "--resume",
     "force=True": "--force",
-    "max_confounder_mass": "--max-confounder-mass",
-    "min_worst_group_accuracy": "--min-worst-group-accuracy",
-    "max_flip_rate": "--max-flip-rate",
+    # check's limits only: a [gate] key in a config message keeps its name
+    **{
+        f"check: {key}:": f"check: --{key.replace('_', '-')}:"
+        for key in (
+            "max_confounder_mass",
+            "max_confounder_lift",
+            "max_flip_excess",
+            "min_worst_group_accuracy",
+            "max_flip_rate",
+        )
+    },  # fmt: skip
     "another output folder": "another --out",
     "check: model:": "check: --model:",
 }

@@ -139,6 +139,6 @@ def test_no_error_below_the_cli_speaks_in_flags():
 def test_the_cli_turns_argument_names_into_flags(tmp_path, capsys):
     from bias_audit.cli import main
 
-    assert main(["check", str(tmp_path)]) == 2
+    assert main(["check", str(tmp_path), "--max-confounder-mass", "2"]) == 2
     err = capsys.readouterr().err
     assert "--max-confounder-mass" in err and "max_confounder_mass" not in err

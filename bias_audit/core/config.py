@@ -32,6 +32,7 @@ __all__ = [
     "InterventionsConfig",
     "ReportConfig",
     "OutputConfig",
+    "GateConfig",
     "TrainConfig",
 ]
 
@@ -277,7 +278,9 @@ class DataConfig(_Section):
     manifest: Path = setting(kind="path")
     label: str = setting("label", kind="str")
     groups: tuple[str, ...] = setting((), kind="names")
-    image_size: int = setting(224, kind="int", **_SIZE)
+    # None: the checkpoint's size, else the images' own size when they all share it, else the
+    # run stops and asks (a silent resize once hid a shortcut).
+    image_size: int | None = setting(None, kind="int", **_SIZE)
     resize: str = setting("crop", kind="str", choices=RESIZE)
     classes: tuple[str, ...] | None = setting(None, kind="names", nonempty=True)
     on_error: str = setting("raise", kind="str", choices=ON_ERROR)
@@ -315,6 +318,9 @@ class ExplainConfig(_Section):
     methods: tuple[str, ...] = setting(("gradcam",), kind="names", nonempty=True)
     target: str = setting("predicted", kind="str", choices=TARGETS)
     target_layer: str | None = setting(None, kind="str")
+    #: A method whose estimated time for the whole dataset exceeds this is refused with the
+    #: estimate (Score-CAM runs N x channels forward passes). 0 turns the budget off.
+    max_seconds: float = setting(3600.0, kind="float", minimum=0)
 
     def _cross_check(self) -> None:
         valid = _methods()
@@ -406,6 +412,29 @@ class ReportConfig(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class GateConfig(_Section):
+    """``[gate]``: the limits each model's verdict is judged on (and ``bias-audit check``'s).
+
+    A model fails a criterion when its value is beyond the limit and its 95% interval lies
+    wholly beyond it; it is a concern when the point estimate is beyond the limit but the
+    interval crosses it.
+    """
+
+    SECTION: ClassVar[str] = "gate"
+    # mean share of attention inside the confounder regions
+    max_confounder_mass: float = setting(0.30, kind="float", minimum=0, maximum=1)
+    # that share divided by the regions' share of the image (1 = a uniform map)
+    max_confounder_lift: float = setting(2.0, kind="float", minimum=0, maximum=1e6)
+    # flip rate when the confounders are occluded minus the rate for same-area random patches
+    max_flip_excess: float = setting(0.10, kind="float", minimum=-1, maximum=1)
+    # accuracy of the worst judged cell (groups x class)
+    min_worst_group_accuracy: float = setting(0.80, kind="float", minimum=0, maximum=1)
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(getattr(self, k)) for k in self.keys()}
+
+
+@dataclass(frozen=True, kw_only=True)
 class OutputConfig(_Section):
     """``[output]``: the run folder; ``--out`` wins over it."""
 
@@ -428,6 +457,7 @@ class AuditConfig:
     stats: StatsConfig = field(default_factory=StatsConfig)
     interventions: InterventionsConfig = field(default_factory=InterventionsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     #: The TOML text as written (``""`` when built from a dict); stored in the run folder.
     source_text: str = ""
@@ -469,7 +499,9 @@ class AuditConfig:
         base = Path(base_dir).resolve()
         if not isinstance(d, Mapping):
             raise ConfigError(f"{source}: expected a table of sections, got {type(d).__name__}")
-        tables = ("data", "regions", "explain", "models", "stats", "interventions", "report")
+        tables = (
+            "data", "regions", "explain", "models", "stats", "interventions", "report", "gate",
+        )  # fmt: skip
         allowed = ("title", *tables, "output")
         for key in d:
             if key not in allowed:
@@ -516,6 +548,7 @@ class AuditConfig:
         stats = section(StatsConfig, "stats")
         interventions = section(InterventionsConfig, "interventions")
         report = section(ReportConfig, "report")
+        gate = section(GateConfig, "gate")
         output = section(OutputConfig, "output")
 
         return cls(
@@ -527,6 +560,7 @@ class AuditConfig:
             stats=stats,
             interventions=interventions,
             report=report,
+            gate=gate,
             output=output,
             source_text=source_text,
             source=source,
@@ -558,6 +592,8 @@ class AuditConfig:
         d = asdict(self)
         keep = {k: d[k] for k in ("data", "regions", "explain", "models", "interventions")}
         keep["data"].pop("num_workers")
+        # A time budget refuses a run before it starts; it never changes a row.
+        keep["explain"].pop("max_seconds")
         keep["seed"] = self.stats.seed
         text = json.dumps(keep, sort_keys=True, default=str)
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
@@ -581,7 +617,8 @@ def _toml_value(v: Any) -> str:
 
 def _render_toml(cfg: AuditConfig) -> str:
     lines = [f"title = {_toml_value(cfg.title)}"]
-    for name in ("data", "regions", "explain", "stats", "interventions", "report", "output"):
+    sections = ("data", "regions", "explain", "stats", "interventions", "report", "gate", "output")
+    for name in sections:
         lines.append(f"\n[{name}]")
         for k, v in asdict(getattr(cfg, name)).items():
             if v is not None:

@@ -36,6 +36,13 @@ from scipy.stats import fisher_exact, wilcoxon
 
 from bias_audit.core._naming import CONFOUNDER, column
 
+#: groups.parquet metric prefix of the pooled lift (mean mass over mean area of a role).
+POOLED_LIFT = "pooled_lift"
+#: groups.parquet metric: flip rate minus the random-patch rate, per image then averaged.
+FLIP_EXCESS = column("flip_excess", CONFOUNDER)
+#: ``scope`` of a gaps row between the classes themselves.
+BETWEEN_CLASSES = "between classes"
+
 __all__ = [
     "ALPHA",
     "THRESHOLDS",
@@ -44,6 +51,8 @@ __all__ = [
     "FindingInputs",
     "Rule",
     "draft_findings",
+    "model_changes",
+    "rules_table",
     "settle_findings",
     "severity_of",
 ]
@@ -63,8 +72,9 @@ THRESHOLDS: dict[str, dict[str, float]] = {
     "flip_excess": {"high": 0.20, "medium": 0.10, "low": 0.05},
     # absolute gap between groups of a metric (accuracy or attention share)
     "group_gap": {"high": 0.10, "medium": 0.05, "low": 0.02},
-    # absolute paired difference between two models
-    "model_difference": {"high": 0.10, "medium": 0.05, "low": 0.02},
+    # 1 minus the causal regions' lift (upper bound): how far attention falls short of a
+    # uniform map's share of the causal regions
+    "causal_shortfall": {"high": 0.50, "medium": 0.25, "low": 0.10},
     # share of a model's images without a valid map: above half, its attention numbers rest
     # on a minority of the data and the model itself is suspect (NaN, Inf or zero weights)
     "invalid_maps": {"high": 0.50},
@@ -101,6 +111,9 @@ class Finding:
         proposed: the severity the effect size earns, before the significance test.
         source: ``(table, row)`` when the finding restates a row of ``gaps`` or
             ``comparisons``, whose adjusted p-value it then takes; None otherwise.
+        kind: ``risk`` (a risk of one model) or ``info`` (context, e.g. a class effect: never
+            a risk, whatever its size).
+        n: the images the value rests on, when it applies.
     """
 
     rule: str
@@ -116,17 +129,20 @@ class Finding:
     text: str = ""
     proposed: str = "info"
     source: tuple[str, int] | None = None
+    kind: str = "risk"
+    n: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON shape of ``summary.json``'s findings (no ``proposed`` or ``source``)."""
-        keys = ("rule", "severity", "model", "cell", "metric", *_NUMBERS, "text")
+        keys = ("rule", "kind", "severity", "model", "cell", "metric", *_NUMBERS, "n", "text")
         return {k: getattr(self, k) for k in keys}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Finding:
         """Inverse of :meth:`to_dict` (``null`` numbers come back as NaN)."""
-        kw = {k: d.get(k) for k in ("rule", "severity", "model", "cell", "metric", "text")}
+        kw = {k: d.get(k) for k in ("rule", "severity", "model", "cell", "metric", "text", "n")}
         kw["severity"] = kw["severity"] or "info"
+        kw["kind"] = d.get("kind") or "risk"
         kw["text"] = kw["text"] or ""
         kw.update({k: math.nan if d.get(k) is None else float(d[k]) for k in _NUMBERS})
         return cls(**kw)
@@ -172,11 +188,14 @@ class FindingInputs:
 
 @dataclass(frozen=True)
 class Rule:
-    """A finding rule: its name, the THRESHOLDS entries it uses, and its compute function."""
+    """A finding rule: its name, the THRESHOLDS entries it uses, its compute function, the
+    kind of its findings and what it measures (for the rules table)."""
 
     name: str
     thresholds: tuple[str, ...]
     compute: Callable[[FindingInputs], list[Finding]]
+    kind: str = "risk"
+    description: str = ""
 
 
 def _pct(x: float | None) -> str:
@@ -207,6 +226,11 @@ def _rows(inputs: FindingInputs, model: str) -> pd.DataFrame:
 # Rules
 
 
+#: Below this share of attention, a confounder's lift is too little attention to matter (a
+#: watermark on 1.6% of the image drew 4.6% of a shortcut model's attention: lift 2.9).
+MIN_CONFOUNDER_MASS = 0.02
+
+
 def _confounder_attention(inputs: FindingInputs) -> list[Finding]:
     conf_col, area_col = column("mass", CONFOUNDER), column("area", CONFOUNDER)
     names = ", ".join(inputs.roles.get(CONFOUNDER, ())) or "confounder"
@@ -218,19 +242,24 @@ def _confounder_attention(inputs: FindingInputs) -> list[Finding]:
         m, lo, hi = _f(row["value"]), _f(row["ci_low"]), _f(row["ci_high"])
         area = inputs.pooled(model, area_col)
         a = _f(area["value"]) if area else math.nan
-        lift = m / a if a > 0 else math.nan
+        lift_row = inputs.pooled(model, f"{POOLED_LIFT}:{CONFOUNDER}")
+        lift = _f(lift_row["value"]) if lift_row else math.nan
+        lift_low = _f(lift_row["ci_low"]) if lift_row else math.nan
+        lift_low = lift_low if math.isfinite(lift_low) else lift
         rows = _rows(inputs, model)
         p = math.nan
         if area_col in rows:
             p = _one_sided_wilcoxon(rows[conf_col].to_numpy(float) - rows[area_col].to_numpy(float))
-        proposed = min(
-            severity_of("confounder_mass", m), severity_of("confounder_lift", lift),
-            key=SEVERITIES.index,
-        )  # fmt: skip
+        # The mass counts only when the map favours the regions (a confounder that covers most
+        # of the image gets much attention from any map); the lift counts, judged on the low
+        # end of its interval, only when the mass is not negligible.
+        by_mass = severity_of("confounder_mass", m) if lift >= 1.25 else "info"
+        by_lift = severity_of("confounder_lift", lift_low) if m >= MIN_CONFOUNDER_MASS else "info"
+        proposed = min(by_mass, by_lift, key=SEVERITIES.index)
         out.append(
             Finding(
                 rule="confounder_attention", model=model, metric=conf_col, value=m, ci_low=lo,
-                ci_high=hi, p_value=p, proposed=proposed,
+                ci_high=hi, p_value=p, proposed=proposed, n=_n(row),
                 text=(f"{model}: {_pct(m)}% [{_pct(lo)}, {_pct(hi)}] of attention on confounder "
                       f"regions ({names}: {_pct(a)}% of the image), {lift:.1f}× what a uniform "
                       "map gives"),
@@ -239,32 +268,96 @@ def _confounder_attention(inputs: FindingInputs) -> list[Finding]:
     return out
 
 
-def _worst_group_accuracy(inputs: FindingInputs) -> list[Finding]:
+def _n(row: Mapping[str, Any] | None) -> int | None:
+    if row is None:
+        return None
+    v = _f(row.get("n_valid"))
+    return int(v) if math.isfinite(v) else None
 
+
+def _attention_elsewhere(inputs: FindingInputs) -> list[Finding]:
+    """Attention that leaves the causal regions: no more on them than a uniform map gives."""
+    mass_col, area_col = column("mass", "causal"), column("area", "causal")
+    names = ", ".join(inputs.roles.get("causal", ())) or "causal"
     out = []
-    for w in inputs.worst.to_dict("records"):
-        if w["n_cells"] < 2 or w["metric"] != "accuracy":
+    for model in inputs.models:
+        lift_row = inputs.pooled(model, f"{POOLED_LIFT}:causal")
+        row = inputs.pooled(model, mass_col)
+        if lift_row is None or row is None or not math.isfinite(_f(lift_row["value"])):
             continue
-        acc, overall = float(w["value"]), float(w["overall"])
-        n = int(w["n_valid"])
-        k = round(acc * n)
-        pooled = inputs.pooled(w["model"], "accuracy")
-        n_all = int(pooled["n_valid"]) if pooled else n
-        k_all = round(overall * n_all)
-        # Is the worst cell worse than all other images together? One-sided Fisher exact test.
-        table = [[k, n - k], [k_all - k, (n_all - n) - (k_all - k)]]
-        p = float(fisher_exact(table, alternative="less").pvalue)
-        lo, hi = float(w["ci_low"]), float(w["ci_high"])
+        lift, lift_high = _f(lift_row["value"]), _f(lift_row["ci_high"])
+        if lift >= 1:
+            continue  # the causal regions get more than a uniform map's share: nothing left them
+        lift_high = lift_high if math.isfinite(lift_high) else lift
+        # Judged on the high end of the interval: a shortfall the data cannot show is none.
+        proposed = severity_of("causal_shortfall", 1.0 - lift_high) if lift_high < 1 else "info"
+        m = _f(row["value"])
+        area = inputs.pooled(model, area_col)
+        a = _f(area["value"]) if area else math.nan
+        bg = inputs.pooled(model, column("mass", "background"))
+        conf = inputs.pooled(model, column("mass", CONFOUNDER))
+        where = f"background {_pct(_f(bg['value']) if bg else math.nan)}%"
+        if conf is not None and math.isfinite(_f(conf["value"])):
+            where += f", confounders {_pct(_f(conf['value']))}%"
+        rows = _rows(inputs, model)
+        p = math.nan
+        if area_col in rows:
+            p = _one_sided_wilcoxon(rows[area_col].to_numpy(float) - rows[mass_col].to_numpy(float))
         out.append(
             Finding(
-                rule="worst_group_accuracy", model=w["model"], cell=w["cell"], metric="accuracy",
-                value=acc, ci_low=lo, ci_high=hi, p_value=p,
-                proposed=severity_of("worst_group_gap", overall - acc),
-                text=(f"{w['model']}: accuracy {_pct(acc)}% [{_pct(lo)}, {_pct(hi)}] on "
-                      f"{w['cell']} (n={n}), against {_pct(overall)}% overall"),
+                rule="attention_elsewhere", model=model, metric=mass_col, value=m,
+                ci_low=_f(row["ci_low"]), ci_high=_f(row["ci_high"]), p_value=p,
+                proposed=proposed, n=_n(row),
+                text=(f"{model}: {_pct(m)}% of attention on the causal regions ({names}: "
+                      f"{_pct(a)}% of the image), {lift:.2f}× a uniform map; the rest goes "
+                      f"elsewhere ({where})"),
             )
         )  # fmt: skip
     return out
+
+
+def _worst_group_accuracy(inputs: FindingInputs) -> list[Finding]:
+    """The worst cell against the other cells of its own class: a class that is simply
+    harder is a class effect (see ``class_difference``), not a group's risk."""
+    out = []
+    samples = inputs.samples
+    for w in inputs.worst.to_dict("records"):
+        if w["n_cells"] < 2 or w["metric"] != "accuracy":
+            continue
+        acc = float(w["value"])
+        n = int(w["n_valid"])
+        k = round(acc * n)
+        cls = _cell_class(inputs, w["model"], w["cell"])
+        rows = _rows(inputs, w["model"])
+        if cls is not None and "label" in samples.columns:
+            rows = rows[rows["label"].astype(str) == cls]
+        n_cls, k_cls = len(rows), int(rows["correct"].sum())
+        ref = k_cls / n_cls if n_cls else math.nan
+        p = math.nan
+        if n_cls > n:
+            # Is the worst cell worse than the rest of its class? One-sided Fisher exact test.
+            table = [[k, n - k], [k_cls - k, (n_cls - n) - (k_cls - k)]]
+            p = float(fisher_exact(table, alternative="less").pvalue)
+        lo, hi = float(w["ci_low"]), float(w["ci_high"])
+        within = f"its class {cls}" if cls is not None else "all images"
+        out.append(
+            Finding(
+                rule="worst_group_accuracy", model=w["model"], cell=w["cell"], metric="accuracy",
+                value=acc, ci_low=lo, ci_high=hi, p_value=p, n=n,
+                proposed=severity_of("worst_group_gap", ref - acc) if math.isfinite(p) else "info",
+                text=(f"{w['model']}: accuracy {_pct(acc)}% [{_pct(lo)}, {_pct(hi)}] on "
+                      f"{w['cell']} (n={n}), against {_pct(ref)}% on {within}"),
+            )
+        )  # fmt: skip
+    return out
+
+
+def _cell_class(inputs: FindingInputs, model: str, cell: str) -> str | None:
+    g = inputs.groups
+    if "label" not in g.columns:
+        return None
+    hit = g[(g["model"] == model) & (g["cell"] == cell) & g["label"].notna()]
+    return None if hit.empty else str(hit["label"].iloc[0])
 
 
 def _confounder_reliance(inputs: FindingInputs) -> list[Finding]:
@@ -283,6 +376,8 @@ def _confounder_reliance(inputs: FindingInputs) -> list[Finding]:
         # No random-patch baseline was run: judge the flip rate against zero.
         r = rows[rand].to_numpy(float) if has_baseline else np.where(np.isfinite(f), 0.0, np.nan)
         rm = rm if has_baseline else 0.0
+        excess = inputs.pooled(model, FLIP_EXCESS)
+        size = _f(excess["value"]) if excess else fm - rm
         base = (
             f"against {_pct(rm)}% for random patches of the same area"
             if has_baseline
@@ -291,8 +386,8 @@ def _confounder_reliance(inputs: FindingInputs) -> list[Finding]:
         out.append(
             Finding(
                 rule="confounder_reliance", model=model, metric=flip, value=fm, ci_low=lo,
-                ci_high=hi, p_value=_one_sided_wilcoxon(f - r),
-                proposed=severity_of("flip_excess", fm - rm),
+                ci_high=hi, p_value=_one_sided_wilcoxon(f - r), n=_n(row),
+                proposed=severity_of("flip_excess", size),
                 text=(f"{model}: occluding the confounder regions flips {_pct(fm)}% "
                       f"[{_pct(lo)}, {_pct(hi)}] of predictions, {base}"),
             )
@@ -317,61 +412,82 @@ def _degenerate_maps(inputs: FindingInputs) -> list[Finding]:
                 "(check its weights for NaN, Inf or all zeros)"
             )
         out.append(
-            Finding(rule="degenerate_maps", model=model, value=share, proposed=proposed, text=text)
-        )
+            Finding(
+                rule="degenerate_maps", model=model, value=share, proposed=proposed, text=text,
+                n=n,
+            )
+        )  # fmt: skip
     return out
 
 
+#: Metrics where a higher value is the worse one (the gap's "worst" end is its top).
+HIGHER_IS_WORSE = ("mass:confounder", "flip:confounder", "flip_excess:confounder")
+
+
+def _higher_is_worse(metric: str) -> bool:
+    return metric.split("@")[0] in HIGHER_IS_WORSE
+
+
+def _ends(row: Mapping[str, Any]) -> tuple[str, float, str, float]:
+    """(worst cell, its value, best cell, its value), read the right way round."""
+    low = (row["worst_cell"], float(row["worst_value"]))
+    high = (row["best_cell"], float(row["best_value"]))
+    worst, best = (high, low) if _higher_is_worse(str(row["metric"])) else (low, high)
+    return (*worst, *best)
+
+
 def _group_gap(inputs: FindingInputs) -> list[Finding]:
-    """Gaps of attention or reliance between cells (accuracy has its own rule)."""
+    """Gaps of attention or reliance between group cells of one class (accuracy has its own
+    rule; gaps between classes are ``class_difference`` notes)."""
     gaps = inputs.gaps
     if gaps is None or gaps.empty or "p_value" not in gaps.columns:
         return []
     out = []
     for i, row in enumerate(gaps.to_dict("records")):
         gap = float(row["gap"])
-        if row["metric"] == "accuracy" or severity_of("group_gap", gap) == "info":
+        scope = row.get("scope")
+        if scope == BETWEEN_CLASSES or row["metric"] == "accuracy" or "@" in str(row["metric"]):
             continue
+        if severity_of("group_gap", gap) == "info":
+            continue
+        worst, wv, best, bv = _ends(row)
+        among = f" among {scope}" if scope else ""
         out.append(
             Finding(
                 # The value is the gap, not the metric itself: name it so, or the report would
                 # print "mass:causal = 0.18" beside a cell whose mass is 0.60.
                 rule="group_gap", model=row["model"], metric=f"gap in {row['metric']}",
                 value=gap, p_value=float(row["p_value"]), proposed=severity_of("group_gap", gap),
-                source=("gaps", i), cell=row["best_cell"],
-                text=(f"{row['model']}: {row['metric']} ranges from {row['worst_value']:.2f} "
-                      f"({row['worst_cell']}) to {row['best_value']:.2f} ({row['best_cell']}), "
-                      f"a gap of {gap:.2f} across {int(row['n_cells'])} cells"),
+                source=("gaps", i), cell=worst,
+                text=(f"{row['model']}: {row['metric']}{among} is {wv:.2f} on {worst} against "
+                      f"{bv:.2f} on {best}, a gap of {gap:.2f} across {int(row['n_cells'])} "
+                      "cells"),
             )
         )  # fmt: skip
     return out
 
 
-def _model_difference(inputs: FindingInputs) -> list[Finding]:
-    """Paired differences between models over all images (the ``all`` cell)."""
-    comparisons = inputs.comparisons
-    if comparisons is None or comparisons.empty or "p_value" not in comparisons.columns:
+def _class_difference(inputs: FindingInputs) -> list[Finding]:
+    """Differences between the classes themselves: context, never a group bias."""
+    gaps = inputs.gaps
+    if gaps is None or gaps.empty or "scope" not in gaps.columns:
         return []
     out = []
-    for i, row in enumerate(comparisons.to_dict("records")):
-        if row.get("cell") != "all" or row["metric"] not in (
-            "accuracy",
-            column("mass", CONFOUNDER),
-        ):
+    for i, row in enumerate(gaps.to_dict("records")):
+        gap = _f(row.get("gap"))
+        if row.get("scope") != BETWEEN_CLASSES or "@" in str(row["metric"]):
             continue
-        # The table holds a - b; the text reads as the change from a to b.
-        diff = -float(row["mean_diff"])
-        if severity_of("model_difference", diff) == "info":
+        if severity_of("group_gap", gap) == "info":
             continue
-        lo, hi = -float(row["ci_high"]), -float(row["ci_low"])
-        pair = f"{row['model_b']} vs {row['model_a']}"
         out.append(
             Finding(
-                rule="model_difference", model=pair, metric=row["metric"], value=diff,
-                ci_low=lo, ci_high=hi, p_value=float(row["p_value"]), source=("comparisons", i),
-                proposed=severity_of("model_difference", diff),
-                text=(f"{pair}: {row['metric']} changes by {diff:+.3f} [{lo:+.3f}, {hi:+.3f}] "
-                      f"on the same {int(row['n'])} images"),
+                rule="class_difference", kind="info", model=row["model"],
+                metric=f"gap in {row['metric']}", value=gap, p_value=_f(row.get("p_value")),
+                source=("gaps", i), proposed="info",
+                text=(f"{row['model']}: {row['metric']} differs between classes, from "
+                      f"{row['worst_value']:.2f} ({row['worst_cell']}) to "
+                      f"{row['best_value']:.2f} ({row['best_cell']}); a class effect, not a "
+                      "group bias"),
             )
         )  # fmt: skip
     return out
@@ -388,7 +504,7 @@ def _small_cells(inputs: FindingInputs) -> list[Finding]:
         return []
     return [
         Finding(
-            rule="small_cells", model=None, value=float(len(small)),
+            rule="small_cells", kind="info", model=None, value=float(len(small)),
             text=(f"{len(small)} cell(s) below the minimum group size of "
                   f"{inputs.min_group_size}: {'; '.join(small)}; shown without interval or "
                   "verdict"),
@@ -400,15 +516,124 @@ def _small_cells(inputs: FindingInputs) -> list[Finding]:
 RULES: dict[str, Rule] = {
     r.name: r
     for r in (
-        Rule("confounder_attention", ("confounder_mass", "confounder_lift"), _confounder_attention),
-        Rule("worst_group_accuracy", ("worst_group_gap",), _worst_group_accuracy),
-        Rule("confounder_reliance", ("flip_excess",), _confounder_reliance),
-        Rule("degenerate_maps", ("invalid_maps",), _degenerate_maps),
-        Rule("group_gap", ("group_gap",), _group_gap),
-        Rule("model_difference", ("model_difference",), _model_difference),
-        Rule("small_cells", (), _small_cells),
+        Rule(
+            "confounder_attention",
+            ("confounder_mass", "confounder_lift"),
+            _confounder_attention,
+            "risk",
+            "mean share of attention on the confounder regions, and that share over the "
+            "regions' share of the image (pooled lift). Severity: the more severe of the mass "
+            "(counted only when the lift is at least 1.25) and the lift's lower 95% bound "
+            f"(counted only when the mass is at least {MIN_CONFOUNDER_MASS:.0%})",
+        ),
+        Rule(
+            "confounder_reliance",
+            ("flip_excess",),
+            _confounder_reliance,
+            "risk",
+            "flip rate when the confounder regions are occluded minus the rate for random "
+            "patches of the same area (one-sided Wilcoxon over images)",
+        ),
+        Rule(
+            "attention_elsewhere",
+            ("causal_shortfall",),
+            _attention_elsewhere,
+            "risk",
+            "attention that leaves the causal regions: 1 minus the upper 95% bound of the "
+            "causal lift (a uniform map has lift 1)",
+        ),
+        Rule(
+            "worst_group_accuracy",
+            ("worst_group_gap",),
+            _worst_group_accuracy,
+            "risk",
+            "accuracy of the worst cell against the rest of its own class (one-sided Fisher "
+            "exact test), so a harder class is not a group's risk",
+        ),
+        Rule(
+            "group_gap",
+            ("group_gap",),
+            _group_gap,
+            "risk",
+            "largest gap of attention or reliance between group cells inside one class "
+            "(permutation test)",
+        ),
+        Rule(
+            "degenerate_maps",
+            ("invalid_maps",),
+            _degenerate_maps,
+            "risk",
+            "share of a model's images whose map is all zero or not finite (no test)",
+        ),
+        Rule(
+            "class_difference",
+            ("group_gap",),
+            _class_difference,
+            "info",
+            "gap of accuracy, attention or reliance between the classes themselves: a class "
+            "effect, always info",
+        ),
+        Rule(
+            "small_cells",
+            (),
+            _small_cells,
+            "info",
+            "cells below the minimum group size, shown without interval or verdict",
+        ),
     )
 }
+
+
+def rules_table() -> str:
+    """The Markdown table of every rule, its kind, what it measures and its thresholds: the
+    README shows it verbatim (a test keeps the two equal)."""
+    lines = [
+        "| rule | kind | measures | high | medium | low |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in RULES.values():
+        limits = {}
+        for t in r.thresholds:
+            for level in ("high", "medium", "low"):
+                if level in THRESHOLDS[t]:
+                    limits.setdefault(level, []).append(f"{t} ≥ {THRESHOLDS[t][level]:g}")
+        cells = ["; ".join(limits.get(level, [])) or "–" for level in ("high", "medium", "low")]
+        lines.append(f"| `{r.name}` | {r.kind} | {r.description} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+#: Whether a higher value of a compared metric is better for the model.
+BETTER_HIGHER = {"accuracy": True, "mass:causal": True, "mass:confounder": False,
+                 "flip:confounder": False}  # fmt: skip
+
+
+def model_changes(comparisons: pd.DataFrame | None) -> list[dict[str, Any]]:
+    """Changes between models over all images (the ``all`` cell of ``comparisons``), worded
+    as changes and marked ``better`` / ``worse`` / ``same`` for the later model: never a risk
+    of the better one. ``same`` when the Holm-adjusted p-value is not below ``ALPHA``."""
+    if comparisons is None or comparisons.empty:
+        return []
+    out = []
+    for row in comparisons.to_dict("records"):
+        metric = str(row["metric"])
+        if row.get("cell") != "all" or metric.split("@")[0] not in BETTER_HIGHER:
+            continue
+        # The table holds a - b; a change reads from a to b.
+        diff = -_f(row["mean_diff"])
+        lo, hi = -_f(row["ci_high"]), -_f(row["ci_low"])
+        p = _f(row.get("p_adjusted", row.get("p_value")))
+        significant = math.isfinite(p) and p < ALPHA and not (lo <= 0 <= hi)
+        up = BETTER_HIGHER[metric.split("@")[0]]
+        direction = "same" if not significant else ("better" if (diff > 0) == up else "worse")
+        a, b = row["model_a"], row["model_b"]
+        out.append({
+            "model_a": a, "model_b": b, "metric": metric, "cell": "all", "diff": diff,
+            "ci_low": lo, "ci_high": hi, "p_value": p, "n": int(row["n"]),
+            "direction": direction,
+            "text": f"{b} vs {a}: {metric} {diff:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+            + ("" if significant else " (no significant change)"),
+        })  # fmt: skip
+    return out
 
 
 def draft_findings(inputs: FindingInputs) -> list[Finding]:

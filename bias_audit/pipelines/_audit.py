@@ -20,17 +20,26 @@ import torch
 
 from bias_audit.core._device import resolve_device
 from bias_audit.core.config import AuditConfig
-from bias_audit.core.findings import FindingInputs, draft_findings, settle_findings
+from bias_audit.core.findings import (
+    FindingInputs,
+    draft_findings,
+    model_changes,
+    settle_findings,
+)
+from bias_audit.core.verdicts import scoreboard, verdicts
 from bias_audit.errors import RunError
 from bias_audit.io.run_folder import RunStore, read_summary, read_table
 from bias_audit.pipelines._gallery import _gallery
 from bias_audit.pipelines._plan import (
     _batches,
+    _check_budget,
     _check_regions,
     _Datasets,
+    _final_layer,
     _load,
     _Plan,
     _plan,
+    _settle_sizes,
     _spec,
 )
 from bias_audit.pipelines._statistics import (
@@ -56,7 +65,9 @@ class AuditResult:
             comparisons: paired model comparisons (``p_value`` and Holm ``p_adjusted``).
         findings: dicts with rule, severity, model, cell, metric, value, ci_low, ci_high,
             p_value, p_adjusted, text (NaN where a number does not apply).
-        summary: the content of ``summary.json``.
+        summary: the content of ``summary.json``; it leads with ``verdicts`` (one per model:
+            status pass / concern / fail from the ``[gate]``), ``scoreboard``, ``changes``
+            between models and ``warnings``.
     """
 
     run_dir: Path
@@ -128,8 +139,8 @@ def audit(
 
     dev = resolve_device(device)
     run_dir = config.run_dir(out)
-    plans = [_plan(config, m) for m in config.models]
     datasets = _Datasets(config)
+    plans, warnings = _settle_sizes(config, [_plan(config, m) for m in config.models], datasets)
     first_ds = datasets.get(plans[0])
     _check_regions(config, first_ds.regions)
     if len(first_ds) == 0:
@@ -164,15 +175,25 @@ def audit(
             pending = [b for b in range(len(batches)) if b not in done]
             model = _load(plan, ds, dev)
             loaded[name] = (model, ds, plan)
+            final = _final_layer(model, ds, dev)
             if pending:
                 t_model = time.perf_counter()
                 spec = _spec(config, plan, ds)
+                _check_budget(model, ds, spec, config, dev, progress)
                 layer = _stream(model, ds, batches, pending, spec, store, config, dev, progress)
                 if layer:
                     layers[name] = layer
                 per_model_s[name] = per_model_s.get(name, 0.0) + time.perf_counter() - t_model
                 store.set_info(per_model_s=per_model_s, layers=layers)
             frames.append(store.collect(name, batch_ids))
+            used = layers.get(name, {}).get("target_layer") or plan.target_layer
+            if used is not None and used != final:
+                warnings.append({
+                    "code": "non_final_layer", "model": name,
+                    "text": (f"{name}: maps are taken at layer {used!r} (from the "
+                             f"{plan.target_layer_from}), not at the last spatial layer "
+                             f"{final!r}; an earlier layer can miss or invent a shortcut"),
+                })  # fmt: skip
         samples = pd.concat(frames, ignore_index=True)
         store.write_table("samples.parquet", samples)
         store.write_table("skipped.parquet", _skipped(first_ds))
@@ -194,6 +215,18 @@ def audit(
         )  # fmt: skip
         drafts = _holm_all(tables, drafts)
         findings = [f.to_dict() for f in settle_findings(drafts)]
+        names = [p.cfg.name for p in plans]
+        judged = {
+            "verdicts": verdicts(
+                tables["groups"], tables["worst_group"], names, config.gate.to_dict(),
+                findings=findings, warnings=warnings, confounders=config.regions.confounder,
+            ),
+            "scoreboard": scoreboard(
+                tables["groups"], tables["worst_group"], names, findings=findings
+            ),
+            "changes": model_changes(tables["comparisons"]),
+            "warnings": [{"code": w["code"], "text": w["text"]} for w in warnings],
+        }  # fmt: skip
         for name in STAT_TABLES:
             store.write_table(f"{name}.parquet", tables[name])
         stats_s = time.perf_counter() - t_stats
@@ -205,6 +238,7 @@ def audit(
 
         summary = _summary(
             config, first_ds, plans, layers, samples, tables, findings, nan_maps, dev,
+            judged=judged,
             timings={
                 "total_s": time.perf_counter() - t0,
                 "per_model_s": per_model_s,

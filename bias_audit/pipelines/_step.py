@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from bias_audit.core.maps import Explanation
     from bias_audit.io.data import Batch
 
-__all__ = ["StepSpec", "audit_batch", "explain_batch", "batch_rows", "MAP_OK"]
+__all__ = ["StepSpec", "audit_batch", "explain_batch", "batch_rows", "method_column", "MAP_OK"]
 
 #: Column: the first method's map has a positive, finite total (else its metrics are NaN).
 MAP_OK = "map_ok"
@@ -35,7 +35,8 @@ class StepSpec:
     Attributes:
         model: the model's name (the ``model`` column).
         classes: class names in logit order.
-        methods: explain methods; the first drives the metrics.
+        methods: explain methods; all are measured, the first under the plain column names
+            and each other one under ``<column>@<method>``; the first decides ``map_ok``.
         target: ``"predicted"`` or ``"label"``: which class is explained.
         target_layer: dotted layer name, or None for explain's automatic choice.
         roles: ``{"causal": (...), "confounder": (...)}`` region names.
@@ -114,11 +115,18 @@ def batch_rows(model: nn.Module, batch: Batch, exp: Explanation, *, spec: StepSp
     target = exp.targets.long().to(probs.device)
     prob = probs.gather(1, target[:, None])[:, 0]
 
-    maps = exp.maps[spec.methods[0]].detach().float().cpu()
     masks = batch.masks.cpu()
     present = batch.present.cpu()
     roles = {r: tuple(spec.roles.get(r, ())) for r in ROLES[:2]}
+    maps = _saliency(exp.maps[spec.methods[0]])
     metric_cols = sample_metrics(maps, masks, present, batch.regions, roles)
+    # Every listed method is measured on every image: the first keeps the plain names.
+    for method in spec.methods[1:]:
+        more = sample_metrics(_saliency(exp.maps[method]), masks, present, batch.regions, roles)
+        # A region's area does not depend on the map: it stays in the first method's column.
+        metric_cols.update(
+            {method_column(k, method): v for k, v in more.items() if not k.startswith("area:")}
+        )
     total = maps.flatten(1).sum(dim=1)
 
     classes = spec.classes
@@ -160,6 +168,18 @@ def batch_rows(model: nn.Module, batch: Batch, exp: Explanation, *, spec: StepSp
     rows.attrs["target_layer"] = exp.target_layer
     rows.attrs["layer_shape"] = [int(v) for v in exp.layer_shape]
     return rows
+
+
+def method_column(name: str, method: str) -> str:
+    """The samples-table column of metric column ``name`` under ``method`` (not the first)."""
+    return f"{name}@{method}"
+
+
+def _saliency(maps: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) >= 0: a CAM map as it is; a guided method's signed (N, C, H, W) input
+    gradient as its absolute value summed over channels."""
+    maps = maps.detach().float().cpu()
+    return maps.abs().sum(dim=1) if maps.ndim == 4 else maps
 
 
 def _role_masks(masks, present, regions, roles) -> torch.Tensor:

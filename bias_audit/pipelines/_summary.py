@@ -31,8 +31,9 @@ def _pooled(groups: pd.DataFrame, model: str, metric: str) -> float:
 
 
 def _summary(
-    config, ds, plans, layers, samples, tables, findings, nan_maps, dev, *, timings
+    config, ds, plans, layers, samples, tables, findings, nan_maps, dev, *, judged, timings
 ) -> dict:
+    """``judged`` (verdicts, scoreboard, changes, warnings) leads: the answer comes first."""
 
     cells = ds.cells()
     models = []
@@ -47,6 +48,7 @@ def _summary(
             "target_layer_from": p.target_layer_from,
             "layer_shape": layers.get(name, {}).get("layer_shape"),
             "image_size": p.image_size,
+            "image_size_from": p.image_size_from,
             "n": int((samples["model"] == name).sum()),
             "accuracy": _pooled(tables["groups"], name, "accuracy"),
             "nan_maps": nan_maps.get(name, 0),
@@ -57,6 +59,12 @@ def _summary(
             ),
         })  # fmt: skip
     return {
+        "verdicts": judged["verdicts"],
+        "scoreboard": judged["scoreboard"],
+        "changes": judged["changes"],
+        "warnings": judged["warnings"],
+        "methods": list(config.explain.methods),
+        "gate": config.gate.to_dict(),
         "title": config.title,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "config": config.to_toml(),

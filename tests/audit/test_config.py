@@ -232,3 +232,34 @@ def test_bootstrap_zero_is_refused_before_any_model_is_loaded(tmp_path):
     assert proc.stderr.count("\n") == 1 and "[stats] bootstrap" in proc.stderr
     assert "n_boot" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_gate_defaults_ranges_and_unknown_keys(tmp_path):
+    from bias_audit.core.config import GateConfig
+    from bias_audit.core.verdicts import GATE_DEFAULTS
+
+    cfg = AuditConfig.from_toml(_write(tmp_path, GOOD))
+    # the documented defaults, declared once, and the verdicts' own copy agrees with them
+    assert cfg.gate.to_dict() == GATE_DEFAULTS == GateConfig().to_dict()
+    assert cfg.data.image_size == 32 and cfg.explain.max_seconds == 3600
+    cfg = AuditConfig.from_toml(_write(tmp_path, GOOD + "[gate]\nmax_confounder_lift = 3\n"))
+    assert cfg.gate.max_confounder_lift == 3.0 and cfg.gate.max_confounder_mass == 0.30
+    with pytest.raises(ConfigError, match=r"\[gate\] max_confounder_mass: expected a number "
+                       r"between 0 and 1, got 1.5"):  # fmt: skip
+        AuditConfig.from_toml(_write(tmp_path, GOOD + "[gate]\nmax_confounder_mass = 1.5\n"))
+    with pytest.raises(ConfigError, match=r"\[gate\]: unknown key 'max_lift'; expected one of "
+                       r"max_confounder_mass, max_confounder_lift"):  # fmt: skip
+        AuditConfig.from_toml(_write(tmp_path, GOOD + "[gate]\nmax_lift = 3\n"))
+
+
+def test_image_size_is_unset_by_default_and_the_budget_does_not_block_a_resume(tmp_path):
+    plain = GOOD.replace("image_size = 32\n", "")
+    assert AuditConfig.from_toml(_write(tmp_path, plain)).data.image_size is None
+    a = AuditConfig.from_toml(_write(tmp_path, GOOD))
+    b = AuditConfig.from_toml(
+        _write(
+            tmp_path,
+            GOOD.replace('methods = ["gradcam"]', 'methods = ["gradcam"]\nmax_seconds = 5'),
+        )  # fmt: skip
+    )
+    assert b.explain.max_seconds == 5 and a.samples_hash() == b.samples_hash()

@@ -214,28 +214,46 @@ def test_check_exit_codes(run1, capsys):
     mass = samples.loc[samples["model"] == "biased", "mass:confounder"].mean()
     fails = [line for line in out.splitlines() if line.startswith("FAIL")]
     assert len(fails) == 2 and all("biased" in f for f in fails)
-    assert f"confounder mass = {mass:.4f}" in out
+    assert f"(max_confounder_mass) = {mass:.4f}" in out
     assert main(["check", str(run1.parent / "nowhere"), "--max-confounder-mass", "0.3"]) == 2
     assert "nowhere" in capsys.readouterr().err
-    assert main(["check", str(run1)]) == 2
-    assert "no criterion" in capsys.readouterr().err
+    # no flag: the run's own [gate] (recorded in summary.json), one line per criterion
+    summary = json.loads((run1 / "summary.json").read_text())
+    code = main(["check", str(run1)])
+    out = capsys.readouterr().out
+    assert out.count("(max_confounder_lift)") == len(summary["models"])
+    by_verdict = {v["model"]: v["status"] for v in summary["verdicts"]}
+    assert code == (1 if "fail" in by_verdict.values() else 0)
     assert main(["check", str(run1), "--max-flip-rate", "0.5", "--model", "nope"]) == 2
     assert "--model: no model 'nope'" in capsys.readouterr().err
     assert main(["check", str(run1), "--max-flip-rate", "1.5"]) == 2
     assert "--max-flip-rate: expected 0..1" in capsys.readouterr().err
+    # a run without the pooled lift (an older run): the gate says so and does not fail on it
+    copy = run1.parent / "no_lift"
+    copy.mkdir(exist_ok=True)
+    (copy / "summary.json").write_text(json.dumps(summary))
+    groups = pd.read_parquet(run1 / "groups.parquet")
+    groups[~groups["metric"].str.startswith("pooled_lift")].to_parquet(copy / "groups.parquet")
+    assert main(["check", str(copy), "--model", "debiased"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "NOT MEASURED debiased: Confounder lift (max_confounder_lift)" in out
+    assert main(["check", str(copy), "--max-confounder-lift", "2"]) == 2
+    assert "nothing to judge max_confounder_lift" in capsys.readouterr().err
+    assert main(["check", str(run1), "--max-flip-excess", "-2"]) == 2
+    assert "--max-flip-excess: expected -1..1" in capsys.readouterr().err
 
 
-def test_check_reports_small_cells(run1, tmp_path, capsys):
-    # with a minimum group size above every cell, nothing can be judged: reported, not failed
+def test_check_fails_when_no_cell_can_be_judged(run1, tmp_path, capsys):
+    # with a minimum group size above every cell, nothing can be judged: no data, which fails
     summary = json.loads((run1 / "summary.json").read_text())
     summary["stats"]["min_group_size"] = 1000
     copy = tmp_path / "copy"
     copy.mkdir()
     (copy / "summary.json").write_text(json.dumps(summary))
     (copy / "groups.parquet").write_bytes((run1 / "groups.parquet").read_bytes())
-    assert main(["check", str(copy), "--min-worst-group-accuracy", "0.99"]) == 0
+    assert main(["check", str(copy), "--min-worst-group-accuracy", "0.5"]) == 1
     out = capsys.readouterr().out
-    assert out.count("TOO SMALL") == 8 and "female / doctor" in out
+    assert out.count("no valid data") == len(summary["models"])
 
 
 def test_compare_runs_paired(run1, world, capsys, tmp_path):
@@ -467,8 +485,9 @@ def test_a_model_with_zero_weights_fails_the_gate_and_gets_a_high_finding(world,
     assert not zero["map_ok"].any() and zero["mass:confounder"].isna().all()
 
     crit = check_run(tmp_path / "zero", max_confounder_mass=0.5, max_flip_rate=1.0, model="biased")
-    mass = next(c for c in crit if c.name == "confounder mass")
-    assert mass.status == "fail" and mass.n == 0 and "no valid data" in mass.line
+    mass = next(c for c in crit if c.name == "max_confounder_mass")
+    assert mass.status == "no_data" and mass.failed and mass.n == 0
+    assert "no valid data" in mass.line
     assert main(["check", str(tmp_path / "zero"), "--max-confounder-mass", "0.5"]) == 1
 
     bad = [f for f in result.findings if f["rule"] == "degenerate_maps" and f["model"] == "biased"]
@@ -478,3 +497,22 @@ def test_a_model_with_zero_weights_fails_the_gate_and_gets_a_high_finding(world,
         f["rule"] == "degenerate_maps" and f["severity"] == "high" and f["model"] == "debiased"
         for f in result.findings
     )
+
+
+def test_scorecam_states_its_cost_and_is_refused_over_the_budget(world, tmp_path, capsys):
+    cfg = write_config(
+        world, "scorecam.toml",
+        replace=('methods = ["gradcam", "gradcam++"]',
+                 'methods = ["gradcam", "scorecam"]\nmax_seconds = 0.000001'),
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=rf"\[explain\] max_seconds: biased: scorecam needs {N} "
+                       rf"images x \d+ channels = \d+ forward passes, about"):  # fmt: skip
+        audit(AuditConfig.from_toml(cfg), out=tmp_path / "sc", progress=False)
+    # within budget the estimate is printed before the run, and Score-CAM is measured too
+    cfg = write_config(
+        world, "scorecam2.toml",
+        replace=('methods = ["gradcam", "gradcam++"]', 'methods = ["gradcam", "scorecam"]'),
+    )  # fmt: skip
+    result = audit(AuditConfig.from_toml(cfg), out=tmp_path / "sc2", progress=True)
+    assert "forward passes" in capsys.readouterr().err
+    assert result.samples["mass:confounder@scorecam"].notna().any()

@@ -41,6 +41,7 @@ from bias_audit.pipelines._statistics import (
 from bias_audit.pipelines._step import MAP_OK
 from bias_audit.pipelines._stream import _skipped, _stream
 from bias_audit.pipelines._summary import _summary
+from bias_audit.pipelines._trust import run_trust
 
 __all__ = ["audit", "AuditResult"]
 
@@ -213,6 +214,7 @@ def audit(
                 "resumed": resumed,
             },
         )  # fmt: skip
+        summary["trust"] = run_trust(config, loaded, store, dev, layers)  # issue 13
         store.write_json("summary.json", summary)
         store.finish()
         return AuditResult(

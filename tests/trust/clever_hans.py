@@ -15,18 +15,19 @@ SIZE = 64
 WM = 10  # watermark side
 
 
-def make_images(n: int, *, seed: int) -> dict[str, torch.Tensor]:
-    """images (N,3,S,S) normalised, labels (N,), masks (N,2,S,S) [causal, watermark],
-    present (N,2)."""
+def make_images(n: int, *, seed: int, size: int = SIZE) -> dict[str, torch.Tensor]:
+    """images (N,3,S,S) normalised, labels (N,), masks (N,2,S,S) [object, watermark],
+    present (N,2). Sizes other than 64 scale the object and the watermark with the image."""
     rng = np.random.default_rng(seed)
+    scale = size / SIZE
     labels = np.arange(n) % 2
     rng.shuffle(labels)
-    img = rng.normal(0.0, 0.5, size=(n, 3, SIZE, SIZE)).astype(np.float32)
-    masks = np.zeros((n, 2, SIZE, SIZE), bool)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
+    img = rng.normal(0.0, 0.5, size=(n, 3, size, size)).astype(np.float32)
+    masks = np.zeros((n, 2, size, size), bool)
+    yy, xx = np.mgrid[:size, :size]
     for i, y in enumerate(labels):
-        cy, cx = rng.integers(18, 40, size=2)
-        r = 9
+        cy, cx = (rng.integers(18, 40, size=2) * scale).astype(int)
+        r = round(9 * scale)
         if y == 1:
             obj = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
         else:
@@ -34,9 +35,11 @@ def make_images(n: int, *, seed: int) -> dict[str, torch.Tensor]:
         img[i, :, obj] += 0.4
         masks[i, 0] = obj
         if y == 1:
-            wm = np.zeros((SIZE, SIZE), bool)
-            wm[SIZE - WM - 2 : SIZE - 2, SIZE - WM - 2 : SIZE - 2] = True
-            checker = ((yy // 2 + xx // 2) % 2 == 0).astype(np.float32) * 4 - 2
+            side, gap = round(WM * scale), round(2 * scale)
+            wm = np.zeros((size, size), bool)
+            wm[size - side - gap : size - gap, size - side - gap : size - gap] = True
+            cell = max(1, round(2 * scale))
+            checker = ((yy // cell + xx // cell) % 2 == 0).astype(np.float32) * 4 - 2
             img[i][:, wm] = checker[wm][None]
             masks[i, 1] = wm
     present = np.stack([np.ones(n, bool), labels == 1], axis=1)
@@ -48,8 +51,15 @@ def make_images(n: int, *, seed: int) -> dict[str, torch.Tensor]:
     }
 
 
-def train(model: nn.Module, data: dict[str, torch.Tensor], *, epochs: int, seed: int = 0,
-          lr: float = 1e-3, batch: int = 32) -> nn.Module:
+def train(
+    model: nn.Module,
+    data: dict[str, torch.Tensor],
+    *,
+    epochs: int,
+    seed: int = 0,
+    lr: float = 1e-3,
+    batch: int = 32,
+) -> nn.Module:
     torch.manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     x, y = data["images"], data["labels"]

@@ -30,6 +30,7 @@ from bias_audit.report._figures import (
 )
 from bias_audit.report._images import REGION_COLORS, data_uri, draw_outlines, overlay_map, thumbnail
 from bias_audit.report._load import ReportData, load_run
+from bias_audit.report._trust import trust_context, trust_figures  # issue 13
 
 __all__ = ["render_report", "build_context", "script_json", "SEVERITIES", "METHODS_TEXT"]
 
@@ -302,6 +303,7 @@ def build_context(
         "performance": performance_figures(data),
         "comparison": comparison_figures(data),
         "interventions": intervention_figures(data),
+        "trust": trust_figures(summary),  # issue 13
     }
     chart_data = {
         spec.id: script_json(plotly.io.to_json(spec.figure, validate=True))
@@ -364,6 +366,7 @@ def build_context(
         "provenance": summary.get("provenance") or {},
         "timings": summary.get("timings") or {},
         "fmt": _fmt,
+        "trust": trust_context(summary),  # issue 13
     }
 
 

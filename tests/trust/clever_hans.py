@@ -15,9 +15,12 @@ SIZE = 64
 WM = 10  # watermark side
 
 
-def make_images(n: int, *, seed: int, size: int = SIZE) -> dict[str, torch.Tensor]:
+def make_images(
+    n: int, *, seed: int, size: int = SIZE, watermark: bool = True
+) -> dict[str, torch.Tensor]:
     """images (N,3,S,S) normalised, labels (N,), masks (N,2,S,S) [object, watermark],
-    present (N,2). Sizes other than 64 scale the object and the watermark with the image."""
+    present (N,2). Sizes other than 64 scale the object and the watermark with the image;
+    ``watermark=False`` gives the clean task (the object alone decides)."""
     rng = np.random.default_rng(seed)
     scale = size / SIZE
     labels = np.arange(n) % 2
@@ -34,7 +37,7 @@ def make_images(n: int, *, seed: int, size: int = SIZE) -> dict[str, torch.Tenso
             obj = (abs(yy - cy) <= r - 2) & (abs(xx - cx) <= r - 2)
         img[i, :, obj] += 0.4
         masks[i, 0] = obj
-        if y == 1:
+        if y == 1 and watermark:
             side, gap = round(WM * scale), round(2 * scale)
             wm = np.zeros((size, size), bool)
             wm[size - side - gap : size - gap, size - side - gap : size - gap] = True
@@ -42,7 +45,7 @@ def make_images(n: int, *, seed: int, size: int = SIZE) -> dict[str, torch.Tenso
             checker = ((yy // cell + xx // cell) % 2 == 0).astype(np.float32) * 4 - 2
             img[i][:, wm] = checker[wm][None]
             masks[i, 1] = wm
-    present = np.stack([np.ones(n, bool), labels == 1], axis=1)
+    present = np.stack([np.ones(n, bool), (labels == 1) & watermark], axis=1)
     return {
         "images": torch.from_numpy(img),
         "labels": torch.from_numpy(labels).long(),

@@ -127,3 +127,30 @@ def test_top_pixels_matter_more_than_random_ones_and_an_inverted_map_is_flagged(
     assert [(f.code, f.method) for f in found] == [("not_faithful", "inverted")]
     assert all(math.isfinite(v) for v in t["drop_top"])
     assert np.all(t["n"] == 64)
+
+
+def test_report_sentences_read_the_numbers():
+    from bias_audit.report._trust import trust_context
+
+    summary = {"trust": {
+        "enabled": True, "sample": 8, "methods": ["gradcam", "sobel"], "max_spearman": 0.5,
+        "fill": "blur",
+        "findings": [{"code": "method_insensitive", "model": "a", "method": "sobel",
+                      "text": "a: sobel ...", "severity": "high"}],
+        "models": {"a": {
+            "n": 8, "target_layer": "layer4",
+            "randomization": [
+                {"order": "top_down", "step": 1, "share": 1.0, "method": m, "spearman": s,
+                 "ssim": 0.9, "modules": "fc..conv1"}
+                for m, s in (("gradcam", 0.12), ("sobel", 0.98))
+            ],
+            "layers": [], "faithfulness": [],
+        }},
+    }}  # fmt: skip
+    ctx = trust_context(summary)
+    (a,) = ctx["models"]
+    assert a["anchor"] == "trust-a" and a["passed"] is False
+    assert "Spearman correlation of 0.12" in a["sentences"][0]
+    assert "as they should" in a["sentences"][0]
+    assert "barely depend" in a["sentences"][1]
+    assert trust_context({"trust": {"enabled": False}}) == {"enabled": False, "models": []}

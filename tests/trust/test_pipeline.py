@@ -82,3 +82,18 @@ def test_config_section_defaults_and_errors(world):
     ):
         with pytest.raises(ConfigError, match=match):
             AuditConfig.from_dict({**base, "trust": bad})
+
+
+def test_report_has_the_trust_section(run):
+    from bias_audit.report import render_report
+
+    html = render_report(run.run_dir, out=run.run_dir / "trust_report.html").read_text()
+    section = html[html.index('<section id="trust">') :]
+    section = section[: section.index("</section>")]
+    assert "Can these maps be trusted?" in section
+    assert 'id="trust-biased"' in section and 'id="trust-debiased"' in section
+    assert "Randomisation: after every layer of biased is re-initialised" in section
+    assert "Faithfulness: deleting the 5% most attended pixels" in section
+    for fid in ("fig-trust-randomization", "fig-trust-layers", "fig-trust-faithfulness"):
+        assert f'id="{fid}"' in html and f'id="{fid}-data"' in html
+    assert '<a href="#trust">' in html

@@ -220,6 +220,7 @@ def model_randomization(
     targets: Tensor | None = None,
     steps: int = 5,
     seed: int = 0,
+    n_boot: int = 1000,
 ) -> Randomization:
     """Adebayo's model-parameter randomisation test, cascading top-down and bottom-up.
 
@@ -235,7 +236,8 @@ def model_randomization(
         targets: (N,) class indices explained on every model (default: the original model's
             prediction), so a randomised model is asked about the same class.
         steps: the most groups of modules randomised one after another.
-        seed: the seed of the re-initialisation.
+        seed: the seed of the re-initialisation and of the bootstrap.
+        n_boot: bootstrap resamples of the Spearman interval.
 
     Returns:
         A :class:`Randomization`.
@@ -270,7 +272,7 @@ def model_randomization(
             for m in methods:
                 rho = _correlate(ranks[m], _centered_ranks(maps[m]))
                 per_image[(order, step, m)] = rho
-                lo, hi = bootstrap_ci(rho.numpy(), seed=seed)
+                lo, hi = bootstrap_ci(rho.numpy(), n_boot=n_boot, seed=seed)
                 rows.append({
                     "order": order, "step": step, "modules": span,
                     "share": len(done) / total, "method": m,
@@ -358,7 +360,7 @@ class LayerSensitivity:
 
 def _role_rows(
     maps: Tensor, masks: Tensor, present: Tensor, regions: Sequence[str],
-    roles: Mapping[str, Sequence[str]], seed: int,
+    roles: Mapping[str, Sequence[str]], seed: int, n_boot: int,
 ) -> list[dict[str, object]]:  # fmt: skip
     by_name, here = role_masks(masks, present, regions, roles)
     ok = torch.isfinite(maps.flatten(1).sum(1)) & (maps.flatten(1).sum(1) > 0)
@@ -374,7 +376,7 @@ def _role_rows(
             mass = area = np.zeros(0)
         m = float(np.nanmean(mass)) if np.isfinite(mass).any() else math.nan
         a = float(np.mean(area)) if len(area) else math.nan
-        lo, hi = bootstrap_ci(mass, seed=seed)
+        lo, hi = bootstrap_ci(mass, n_boot=n_boot, seed=seed)
         lift = m / a if a > 0 else math.nan
         verdict = ""
         if role == CONFOUNDER:
@@ -414,6 +416,7 @@ def layer_sensitivity(
     count: int = 2,
     targets: Tensor | None = None,
     seed: int = 0,
+    n_boot: int = 1000,
 ) -> LayerSensitivity:
     """Attention per role of every method at the target layer and the layers before it.
 
@@ -427,7 +430,7 @@ def layer_sensitivity(
         target_layer: the audited layer (None: explain's automatic choice).
         layers: the other layers; None picks ``count`` of :func:`preceding_layers`.
         targets: (N,) class indices (default: the predicted class).
-        seed: the bootstrap's seed.
+        seed, n_boot: the bootstrap's seed and resamples.
     """
     methods = _map_methods(methods)
     if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
@@ -449,9 +452,8 @@ def layer_sensitivity(
         )
         shape = f"{exp.layer_shape[0]}x{exp.layer_shape[1]}"
         for m in methods:
-            for r in _role_rows(
-                exp.maps[m].cpu(), masks.cpu(), present.cpu(), regions, roles, seed
-            ):
+            maps = exp.maps[m].cpu()
+            for r in _role_rows(maps, masks.cpu(), present.cpu(), regions, roles, seed, n_boot):
                 rows.append({"layer": layer, "is_target": layer == first.target_layer,
                              "layer_shape": shape, "method": m, **r})  # fmt: skip
     return LayerSensitivity(table=pd.DataFrame(rows))
@@ -503,13 +505,15 @@ def faithfulness(
     fractions: Sequence[float] = (0.05, 0.10, 0.20),
     fill: str = "blur",
     seed: int = 0,
+    n_boot: int = 1000,
 ) -> Faithfulness:
     """Deletion of the top-k% most attended pixels against the same number of random pixels.
 
     The pixels are filled as the audit's occlusions are (``fill``: the blurred image or its
     mean), and the drop of the target probability is measured. A map whose top pixels take no
     more away than random ones is not a faithful account of the model's evidence.
-    Cost: one explain pass and ``2 * len(fractions)`` forward passes per method.
+    Cost: one explain pass, and one forward pass per fraction for the random pixels and one
+    per fraction and method for the top pixels.
     """
     methods = _map_methods(methods)
     bad = [f for f in fractions if not 0 < f < 1]
@@ -520,22 +524,25 @@ def faithfulness(
     rand = torch.stack(
         [random_pixels(n, h, w, f, seed=seed + i) for i, f in enumerate(fractions)], 1
     )
-    rows = []
+    k = len(fractions)
+    tops, oks = [], []
     for m in methods:
         maps = exp.maps[m].detach().float().cpu()
         total = maps.flatten(1).sum(1)
-        ok = torch.isfinite(total) & (total > 0)
-        top = torch.stack([top_pixels(maps, f) for f in fractions], dim=1)
-        occ = occlusion_effect(
-            model, images, torch.cat([top, rand], dim=1).to(images.device), exp.targets.cpu(),
-            fill=fill, logits=exp.logits, baseline=False,
-        )  # fmt: skip
-        k = len(fractions)
+        oks.append(torch.isfinite(total) & (total > 0))
+        tops.append(torch.stack([top_pixels(maps, f) for f in fractions], dim=1))
+    # One occlusion call: the random masks are shared by every method.
+    occ = occlusion_effect(
+        model, images, torch.cat([rand, *tops], dim=1).to(images.device), exp.targets.cpu(),
+        fill=fill, logits=exp.logits, baseline=False,
+    )  # fmt: skip
+    rows = []
+    for j, (m, ok) in enumerate(zip(methods, oks, strict=True)):
         for i, f in enumerate(fractions):
-            d_top = occ.drop_prob[ok, i].double().numpy()
-            d_rand = occ.drop_prob[ok, k + i].double().numpy()
+            d_top = occ.drop_prob[ok, k * (j + 1) + i].double().numpy()
+            d_rand = occ.drop_prob[ok, i].double().numpy()
             diff = d_top - d_rand
-            lo, hi = bootstrap_ci(diff, seed=seed)
+            lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
             rows.append({
                 "method": m, "fraction": float(f),
                 "drop_top": float(np.mean(d_top)) if len(d_top) else math.nan,

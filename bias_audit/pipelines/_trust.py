@@ -74,7 +74,7 @@ def run_trust(
         return {"enabled": False}
     t0 = time.perf_counter()
     methods = tuple(m for m in (cfg.methods or config.explain.methods) if m not in GUIDED)
-    seed = config.stats.seed
+    seed, n_boot = config.stats.seed, config.stats.bootstrap
     roles = {"causal": config.regions.causal, "confounder": config.regions.confounder}
     frames: list[pd.DataFrame] = []
     per_model: dict[str, Any] = {}
@@ -90,20 +90,21 @@ def run_trust(
         if cfg.randomization:
             rand = model_randomization(
                 model, images, methods=methods, target_layer=layer, targets=targets,
-                steps=cfg.steps, seed=seed,
+                steps=cfg.steps, seed=seed, n_boot=n_boot,
             )  # fmt: skip
             frames.append(rand.table.assign(check="randomization", model=name))
         if roles["causal"] or roles["confounder"]:
             lay = layer_sensitivity(
                 model, images, batch.masks, batch.present, batch.regions, roles,
                 methods=methods, target_layer=layer, layers=cfg.layers or None,
-                count=cfg.layers_before, targets=targets, seed=seed,
+                count=cfg.layers_before, targets=targets, seed=seed, n_boot=n_boot,
             )  # fmt: skip
             frames.append(lay.table.assign(check="layers", model=name))
         if cfg.faithfulness:
             faith = faithfulness(
                 model, images, methods=methods, target_layer=layer, targets=targets,
                 fractions=cfg.fractions, fill=config.interventions.fill, seed=seed,
+                n_boot=n_boot,
             )  # fmt: skip
             frames.append(faith.table.assign(check="faithfulness", model=name))
         if state_sha256(model) != before:  # a bug here, never the user's input

@@ -16,11 +16,12 @@ WM = 10  # watermark side
 
 
 def make_images(
-    n: int, *, seed: int, size: int = SIZE, watermark: bool = True
+    n: int, *, seed: int, size: int = SIZE, watermark: bool = True, contrast: float = 0.4
 ) -> dict[str, torch.Tensor]:
     """images (N,3,S,S) normalised, labels (N,), masks (N,2,S,S) [object, watermark],
     present (N,2). Sizes other than 64 scale the object and the watermark with the image;
-    ``watermark=False`` gives the clean task (the object alone decides)."""
+    ``watermark=False`` gives the clean task (the object alone decides), ``contrast`` the
+    object's brightness over the noise."""
     rng = np.random.default_rng(seed)
     scale = size / SIZE
     labels = np.arange(n) % 2
@@ -35,7 +36,7 @@ def make_images(
             obj = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
         else:
             obj = (abs(yy - cy) <= r - 2) & (abs(xx - cx) <= r - 2)
-        img[i, :, obj] += 0.4
+        img[i, :, obj] += contrast
         masks[i, 0] = obj
         if y == 1 and watermark:
             side, gap = round(WM * scale), round(2 * scale)

@@ -154,3 +154,29 @@ def test_report_sentences_read_the_numbers():
     assert "as they should" in a["sentences"][0]
     assert "barely depend" in a["sentences"][1]
     assert trust_context({"trust": {"enabled": False}}) == {"enabled": False, "models": []}
+
+
+@pytest.mark.slow
+def test_resnet18_watermark_layers_and_faithfulness(resnet_hans):
+    """The Clever-Hans resnet18 at 64 px (layer4 is a 2 x 2 grid there).
+
+    Measured: watermark lift 2.0 (layer4), 2.9 (layer3), 3.0 (layer2), all "medium", so no
+    layer_dependent finding on this model (a resnet18 trained on 512 images for 3 epochs gave
+    1.6 / 2.1 / 4.6 and the finding); deleting the top 5% of Grad-CAM's pixels drops the
+    probability by 0.43, random pixels by 0.11.
+    """
+    model, images = resnet_hans["model"], resnet_hans["images"]
+    layers = layer_sensitivity(
+        model, images, resnet_hans["masks"], resnet_hans["present"], REGIONS, ROLES,
+        methods=("gradcam",), target_layer="layer4",
+    )  # fmt: skip
+    t = layers.table[layers.table.role == "confounder"].set_index("layer")
+    assert list(t.index) == ["layer4", "layer3", "layer2"]
+    assert (t["lift"] > 1.25).all()  # the watermark draws attention at every layer
+    faith = faithfulness(model, images, methods=("gradcam",), target_layer="layer4")
+    f5 = faith.table.set_index("fraction").loc[0.05]
+    assert f5["drop_top"] > f5["drop_random"] + 0.2 and f5["excess_ci_low"] > 0
+    found = trust_findings("biased", layers=layers, faith=faith)
+    assert "not_faithful" not in [f.code for f in found]
+    differs = t["verdict"].nunique() > 1
+    assert ("layer_dependent" in [f.code for f in found]) == differs

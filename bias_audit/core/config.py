@@ -426,7 +426,7 @@ class TrustConfig(_Section):
     sample: int = setting(64, kind="int", minimum=2, maximum=100_000)
     methods: tuple[str, ...] = setting((), kind="names", choices=_methods)
     randomization: bool = setting(True, kind="bool")
-    steps: int = setting(5, kind="int", minimum=1, maximum=1000)
+    steps: int = setting(3, kind="int", minimum=1, maximum=1000)
     max_spearman: float = setting(0.5, kind="float", minimum=0, maximum=1)
     layers: tuple[str, ...] = setting((), kind="names")
     layers_before: int = setting(2, kind="int", minimum=0, maximum=10)

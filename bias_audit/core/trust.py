@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from bias_audit.core._naming import CAUSAL, CONFOUNDER
 from bias_audit.core.findings import severity_of
-from bias_audit.core.maps import explain, resolve_target_layer
+from bias_audit.core.maps import Explanation, explain, resolve_target_layer
 from bias_audit.core.metrics import attention_mass, occlusion_effect, role_masks
 from bias_audit.core.stats import bootstrap_ci
 from bias_audit.errors import ConfigError, DataError
@@ -211,6 +211,31 @@ def _map_methods(methods: Sequence[str]) -> tuple[str, ...]:
     return tuple(m for m in methods if m not in _GUIDED)
 
 
+def _explained(
+    model: nn.Module,
+    images: Tensor,
+    methods: tuple[str, ...],
+    target_layer: str | None,
+    targets: Tensor | None,
+    explained: Explanation | None,
+) -> Explanation:
+    """The audited model's explanation of ``images``: ``explained`` when the caller already has
+    it (the three checks share one pass), else a new pass."""
+    if explained is None:
+        return explain(model, images, methods=methods, target_layer=target_layer, targets=targets)
+    missing = [m for m in methods if m not in explained.maps]
+    if missing or len(explained.targets) != len(images):
+        raise ConfigError(
+            f"explained: an explanation of {len(explained.targets)} images with methods "
+            f"{sorted(explained.maps)} does not cover {len(images)} images and {list(methods)}"
+        )
+    if target_layer is not None and explained.target_layer != target_layer:
+        raise ConfigError(
+            f"explained: taken at {explained.target_layer!r}, not target_layer {target_layer!r}"
+        )
+    return explained
+
+
 def model_randomization(
     model: nn.Module,
     images: Tensor,
@@ -218,9 +243,10 @@ def model_randomization(
     methods: Sequence[str] = ("gradcam",),
     target_layer: str | None = None,
     targets: Tensor | None = None,
-    steps: int = 5,
+    steps: int = 3,
     seed: int = 0,
     n_boot: int = 1000,
+    explained: Explanation | None = None,
 ) -> Randomization:
     """Adebayo's model-parameter randomisation test, cascading top-down and bottom-up.
 
@@ -238,6 +264,8 @@ def model_randomization(
         steps: the most groups of modules randomised one after another.
         seed: the seed of the re-initialisation and of the bootstrap.
         n_boot: bootstrap resamples of the Spearman interval.
+        explained: the audited model's explanation of ``images`` (same methods, layer and
+            targets) when the caller already has it; saves one pass.
 
     Returns:
         A :class:`Randomization`.
@@ -245,7 +273,7 @@ def model_randomization(
     methods = _map_methods(methods)
     if not methods:
         raise ConfigError("methods: no CAM-family method to randomise")
-    original = explain(model, images, methods=methods, target_layer=target_layer, targets=targets)
+    original = _explained(model, images, methods, target_layer, targets, explained)
     targets = original.targets
     layer = original.target_layer
     ranks = {m: _centered_ranks(original.maps[m]) for m in methods}
@@ -417,6 +445,7 @@ def layer_sensitivity(
     targets: Tensor | None = None,
     seed: int = 0,
     n_boot: int = 1000,
+    explained: Explanation | None = None,
 ) -> LayerSensitivity:
     """Attention per role of every method at the target layer and the layers before it.
 
@@ -431,13 +460,14 @@ def layer_sensitivity(
         layers: the other layers; None picks ``count`` of :func:`preceding_layers`.
         targets: (N,) class indices (default: the predicted class).
         seed, n_boot: the bootstrap's seed and resamples.
+        explained: as for :func:`model_randomization`.
     """
     methods = _map_methods(methods)
     if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
         raise DataError(
             f"masks: shape {tuple(masks.shape)} does not fit images {tuple(images.shape)}"
         )
-    first = explain(model, images, methods=methods, target_layer=target_layer, targets=targets)
+    first = _explained(model, images, methods, target_layer, targets, explained)
     others = (
         list(layers)
         if layers is not None
@@ -506,12 +536,14 @@ def faithfulness(
     fill: str = "blur",
     seed: int = 0,
     n_boot: int = 1000,
+    explained: Explanation | None = None,
 ) -> Faithfulness:
     """Deletion of the top-k% most attended pixels against the same number of random pixels.
 
     The pixels are filled as the audit's occlusions are (``fill``: the blurred image or its
     mean), and the drop of the target probability is measured. A map whose top pixels take no
     more away than random ones is not a faithful account of the model's evidence.
+    ``explained`` as for :func:`model_randomization`.
     Cost: one explain pass, and one forward pass per fraction for the random pixels and one
     per fraction and method for the top pixels.
     """
@@ -519,7 +551,7 @@ def faithfulness(
     bad = [f for f in fractions if not 0 < f < 1]
     if bad:
         raise ConfigError(f"fractions: expected shares in (0, 1), got {bad}")
-    exp = explain(model, images, methods=methods, target_layer=target_layer, targets=targets)
+    exp = _explained(model, images, methods, target_layer, targets, explained)
     n, _, h, w = images.shape
     rand = torch.stack(
         [random_pixels(n, h, w, f, seed=seed + i) for i, f in enumerate(fractions)], 1

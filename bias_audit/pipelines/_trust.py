@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from bias_audit.core.config import GUIDED, AuditConfig
+from bias_audit.core.maps import explain
 from bias_audit.core.trust import (
     faithfulness,
     layer_sensitivity,
@@ -86,11 +87,14 @@ def run_trust(
         targets = batch.labels.to(dev) if config.explain.target == "label" else None
         layer = layers.get(name, {}).get("target_layer") or plan.target_layer
         before = state_sha256(model)
+        # One explain pass of the audited model serves the three checks.
+        explained = explain(model, images, methods=methods, target_layer=layer, targets=targets)
+        layer = explained.target_layer
         rand = lay = faith = None
         if cfg.randomization:
             rand = model_randomization(
                 model, images, methods=methods, target_layer=layer, targets=targets,
-                steps=cfg.steps, seed=seed, n_boot=n_boot,
+                steps=cfg.steps, seed=seed, n_boot=n_boot, explained=explained,
             )  # fmt: skip
             frames.append(rand.table.assign(check="randomization", model=name))
         if roles["causal"] or roles["confounder"]:
@@ -98,13 +102,14 @@ def run_trust(
                 model, images, batch.masks, batch.present, batch.regions, roles,
                 methods=methods, target_layer=layer, layers=cfg.layers or None,
                 count=cfg.layers_before, targets=targets, seed=seed, n_boot=n_boot,
+                explained=explained,
             )  # fmt: skip
             frames.append(lay.table.assign(check="layers", model=name))
         if cfg.faithfulness:
             faith = faithfulness(
                 model, images, methods=methods, target_layer=layer, targets=targets,
                 fractions=cfg.fractions, fill=config.interventions.fill, seed=seed,
-                n_boot=n_boot,
+                n_boot=n_boot, explained=explained,
             )  # fmt: skip
             frames.append(faith.table.assign(check="faithfulness", model=name))
         if state_sha256(model) != before:  # a bug here, never the user's input

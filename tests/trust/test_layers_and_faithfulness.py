@@ -180,3 +180,18 @@ def test_resnet18_watermark_layers_and_faithfulness(resnet_hans):
     assert "not_faithful" not in [f.code for f in found]
     differs = t["verdict"].nunique() > 1
     assert ("layer_dependent" in [f.code for f in found]) == differs
+
+
+def test_a_shared_explanation_gives_the_same_tables_and_is_checked(hans):
+    from bias_audit.core.trust import model_randomization
+    from bias_audit.errors import ConfigError
+
+    model, images = hans["model"], hans["images"][:16]
+    exp = explain(model, images, methods=("gradcam",))
+    alone = faithfulness(model, images, methods=("gradcam",))
+    shared = faithfulness(model, images, methods=("gradcam",), explained=exp)
+    pd.testing.assert_frame_equal(alone.table, shared.table)
+    with pytest.raises(ConfigError, match="does not cover"):
+        model_randomization(model, images, methods=("gradcam++",), explained=exp)
+    with pytest.raises(ConfigError, match="not target_layer 'features.11'"):
+        faithfulness(model, images, target_layer="features.11", explained=exp)

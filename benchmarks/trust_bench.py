@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bias_audit.core.architectures import build_model  # noqa: E402
 from bias_audit.core.maps import explain  # noqa: E402
 from bias_audit.core.trust import (  # noqa: E402
+    explain_sample,
     faithfulness,
     layer_sensitivity,
     model_randomization,
@@ -61,18 +62,27 @@ def main() -> None:
         x = images[:k]
         parts = {}
         t = time.perf_counter()
-        exp = explain(model, x, methods=("gradcam",))
+        exp = explain_sample(model, x, ("gradcam",), None, None, args.batch)
         parts["explain"] = time.perf_counter() - t
         t = time.perf_counter()
-        model_randomization(model, x, methods=("gradcam",), steps=3, explained=exp)
+        model_randomization(
+            model, x, methods=("gradcam",), steps=3, explained=exp, batch_size=args.batch
+        )
         parts["randomization"] = time.perf_counter() - t
         t = time.perf_counter()
         layer_sensitivity(
-            model, x, masks[:k], present[:k], ("mark", "object"), roles, explained=exp
+            model,
+            x,
+            masks[:k],
+            present[:k],
+            ("mark", "object"),
+            roles,
+            explained=exp,
+            batch_size=args.batch,
         )
         parts["layers"] = time.perf_counter() - t
         t = time.perf_counter()
-        faithfulness(model, x, methods=("gradcam",), explained=exp)
+        faithfulness(model, x, methods=("gradcam",), explained=exp, batch_size=args.batch)
         parts["faithfulness"] = time.perf_counter() - t
         total = sum(parts.values())
         detail = ", ".join(f"{k2} {v:.1f} s" for k2, v in parts.items())

@@ -23,6 +23,7 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,7 @@ __all__ = [
     "TrustFinding",
     "spearman",
     "ssim",
+    "explain_sample",
     "randomization_chunks",
     "randomize",
     "model_randomization",
@@ -211,6 +213,36 @@ def _map_methods(methods: Sequence[str]) -> tuple[str, ...]:
     return tuple(m for m in methods if m not in _GUIDED)
 
 
+def explain_sample(
+    model: nn.Module,
+    images: Tensor,
+    methods: tuple[str, ...],
+    target_layer: str | None,
+    targets: Tensor | None,
+    batch_size: int,
+) -> Explanation:
+    """``explain`` in chunks of ``batch_size`` images, merged: in eval mode the images are
+    independent, so the maps are the same; memory stays that of one chunk."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    if len(images) <= batch_size:
+        return explain(model, images, methods=methods, target_layer=target_layer, targets=targets)
+    parts = []
+    for start in range(0, len(images), batch_size):
+        chunk = slice(start, start + batch_size)
+        t = targets[chunk] if targets is not None else None
+        parts.append(explain(model, images[chunk], methods=methods, target_layer=target_layer,
+                             targets=t))  # fmt: skip
+        target_layer = parts[0].target_layer  # resolve an automatic layer once
+    return Explanation(
+        logits=torch.cat([p.logits for p in parts]),
+        targets=torch.cat([p.targets for p in parts]),
+        maps=MappingProxyType({m: torch.cat([p.maps[m] for p in parts]) for m in methods}),
+        target_layer=parts[0].target_layer,
+        layer_shape=parts[0].layer_shape,
+    )
+
+
 def _explained(
     model: nn.Module,
     images: Tensor,
@@ -218,11 +250,12 @@ def _explained(
     target_layer: str | None,
     targets: Tensor | None,
     explained: Explanation | None,
+    batch_size: int,
 ) -> Explanation:
     """The audited model's explanation of ``images``: ``explained`` when the caller already has
     it (the three checks share one pass), else a new pass."""
     if explained is None:
-        return explain(model, images, methods=methods, target_layer=target_layer, targets=targets)
+        return explain_sample(model, images, methods, target_layer, targets, batch_size)
     missing = [m for m in methods if m not in explained.maps]
     if missing or len(explained.targets) != len(images):
         raise ConfigError(
@@ -247,6 +280,7 @@ def model_randomization(
     seed: int = 0,
     n_boot: int = 1000,
     explained: Explanation | None = None,
+    batch_size: int = 32,
 ) -> Randomization:
     """Adebayo's model-parameter randomisation test, cascading top-down and bottom-up.
 
@@ -266,6 +300,7 @@ def model_randomization(
         n_boot: bootstrap resamples of the Spearman interval.
         explained: the audited model's explanation of ``images`` (same methods, layer and
             targets) when the caller already has it; saves one pass.
+        batch_size: images per explain (and occlusion) pass; bounds the memory.
 
     Returns:
         A :class:`Randomization`.
@@ -273,7 +308,7 @@ def model_randomization(
     methods = _map_methods(methods)
     if not methods:
         raise ConfigError("methods: no CAM-family method to randomise")
-    original = _explained(model, images, methods, target_layer, targets, explained)
+    original = _explained(model, images, methods, target_layer, targets, explained, batch_size)
     targets = original.targets
     layer = original.target_layer
     ranks = {m: _centered_ranks(original.maps[m]) for m in methods}
@@ -292,7 +327,7 @@ def model_randomization(
                 maps = shared["maps"]
             else:
                 twin = randomize(model, done, seed=seed)
-                exp = explain(twin, images, methods=methods, target_layer=layer, targets=targets)
+                exp = explain_sample(twin, images, methods, layer, targets, batch_size)
                 maps = {m: exp.maps[m] for m in methods}
                 if full:
                     shared["maps"] = maps
@@ -446,6 +481,7 @@ def layer_sensitivity(
     seed: int = 0,
     n_boot: int = 1000,
     explained: Explanation | None = None,
+    batch_size: int = 32,
 ) -> LayerSensitivity:
     """Attention per role of every method at the target layer and the layers before it.
 
@@ -460,14 +496,14 @@ def layer_sensitivity(
         layers: the other layers; None picks ``count`` of :func:`preceding_layers`.
         targets: (N,) class indices (default: the predicted class).
         seed, n_boot: the bootstrap's seed and resamples.
-        explained: as for :func:`model_randomization`.
+        explained, batch_size: as for :func:`model_randomization`.
     """
     methods = _map_methods(methods)
     if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
         raise DataError(
             f"masks: shape {tuple(masks.shape)} does not fit images {tuple(images.shape)}"
         )
-    first = _explained(model, images, methods, target_layer, targets, explained)
+    first = _explained(model, images, methods, target_layer, targets, explained, batch_size)
     others = (
         list(layers)
         if layers is not None
@@ -478,7 +514,7 @@ def layer_sensitivity(
         exp = (
             first
             if layer == first.target_layer
-            else explain(model, images, methods=methods, target_layer=layer, targets=first.targets)
+            else explain_sample(model, images, methods, layer, first.targets, batch_size)
         )
         shape = f"{exp.layer_shape[0]}x{exp.layer_shape[1]}"
         for m in methods:
@@ -537,13 +573,14 @@ def faithfulness(
     seed: int = 0,
     n_boot: int = 1000,
     explained: Explanation | None = None,
+    batch_size: int = 32,
 ) -> Faithfulness:
     """Deletion of the top-k% most attended pixels against the same number of random pixels.
 
     The pixels are filled as the audit's occlusions are (``fill``: the blurred image or its
     mean), and the drop of the target probability is measured. A map whose top pixels take no
     more away than random ones is not a faithful account of the model's evidence.
-    ``explained`` as for :func:`model_randomization`.
+    ``explained`` and ``batch_size`` as for :func:`model_randomization`.
     Cost: one explain pass, and one forward pass per fraction for the random pixels and one
     per fraction and method for the top pixels.
     """
@@ -551,7 +588,7 @@ def faithfulness(
     bad = [f for f in fractions if not 0 < f < 1]
     if bad:
         raise ConfigError(f"fractions: expected shares in (0, 1), got {bad}")
-    exp = _explained(model, images, methods, target_layer, targets, explained)
+    exp = _explained(model, images, methods, target_layer, targets, explained, batch_size)
     n, _, h, w = images.shape
     rand = torch.stack(
         [random_pixels(n, h, w, f, seed=seed + i) for i, f in enumerate(fractions)], 1
@@ -563,16 +600,22 @@ def faithfulness(
         total = maps.flatten(1).sum(1)
         oks.append(torch.isfinite(total) & (total > 0))
         tops.append(torch.stack([top_pixels(maps, f) for f in fractions], dim=1))
-    # One occlusion call: the random masks are shared by every method.
-    occ = occlusion_effect(
-        model, images, torch.cat([rand, *tops], dim=1).to(images.device), exp.targets.cpu(),
-        fill=fill, logits=exp.logits, baseline=False,
-    )  # fmt: skip
+    # One occlusion call per chunk: the random masks are shared by every method.
+    masks = torch.cat([rand, *tops], dim=1)
+    drops = []
+    for start in range(0, n, batch_size):
+        chunk = slice(start, start + batch_size)
+        occ = occlusion_effect(
+            model, images[chunk], masks[chunk].to(images.device), exp.targets[chunk].cpu(),
+            fill=fill, logits=exp.logits[chunk], baseline=False,
+        )  # fmt: skip
+        drops.append(occ.drop_prob)
+    drop = torch.cat(drops)
     rows = []
     for j, (m, ok) in enumerate(zip(methods, oks, strict=True)):
         for i, f in enumerate(fractions):
-            d_top = occ.drop_prob[ok, k * (j + 1) + i].double().numpy()
-            d_rand = occ.drop_prob[ok, i].double().numpy()
+            d_top = drop[ok, k * (j + 1) + i].double().numpy()
+            d_rand = drop[ok, i].double().numpy()
             diff = d_top - d_rand
             lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
             rows.append({

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from bias_audit.core.config import GUIDED, AuditConfig
-from bias_audit.core.maps import explain
 from bias_audit.core.trust import (
+    explain_sample,
     faithfulness,
     layer_sensitivity,
     model_randomization,
@@ -88,13 +88,14 @@ def run_trust(
         layer = layers.get(name, {}).get("target_layer") or plan.target_layer
         before = state_sha256(model)
         # One explain pass of the audited model serves the three checks.
-        explained = explain(model, images, methods=methods, target_layer=layer, targets=targets)
+        bs = config.data.batch_size
+        explained = explain_sample(model, images, methods, layer, targets, bs)
         layer = explained.target_layer
         rand = lay = faith = None
         if cfg.randomization:
             rand = model_randomization(
                 model, images, methods=methods, target_layer=layer, targets=targets,
-                steps=cfg.steps, seed=seed, n_boot=n_boot, explained=explained,
+                steps=cfg.steps, seed=seed, n_boot=n_boot, explained=explained, batch_size=bs,
             )  # fmt: skip
             frames.append(rand.table.assign(check="randomization", model=name))
         if roles["causal"] or roles["confounder"]:
@@ -102,14 +103,14 @@ def run_trust(
                 model, images, batch.masks, batch.present, batch.regions, roles,
                 methods=methods, target_layer=layer, layers=cfg.layers or None,
                 count=cfg.layers_before, targets=targets, seed=seed, n_boot=n_boot,
-                explained=explained,
+                explained=explained, batch_size=bs,
             )  # fmt: skip
             frames.append(lay.table.assign(check="layers", model=name))
         if cfg.faithfulness:
             faith = faithfulness(
                 model, images, methods=methods, target_layer=layer, targets=targets,
                 fractions=cfg.fractions, fill=config.interventions.fill, seed=seed,
-                n_boot=n_boot, explained=explained,
+                n_boot=n_boot, explained=explained, batch_size=bs,
             )  # fmt: skip
             frames.append(faith.table.assign(check="faithfulness", model=name))
         if state_sha256(model) != before:  # a bug here, never the user's input

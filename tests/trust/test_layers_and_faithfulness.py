@@ -195,3 +195,14 @@ def test_a_shared_explanation_gives_the_same_tables_and_is_checked(hans):
         model_randomization(model, images, methods=("gradcam++",), explained=exp)
     with pytest.raises(ConfigError, match="not target_layer 'features.11'"):
         faithfulness(model, images, target_layer="features.11", explained=exp)
+
+
+def test_chunks_give_the_same_numbers(hans):
+    model, images = hans["model"], hans["images"][:20]
+    args = (model, images, hans["masks"][:20], hans["present"][:20], REGIONS, ROLES)
+    whole = layer_sensitivity(*args, batch_size=64).table
+    chunked = layer_sensitivity(*args, batch_size=6).table
+    pd.testing.assert_frame_equal(whole, chunked, rtol=1e-4)
+    whole = faithfulness(model, images, batch_size=64).table
+    chunked = faithfulness(model, images, batch_size=6).table
+    pd.testing.assert_frame_equal(whole, chunked, rtol=1e-4)

@@ -503,6 +503,10 @@ def layer_sensitivity(
         raise DataError(
             f"masks: shape {tuple(masks.shape)} does not fit images {tuple(images.shape)}"
         )
+    known = dict(model.named_modules())
+    unknown = [x for x in layers or () if x not in known or not x]
+    if unknown:
+        raise ConfigError(f"layers: the model has no layer named {unknown[0]!r}")
     first = _explained(model, images, methods, target_layer, targets, explained, batch_size)
     others = (
         list(layers)

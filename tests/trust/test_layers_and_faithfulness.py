@@ -206,3 +206,13 @@ def test_chunks_give_the_same_numbers(hans):
     whole = faithfulness(model, images, batch_size=64).table
     chunked = faithfulness(model, images, batch_size=6).table
     pd.testing.assert_frame_equal(whole, chunked, rtol=1e-4)
+
+
+def test_an_unknown_layer_is_named(hans):
+    from bias_audit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="layers: the model has no layer named 'layer9'"):
+        layer_sensitivity(
+            hans["model"], hans["images"][:4], hans["masks"][:4], hans["present"][:4], REGIONS,
+            ROLES, layers=["layer9"],
+        )  # fmt: skip

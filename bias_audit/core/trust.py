@@ -207,7 +207,8 @@ class Randomization:
             "bottom_up"), ``step`` (1..S; S is the fully randomised model, shared by both
             orders), ``modules`` (the modules randomised so far, "first..last"),
             ``share`` (the share of resettable modules randomised), ``method``,
-            ``spearman``, ``spearman_ci_low``, ``spearman_ci_high``, ``ssim``, ``n_valid``
+            ``spearman``, ``spearman_ci_low``, ``spearman_ci_high``, ``ssim`` (NaN for images
+            under 11 px), ``n_valid``
             (images whose Spearman is defined: both maps not constant).
         per_image: (order, step, method) -> (N,) Spearman per image.
     """
@@ -319,6 +320,8 @@ def model_randomization(
     targets = original.targets
     layer = original.target_layer
     ranks = {m: _centered_ranks(original.maps[m]) for m in methods}
+    # SSIM needs room for its window; below 11 px (possible: image_size >= 8) it is NaN.
+    windowed = min(images.shape[-2:]) >= _SSIM_WIN
     chunks = randomization_chunks(model, steps)
     total = sum(len(c) for c in chunks)
     rows: list[dict[str, object]] = []
@@ -347,7 +350,7 @@ def model_randomization(
                     "order": order, "step": step, "modules": span,
                     "share": len(done) / total, "method": m,
                     "spearman": _nanmean(rho), "spearman_ci_low": lo, "spearman_ci_high": hi,
-                    "ssim": _nanmean(ssim(original.maps[m], maps[m])),
+                    "ssim": _nanmean(ssim(original.maps[m], maps[m])) if windowed else math.nan,
                     "n_valid": int(torch.isfinite(rho).sum()),
                 })  # fmt: skip
     return Randomization(table=pd.DataFrame(rows), per_image=per_image)

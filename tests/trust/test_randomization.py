@@ -150,3 +150,12 @@ def test_smallcnn_untrained_is_not_flagged_for_gradcam():
     res = model_randomization(model, images, methods=("gradcam",), steps=2)
     assert len(res.table) == 2 * 2
     assert trust_findings("m", randomization=res, max_spearman=1.0) == []
+
+
+def test_tiny_images_get_no_ssim_but_a_spearman():
+    torch.manual_seed(0)
+    model = SmallCNN(2, width=8).eval()
+    images = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = model_randomization(model, images, methods=("gradcam",), steps=2).table
+    assert t["ssim"].isna().all()
+    assert len(t) == 4

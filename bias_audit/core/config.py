@@ -31,6 +31,7 @@ __all__ = [
     "StatsConfig",
     "InterventionsConfig",
     "ReportConfig",
+    "TrustConfig",
     "OutputConfig",
     "GateConfig",
     "TrainConfig",
@@ -411,6 +412,44 @@ class ReportConfig(_Section):
     gallery_per_cell: int = setting(4, kind="int", minimum=0, maximum=1000)
 
 
+# -- trust in the explanation ------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class TrustConfig(_Section):
+    """``[trust]``: can the maps be trusted? Checks run per model on a seeded sample.
+
+    ``sample`` images per model (seeded by ``[stats] seed``), so the cost follows the sample,
+    not the dataset. ``methods`` are the CAM-family methods checked (empty: those of
+    ``[explain]``). ``randomization``: re-initialise the model's modules top-down and bottom-up
+    in at most ``steps`` groups and compare the maps (a method whose maps keep a Spearman
+    correlation above ``max_spearman`` after full randomisation is flagged). ``layers``: the
+    layers compared with the target layer (empty: the ``layers_before`` spatial layers before
+    it). ``faithfulness``: delete the ``fractions`` most attended pixels against as many random
+    ones.
+    """
+
+    SECTION: ClassVar[str] = "trust"
+    enabled: bool = setting(True, kind="bool")
+    sample: int = setting(64, kind="int", minimum=2, maximum=100_000)
+    methods: tuple[str, ...] = setting((), kind="names", choices=_methods)
+    randomization: bool = setting(True, kind="bool")
+    steps: int = setting(3, kind="int", minimum=1, maximum=1000)
+    max_spearman: float = setting(0.5, kind="float", minimum=0, maximum=1)
+    layers: tuple[str, ...] = setting((), kind="names")
+    layers_before: int = setting(2, kind="int", minimum=0, maximum=10)
+    faithfulness: bool = setting(True, kind="bool")
+    fractions: tuple[float, float, float] = setting((0.05, 0.10, 0.20), kind="floats3")
+
+    def _cross_check(self) -> None:
+        guided = [m for m in self.methods if m in GUIDED]
+        if guided:
+            raise self._fail(
+                "methods", f"{guided} give input gradients, not maps; list CAM methods"
+            )
+        bad = [f for f in self.fractions if not 0 < f < 1]
+        if bad:
+            raise self._fail("fractions", f"expected shares between 0 and 1 (exclusive), got {bad}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class GateConfig(_Section):
     """``[gate]``: the limits each model's verdict is judged on (and ``bias-audit check``'s).
@@ -458,6 +497,7 @@ class AuditConfig:
     interventions: InterventionsConfig = field(default_factory=InterventionsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     gate: GateConfig = field(default_factory=GateConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     #: The TOML text as written (``""`` when built from a dict); stored in the run folder.
     source_text: str = ""
@@ -501,6 +541,7 @@ class AuditConfig:
             raise ConfigError(f"{source}: expected a table of sections, got {type(d).__name__}")
         tables = (
             "data", "regions", "explain", "models", "stats", "interventions", "report", "gate",
+            "trust",
         )  # fmt: skip
         allowed = ("title", *tables, "output")
         for key in d:
@@ -550,6 +591,7 @@ class AuditConfig:
         report = section(ReportConfig, "report")
         gate = section(GateConfig, "gate")
         output = section(OutputConfig, "output")
+        trust = section(TrustConfig, "trust")
 
         return cls(
             title=title,
@@ -562,6 +604,7 @@ class AuditConfig:
             report=report,
             gate=gate,
             output=output,
+            trust=trust,
             source_text=source_text,
             source=source,
             base_dir=base,
@@ -617,7 +660,9 @@ def _toml_value(v: Any) -> str:
 
 def _render_toml(cfg: AuditConfig) -> str:
     lines = [f"title = {_toml_value(cfg.title)}"]
-    sections = ("data", "regions", "explain", "stats", "interventions", "report", "gate", "output")
+    sections = (
+        "data", "regions", "explain", "stats", "interventions", "report", "gate", "trust", "output",
+    )  # fmt: skip
     for name in sections:
         lines.append(f"\n[{name}]")
         for k, v in asdict(getattr(cfg, name)).items():

@@ -50,6 +50,7 @@ from bias_audit.pipelines._statistics import (
 from bias_audit.pipelines._step import MAP_OK
 from bias_audit.pipelines._stream import _skipped, _stream
 from bias_audit.pipelines._summary import _summary
+from bias_audit.pipelines._trust import run_trust
 
 __all__ = ["audit", "AuditResult"]
 
@@ -247,6 +248,7 @@ def audit(
                 "resumed": resumed,
             },
         )  # fmt: skip
+        summary["trust"] = run_trust(config, loaded, store, dev, layers)
         store.write_json("summary.json", summary)
         store.finish()
         return AuditResult(

@@ -31,6 +31,7 @@ from bias_audit.report._images import REGION_COLORS, data_uri, draw_outlines, ov
 from bias_audit.report._load import ReportData, load_run
 from bias_audit.report._redact import PathPolicy
 from bias_audit.report._tables import Table, ci_text, fmt, frame_table
+from bias_audit.report._trust import trust_context, trust_figures
 
 __all__ = [
     "render_report",
@@ -505,6 +506,7 @@ def build_context(
         "performance": performance_figures(data),
         "comparison": comparison_figures(data),
         "interventions": intervention_figures(data),
+        "trust": trust_figures(summary),
     }
     chart_data = {
         spec.id: script_json(plotly.io.to_json(policy.obj(spec.figure), validate=True))
@@ -654,6 +656,7 @@ def build_context(
         "provenance": summary.get("provenance") or {},
         "timings": summary.get("timings") or {},
         "fmt": _fmt,
+        "trust": trust_context(summary),
     }
 
 

@@ -1,0 +1,96 @@
+"""Cost of the trust checks against the main explain pass over a test set.
+
+    python benchmarks/trust_bench.py [--arch resnet18] [--size 112] [--n 1000] [--batch 32]
+                                     [--samples 32 64]
+
+Times, on generated images already in memory: the main explain pass (Grad-CAM, the [explain]
+default) over ``--n`` images in batches; then, per sample size, the trust checks with the
+[trust] defaults (randomisation in 3 groups top-down and bottom-up, two earlier layers,
+faithfulness at 5/10/20%). The target: at the default sample (64) the checks cost at most the
+main pass over 1,000 images, and their cost follows the sample, not the dataset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bias_audit.core.architectures import build_model  # noqa: E402
+from bias_audit.core.maps import explain  # noqa: E402
+from bias_audit.core.trust import (  # noqa: E402
+    explain_sample,
+    faithfulness,
+    layer_sensitivity,
+    model_randomization,
+)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--size", type=int, default=112)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--samples", type=int, nargs="+", default=[32, 64])
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model(args.arch, num_classes=2).eval()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(args.n, 3, args.size, args.size, generator=gen)
+    s = args.size
+    masks = torch.zeros(args.n, 2, s, s, dtype=torch.bool)
+    masks[:, 0, s // 4 : s // 2, s // 4 : s // 2] = True
+    masks[:, 1, -s // 8 :, -s // 8 :] = True
+    present = torch.ones(args.n, 2, dtype=torch.bool)
+    roles = {"causal": ("object",), "confounder": ("mark",)}
+
+    t = time.perf_counter()
+    for start in range(0, args.n, args.batch):
+        explain(model, images[start : start + args.batch], methods=("gradcam",))
+    main_s = time.perf_counter() - t
+    print(f"{args.arch} {args.size}px, {torch.get_num_threads()} threads")
+    print(f"main explain pass, {args.n} images: {main_s:.1f} s")
+    for k in args.samples:
+        x = images[:k]
+        parts = {}
+        t = time.perf_counter()
+        exp = explain_sample(model, x, ("gradcam",), None, None, args.batch)
+        parts["explain"] = time.perf_counter() - t
+        t = time.perf_counter()
+        model_randomization(
+            model, x, methods=("gradcam",), steps=3, explained=exp, batch_size=args.batch
+        )
+        parts["randomization"] = time.perf_counter() - t
+        t = time.perf_counter()
+        layer_sensitivity(
+            model,
+            x,
+            masks[:k],
+            present[:k],
+            ("mark", "object"),
+            roles,
+            explained=exp,
+            batch_size=args.batch,
+        )
+        parts["layers"] = time.perf_counter() - t
+        t = time.perf_counter()
+        faithfulness(model, x, methods=("gradcam",), explained=exp, batch_size=args.batch)
+        parts["faithfulness"] = time.perf_counter() - t
+        total = sum(parts.values())
+        detail = ", ".join(f"{k2} {v:.1f} s" for k2, v in parts.items())
+        print(
+            f"trust checks, sample {k}: {total:.1f} s ({total / main_s:.2f} x the main pass; "
+            f"{detail})"
+        )
+
+
+if __name__ == "__main__":
+    main()

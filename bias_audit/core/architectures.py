@@ -9,6 +9,7 @@ import re
 import torch
 import torchvision
 from torch import nn
+from torchvision.models import VisionTransformer
 
 from bias_audit.errors import ModelError
 
@@ -60,7 +61,8 @@ class SmallCNN(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+        logits: torch.Tensor = self.fc(torch.flatten(self.pool(self.features(x)), 1))
+        return logits
 
 
 def list_archs() -> list[str]:
@@ -102,12 +104,11 @@ def build_model(arch: str, *, num_classes: int) -> nn.Module:
             raise ModelError(f"arch {arch!r}: the width must be at least 1")
         return SmallCNN(num_classes, width=width)
     if arch == VIT_TINY:
-        from torchvision.models import VisionTransformer
-
-        return VisionTransformer(
+        vit: nn.Module = VisionTransformer(
             image_size=96, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64,
             num_classes=num_classes,
         )  # fmt: skip
+        return vit
     if ":" in arch:
         return _build_from_factory(arch, num_classes)
 
@@ -120,7 +121,8 @@ def build_model(arch: str, *, num_classes: int) -> nn.Module:
             f"'pkg.module:factory'{hint}"
         )
     try:
-        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        model: nn.Module = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
+        return model
     except (TypeError, ValueError) as err:
         raise ModelError(f"arch {arch!r}: torchvision cannot build it: {err}") from err
 

@@ -7,9 +7,11 @@ metric name is a float column of the samples table (``mass:hair`` ...), whose Na
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 from scipy import stats
@@ -47,7 +49,7 @@ def _z(confidence: float) -> float:
 
 def wilson_interval(
     successes: float | np.ndarray, n: float | np.ndarray, *, confidence: float = 0.95
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Wilson score interval for a proportion.
 
     Args:
@@ -122,7 +124,9 @@ def bootstrap_ci(
     if strata is None:
         sums = _boot_sums(v, n_boot, rng)
     else:
-        sums = sum(_boot_sums(v[codes == c], n_boot, rng) for c in np.unique(codes))
+        sums = sum(
+            (_boot_sums(v[codes == c], n_boot, rng) for c in np.unique(codes)), np.zeros(n_boot)
+        )
     alpha = (1 - confidence) / 2
     low, high = np.quantile(sums / len(v), [alpha, 1 - alpha])
     return float(low), float(high)
@@ -191,12 +195,14 @@ def _metric_columns(metrics: Sequence[str]) -> list[str]:
     return [m for m in metrics if m != ACCURACY]
 
 
-def _typed(rows: list[dict], schema: Mapping[str, str]) -> pd.DataFrame:
+def _typed(rows: list[dict[str, Any]], schema: Mapping[str, str]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=list(schema))
     return frame.astype(dict(schema))
 
 
-def _cells(frame: pd.DataFrame, keys: list[str]):
+def _cells(
+    frame: pd.DataFrame, keys: list[str]
+) -> Iterator[tuple[str, dict[str, object], pd.DataFrame]]:
     """(cell name, {key: value}, rows) for each observed combination, in sorted order."""
     if not keys:
         return
@@ -300,9 +306,11 @@ def group_stats(
     _need(samples, ["model", "correct", label, *groups, *cols, *(["pred"] if rates else [])])
     class_names = _classes(samples, label, classes) if rates else []
     keys = [*groups, label]
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
 
-    def summarise(model, cell: str, attrs: dict, part: pd.DataFrame) -> None:
+    def summarise(
+        model: object, cell: str, attrs: Mapping[str, object], part: pd.DataFrame
+    ) -> None:
         base = {"model": model, "cell": cell, **{g: attrs.get(g) for g in groups}}
         base["label"] = attrs.get(label)
         n = len(part)
@@ -318,15 +326,15 @@ def group_stats(
 
         acc = _metric_values(part, ACCURACY)
         acc = acc[~np.isnan(acc)]
-        lo, hi = wilson_interval(acc.sum(), len(acc), confidence=confidence)
-        add(ACCURACY, len(acc), acc.mean() if len(acc) else np.nan, float(lo), float(hi))
+        lo, hi = map(float, wilson_interval(acc.sum(), len(acc), confidence=confidence))
+        add(ACCURACY, len(acc), acc.mean() if len(acc) else np.nan, lo, hi)
         if class_names:
             truth = part[label].astype(str).to_numpy()
             pred = part["pred"].astype(str).to_numpy()
             for c in class_names:
                 for name, (k, m) in _class_counts(truth, pred, c).items():
-                    lo, hi = wilson_interval(k, m, confidence=confidence)
-                    add(f"{name}:{c}", m, k / m if m else np.nan, float(lo), float(hi))
+                    lo, hi = map(float, wilson_interval(k, m, confidence=confidence))
+                    add(f"{name}:{c}", m, k / m if m else np.nan, lo, hi)
         # The pooled cell is resampled within each group cell, as the references ask.
         strata = _strata(part, keys) if cell == ALL_CELL else None
         for metric in cols:
@@ -383,11 +391,11 @@ def worst_group(table: pd.DataFrame, *, metric: str = ACCURACY) -> pd.DataFrame:
         value of the ``"all"`` cell (NaN without one).
     """
     _need(table, ["model", "cell", "metric", "value", "n_valid", "small"])
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for model, part in table.groupby("model", sort=False, observed=True):
         part = part[part["metric"] == metric]
         pooled = part[part["cell"] == ALL_CELL]
-        row: dict = {"model": model, "metric": metric, "n_cells": 0, "cell": None, "n": 0}
+        row: dict[str, Any] = {"model": model, "metric": metric, "n_cells": 0, "cell": None, "n": 0}
         row["n_valid"] = 0
         row["overall"] = float(pooled["value"].iloc[0]) if len(pooled) else np.nan
         judged = part[
@@ -448,7 +456,7 @@ def class_rates(
     groups = list(groups)
     _need(samples, ["model", "pred", label, *groups])
     class_names = _classes(samples, label, classes)
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for model, frame in samples.groupby("model", sort=False, observed=True):
         truth = frame[label].astype(str).to_numpy()
         pred = frame["pred"].astype(str).to_numpy()
@@ -506,7 +514,7 @@ def cell_quantiles(
     groups = list(groups)
     cols = _metric_columns(metrics)
     _need(samples, ["model", label, *groups, *cols])
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for model, frame in samples.groupby("model", sort=False, observed=True):
         for cell, _, part in _cells(frame, [*groups, label]):
             for metric in cols:
@@ -618,7 +626,7 @@ def group_gaps(
     if n_perm < 1:
         raise ConfigError(f"n_perm: expected a positive count, got {n_perm!r}")
     _need(samples, ["model", "correct", label, *groups, *cols])
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     cache: dict[int, np.ndarray] = {}
     for model, frame in samples.groupby("model", sort=False, observed=True):
         parts = [(cell, part) for cell, _, part in _cells(frame, [*groups, label])]
@@ -693,7 +701,7 @@ def fairness_differences(
     attributes: list[tuple[str, list[str]]] = [(g, [g]) for g in groups]
     if len(groups) > 1:
         attributes.append((cell_name(groups), groups))
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for model, frame in samples.groupby("model", sort=False, observed=True):
         truth = frame[label].astype(str).to_numpy()
         pred = frame["pred"].astype(str).to_numpy()
@@ -810,7 +818,7 @@ def paired_comparison(
     parts = [(ALL_CELL, a.index)]
     if by_cell:
         parts += [(cell, part.index) for cell, _, part in _cells(a, [*groups, label])]
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for cell, index in parts:
         # The pooled cell is resampled within each group cell (a stratified paired bootstrap).
         fa, fb = a.loc[index], b.loc[index]

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from bias_audit.core._naming import ROLES, column
+from bias_audit.errors import DataError
 from bias_audit.report._load import ReportData
 
 __all__ = [
@@ -54,6 +55,14 @@ class FigureSpec:
 def plot_text(value: object) -> str:
     """Escape a user string for plotly's pseudo-HTML labels (it decodes &lt; back to <)."""
     return html.escape(str(value), quote=False)
+
+
+def _cell_row(part: pd.DataFrame, cell: str, table: str) -> pd.Series[Any]:
+    """The one row of ``cell`` in a per-model table indexed by cell."""
+    row = part.loc[cell]
+    if isinstance(row, pd.DataFrame):
+        raise DataError(f"{table}: cell {cell!r} has {len(row)} rows for one model, expected 1")
+    return row
 
 
 def _clean(value: Any) -> float | None:
@@ -113,15 +122,17 @@ def _bar_trace(
     for cell, n, small in cells:
         if cell not in part.index:
             continue
-        row = part.loc[cell]
+        row = _cell_row(part, cell, "groups.parquet")
         v, lo, hi = _clean(row["value"]), _clean(row["ci_low"]), _clean(row["ci_high"])
-        has_ci = not small and v is not None and lo is not None and hi is not None
+        if not small and v is not None and lo is not None and hi is not None:
+            plus, minus, ci = hi - v, v - lo, f"[{lo:.3f}, {hi:.3f}]"
+        else:
+            plus, minus, ci = 0.0, 0.0, ("no CI: small cell" if small else "no CI")
         g = groups[small]
         g["x"].append(_cell_label(cell, n, small))
         g["y"].append(v)
-        g["plus"].append(hi - v if has_ci else 0.0)
-        g["minus"].append(v - lo if has_ci else 0.0)
-        ci = f"[{lo:.3f}, {hi:.3f}]" if has_ci else ("no CI: small cell" if small else "no CI")
+        g["plus"].append(plus)
+        g["minus"].append(minus)
         g["hover"].append(f"{_fmt(v)} {ci}, n={int(row['n'])}")
     traces = []
     for small, g in groups.items():
@@ -284,7 +295,7 @@ def _box_figure(data: ReportData, metric: str) -> dict[str, Any] | None:
         for cell, n, small in _cell_info(data):
             if cell not in part.index:
                 continue
-            r = part.loc[cell]
+            r = _cell_row(part, cell, "distributions.parquet")
             stats["x"].append(_cell_label(cell, n, small))
             for key, col in (("q1", "q1"), ("median", "median"), ("q3", "q3"),
                              ("lowerfence", "lower_fence"), ("upperfence", "upper_fence"),
@@ -412,8 +423,8 @@ def rate_gaps(data: ReportData) -> pd.DataFrame:
             {
                 "model": str(model), "attribute": str(attr), "class": str(cls),
                 "tpr_gap": float(first["tpr_gap"]), "fpr_gap": float(first["fpr_gap"]),
-                "rates": [(str(r.value), int(r.n), float(r.tpr), float(r.fpr))
-                          for r in part.itertuples(index=False)],
+                "rates": [(str(r["value"]), int(r["n"]), float(r["tpr"]), float(r["fpr"]))
+                          for r in part.to_dict(orient="records")],
             }
         )  # fmt: skip
     return pd.DataFrame(rows, columns=cols)

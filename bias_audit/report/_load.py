@@ -96,8 +96,8 @@ class ReportData:
             return []
         first = self.groups.drop_duplicates("cell")
         return [
-            {"cell": str(r.cell), "n": int(r.n), "small": bool(r.small)}
-            for r in first.itertuples(index=False)
+            {"cell": str(r["cell"]), "n": int(r["n"]), "small": bool(r["small"])}
+            for r in first.to_dict(orient="records")
         ]
 
 

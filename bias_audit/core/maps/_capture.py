@@ -94,7 +94,7 @@ def capture(model: nn.Module, *, guided: bool = False) -> Iterator[Capture]:
             m.inplace = flag
         for p, flag in params:
             p.requires_grad_(flag)
-        for m, flag in training:
-            m.training = flag
+        for module, flag in training:
+            module.training = flag
         cap.activation = None
         cap.other_output = None

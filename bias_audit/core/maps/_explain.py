@@ -203,6 +203,13 @@ class _Pass:
     attentions: list[Tensor]  # (N, heads, T, T) per nn.MultiheadAttention call, in order
 
 
+def _given(t: Tensor | None, what: str) -> Tensor:
+    """``t``, which the method's flags asked the pass for; None is a registry bug, not input."""
+    if t is None:
+        raise AssertionError(f"the pass did not compute {what} for this method")
+    return t
+
+
 @dataclass(frozen=True)
 class _Method:
     """What a method needs from the pass, and how its map is made from it.
@@ -229,13 +236,13 @@ class _Method:
 
 def _weighted(name: str) -> Callable[[_Pass], Tensor]:
     def layer_map(p: _Pass) -> Tensor:
-        return weighted_map(p.grid, WEIGHTS[name](p.grid, p.grad))
+        return weighted_map(p.grid, WEIGHTS[name](p.grid, _given(p.grad, "the layer gradient")))
 
     return layer_map
 
 
 def _gradcam_map(p: _Pass) -> Tensor:
-    return gradcam(p.grid, p.grad)
+    return gradcam(p.grid, _given(p.grad, "the layer gradient"))
 
 
 def _cam_map(p: _Pass) -> Tensor:
@@ -249,6 +256,10 @@ def _cam_map(p: _Pass) -> Tensor:
 def _scorecam_map(p: _Pass) -> Tensor:
     targets = p.targets if callable(p.targets) else p.used
     return _scorecam(p.model, p.images, p.grid, targets, p.scorecam_batch_size)
+
+
+def _input_grad(_up: Tensor | None, g: Tensor | None) -> Tensor:
+    return _given(g, "the input gradient")
 
 
 def _rollout_map(p: _Pass) -> Tensor:
@@ -289,13 +300,15 @@ _METHODS: dict[str, _Method] = {
     "counterfactual": _Method(layer_grad=True, layer_map=_weighted("counterfactual")),
     "scorecam": _Method(extra_passes=True, layer_map=_scorecam_map),
     "attention_rollout": _Method(attention=True, layer_map=_rollout_map),
-    "guided_backprop": _Method(input_rule="guided", combine=lambda _up, g: g),
-    "deconvnet": _Method(input_rule="deconvnet", combine=lambda _up, g: g),
+    "guided_backprop": _Method(input_rule="guided", combine=_input_grad),
+    "deconvnet": _Method(input_rule="deconvnet", combine=_input_grad),
     "guided_gradcam": _Method(
         layer_grad=True,
         input_rule="guided",
         layer_map=_gradcam_map,
-        combine=lambda up, g: g * up[:, None],
+        combine=lambda up, g: (
+            _given(g, "the input gradient") * _given(up, "the layer map")[:, None]
+        ),
     ),
 }
 
@@ -403,9 +416,14 @@ def _layer_grad(total: Tensor, act: Tensor, *, retain_graph: bool) -> Tensor | N
     raise AssertionError("unreachable")
 
 
-def _watch_linears(model: nn.Module, cap: Capture, records: list) -> None:
+def _watch_linears(
+    model: nn.Module, cap: Capture, records: list[tuple[nn.Linear, Tensor, Tensor]]
+) -> None:
     def record(module: nn.Module, args: tuple[object, ...], output: object) -> None:
-        if cap.enabled and args and isinstance(args[0], Tensor) and isinstance(output, Tensor):
+        # Hooked on nn.Linear only; the isinstance narrows the hook's generic signature.
+        if not (cap.enabled and isinstance(module, nn.Linear) and args):
+            return
+        if isinstance(args[0], Tensor) and isinstance(output, Tensor):
             records.append((module, args[0].detach(), output))
 
     for module in model.modules():
@@ -417,7 +435,9 @@ def _watch_attention(model: nn.Module, cap: Capture, records: list[Tensor]) -> N
     """Record each nn.MultiheadAttention call's per-head weights, without changing the model:
     a pre-hook asks the call for them (the caller discards the second output anyway)."""
 
-    def ask(_module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    def ask(
+        _module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]
+    ) -> tuple[tuple[object, ...], dict[str, object]]:
         if cap.enabled:
             kwargs = {**kwargs, "need_weights": True, "average_attn_weights": False}
         return args, kwargs
@@ -492,7 +512,7 @@ def explain(
         reshape=reshape,
         scorecam_batch_size=scorecam_batch_size,
     )
-    size = tuple(images.shape[-2:])
+    size = (images.shape[-2], images.shape[-1])
     up = {k: upsample(v, size) for k, v in raw.layer_maps.items()}
     maps: dict[str, Tensor] = {}
     for m in methods:

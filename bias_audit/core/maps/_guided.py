@@ -12,6 +12,7 @@ forward hook) with :class:`_RuledReLU` of its input. Its backward follows ``rule
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -25,14 +26,15 @@ class Rule:
 
 
 class _RuledReLU(torch.autograd.Function):
+    # ctx is Any as in torch.autograd.Function: the attributes set on it are ours.
     @staticmethod
-    def forward(ctx, x: Tensor, rule: Rule) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, rule: Rule) -> Tensor:
         ctx.rule = rule
         ctx.save_for_backward(x)
         return x.clamp(min=0)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
         (x,) = ctx.saved_tensors
         mode = ctx.rule.mode
         if mode == "deconvnet":
@@ -43,4 +45,5 @@ class _RuledReLU(torch.autograd.Function):
 
 
 def ruled_relu(x: Tensor, rule: Rule) -> Tensor:
-    return _RuledReLU.apply(x, rule)
+    out: Tensor = _RuledReLU.apply(x, rule)
+    return out

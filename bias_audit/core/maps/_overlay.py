@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -53,17 +54,21 @@ def normalize_maps(maps: Tensor) -> Tensor:
     return out.reshape(maps.shape)
 
 
-def _colormap(values: np.ndarray, name: str) -> np.ndarray:
+def _colormap(values: npt.NDArray[np.float64], name: str) -> npt.NDArray[np.float64]:
     """values in [0, 1] (H, W) -> RGB floats (H, W, 3) in [0, 1]."""
     if name == "jet":
         # The piecewise-linear jet: each channel is a clipped tent centred a quarter apart.
         centres = np.array([0.75, 0.5, 0.25])
-        return np.clip(1.5 - np.abs(4 * values[..., None] - 4 * centres), 0, 1)
+        tents: npt.NDArray[np.float64] = np.clip(
+            1.5 - np.abs(4 * values[..., None] - 4 * centres), 0, 1
+        )
+        return tents
     if name == "viridis":
         pos = values * (len(_VIRIDIS) - 1)
         lo = np.clip(np.floor(pos).astype(int), 0, len(_VIRIDIS) - 2)
         frac = (pos - lo)[..., None]
-        return _VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac
+        mixed: npt.NDArray[np.float64] = _VIRIDIS[lo] * (1 - frac) + _VIRIDIS[lo + 1] * frac
+        return mixed
     raise ConfigError(f"colormap: unknown {name!r}; valid: 'jet', 'viridis'")
 
 

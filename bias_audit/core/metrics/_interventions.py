@@ -52,7 +52,8 @@ def _fill_image(images: Tensor, fill: str) -> Tensor:
     sigma = max(1.0, 0.05 * min(images.shape[-2:]))
     size = 2 * math.ceil(2 * sigma) + 1
     size = min(size, 2 * (min(images.shape[-2:]) // 2) - 1)
-    return TF.gaussian_blur(images, kernel_size=[size, size], sigma=[sigma, sigma])
+    blurred: Tensor = TF.gaussian_blur(images, kernel_size=[size, size], sigma=[sigma, sigma])
+    return blurred
 
 
 def random_patches(masks: Tensor, *, seed: int = 0) -> Tensor:
@@ -186,7 +187,11 @@ def occlusion_effect(
                 patches = random_patches(masks, seed=seed)
                 rand = _effects(model, images, filled, patches, targets, clean)
             else:
-                rand = tuple(torch.full_like(e, _NAN) for e in effects)
+                rand = (
+                    torch.full_like(effects[0], _NAN),
+                    torch.full_like(effects[1], _NAN),
+                    torch.full_like(effects[2], _NAN),
+                )
     finally:
         model.train(training)
     # clone() outside inference mode gives ordinary tensors the caller may edit in place.

@@ -254,7 +254,8 @@ def pointing_game(maps: Tensor, masks: Tensor, *, tolerance: float = 0.0) -> Ten
     bad = ~_valid(values) | (_count(region) == 0)
     # torch's argmax returns the first maximum, i.e. the first in raster order.
     argmax = values.argmax(dim=1)
-    disk = _disk(argmax, tuple(maps.shape[-2:]), float(tolerance)) if tolerance > 0 else None
+    size = (maps.shape[-2], maps.shape[-1])
+    disk = _disk(argmax, size, float(tolerance)) if tolerance > 0 else None
     return _out(_pointing(argmax, region, disk), bad)
 
 
@@ -311,7 +312,7 @@ def map_boxes(maps: Tensor, *, threshold: float = 0.15) -> Tensor:
     _check_maps(maps)
     _check_threshold(threshold)
     values = _values(maps)
-    out = _map_boxes(values, tuple(maps.shape[-2:]), threshold, _valid(values))
+    out = _map_boxes(values, (maps.shape[-2], maps.shape[-1]), threshold, _valid(values))
     return out.to(torch.float32)
 
 
@@ -383,6 +384,6 @@ def localization_iou(maps: Tensor, boxes: Tensor, *, threshold: float = 0.15) ->
     arr = _check_boxes(boxes, maps.shape[0]).to(maps.device)
     _check_threshold(threshold)
     values = _values(maps)
-    blob = _map_boxes(values, tuple(maps.shape[-2:]), threshold, _valid(values))
+    blob = _map_boxes(values, (maps.shape[-2], maps.shape[-1]), threshold, _valid(values))
     iou = _box_iou(blob, arr)
     return _out(iou, iou.isnan())

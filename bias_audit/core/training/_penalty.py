@@ -69,7 +69,7 @@ def gradcam_mass(
     score = (logits.gather(1, labels[:, None])[:, 0] - logits.mean(dim=1)).sum()
     grads = _grid_grad(score, out, reshape, target_layer)
     cam = gradcam(acts, grads)  # (N,h,w)
-    cover = _coverage(region, tuple(cam.shape[-2:]), window)
+    cover = _coverage(region, (cam.shape[-2], cam.shape[-1]), window)
     # The epsilon keeps an all-zero map at mass 0 (no gradient) instead of NaN.
     mass = (cam * cover).sum(dim=(1, 2)) / (cam.sum(dim=(1, 2)) + 1e-8)
     return logits, mass
@@ -109,7 +109,7 @@ def gradcam_evidence_mass(
         ``(logits (N,C), mass (N,))``; mass is in [0,1], 0 where every map is all zero.
     """
     logits, out, acts = _forward_capturing(model, images, target_layer, reshape)
-    cover = _coverage(region, tuple(acts.shape[-2:]), window)
+    cover = _coverage(region, (acts.shape[-2], acts.shape[-1]), window)
     margins = logits - logits.mean(dim=1, keepdim=True)
     n_classes = logits.shape[1]
     mass = logits.new_zeros(len(logits))

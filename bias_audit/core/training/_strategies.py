@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bias_audit.core.training._penalty import gradcam_evidence_mass, gradcam_mass, input_grad_energy
+from bias_audit.errors import ConfigError
 
 __all__ = ["BALANCED_SAMPLING", "STRATEGIES", "Step", "cell_sampling_weights", "cell_loss_weights"]
 
@@ -89,6 +90,12 @@ def _group_dro(step: Step) -> tuple[Tensor, Tensor]:
     return (q * group_loss).sum(), logits
 
 
+def _penalty_layer(step: Step) -> str:
+    if step.target_layer is None:
+        raise ConfigError("target_layer: the Grad-CAM penalty needs a layer name, got None")
+    return step.target_layer
+
+
 def _attention_penalty(step: Step) -> tuple[Tensor, Tensor]:
     cfg = step.config
     present = step.confounder.flatten(1).any(1)
@@ -97,7 +104,7 @@ def _attention_penalty(step: Step) -> tuple[Tensor, Tensor]:
             step.model,
             step.images,
             step.confounder,
-            target_layer=step.target_layer,
+            target_layer=_penalty_layer(step),
             window=cfg.penalty_window,
             reshape=step.target_reshape,
         )
@@ -107,7 +114,7 @@ def _attention_penalty(step: Step) -> tuple[Tensor, Tensor]:
             step.images,
             step.labels,
             step.confounder,
-            target_layer=step.target_layer,
+            target_layer=_penalty_layer(step),
             window=cfg.penalty_window,
             reshape=step.target_reshape,
         )

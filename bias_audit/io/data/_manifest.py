@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -511,7 +511,8 @@ def load_manifest(
     for i, rec in enumerate(df.to_dict(orient="records")):
         row_no = i + 1
         try:
-            parsed = checker.check(row_no, rec)
+            # _read_table checked every column name is text and made every cell a str.
+            parsed = checker.check(row_no, cast("dict[str, str]", rec))
             if parsed.id in first_row_of_id:
                 raise _RowError(
                     checker.id_column,

@@ -26,7 +26,14 @@ from bias_audit.core._naming import CONFOUNDER, column
 from bias_audit.core.findings import FLIP_EXCESS, POOLED_LIFT, SEVERITIES
 from bias_audit.core.stats import ALL_CELL
 
-__all__ = ["CRITERIA", "GATE_DEFAULTS", "judge_criteria", "verdicts", "scoreboard"]
+__all__ = [
+    "CRITERIA",
+    "GATE_DEFAULTS",
+    "judge_criteria",
+    "scoreboard",
+    "verdicts",
+    "with_trust_caveats",
+]
 
 #: name -> (label, groups metric or "worst", upper limit?)
 CRITERIA: dict[str, tuple[str, str, bool]] = {
@@ -195,6 +202,25 @@ def verdicts(
             "criteria": criteria, "top_finding": _top_finding(findings, model),
             "caveats": caveats,
         })  # fmt: skip
+    return out
+
+
+def with_trust_caveats(
+    verdicts: Sequence[Mapping[str, Any]], trust_findings: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The verdicts with a caveat for each failed trust check of medium or high severity.
+
+    A failed check does not change the status (the criteria decide it); it says that the
+    attention numbers behind the status rest on maps that did not pass that check.
+    """
+    out = []
+    for v in verdicts:
+        caveats = list(v.get("caveats", ()))
+        for f in trust_findings:
+            if f.get("model") == v["model"] and f.get("severity") in ("medium", "high"):
+                code = f"trust_{f.get('code', 'check')}"
+                caveats.append({"code": code, "text": str(f.get("text", "")), "link": "#trust"})
+        out.append({**v, "caveats": caveats})
     return out
 
 

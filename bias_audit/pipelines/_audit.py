@@ -26,7 +26,7 @@ from bias_audit.core.findings import (
     model_changes,
     settle_findings,
 )
-from bias_audit.core.verdicts import scoreboard, verdicts
+from bias_audit.core.verdicts import scoreboard, verdicts, with_trust_caveats
 from bias_audit.errors import RunError
 from bias_audit.io.run_folder import RunStore, read_summary, read_table
 from bias_audit.pipelines._gallery import _gallery
@@ -249,6 +249,9 @@ def audit(
             },
         )  # fmt: skip
         summary["trust"] = run_trust(config, loaded, store, dev, layers)
+        summary["verdicts"] = with_trust_caveats(
+            summary["verdicts"], summary["trust"].get("findings", ())
+        )
         store.write_json("summary.json", summary)
         store.finish()
         return AuditResult(

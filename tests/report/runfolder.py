@@ -376,7 +376,15 @@ def verdicts(board: list[dict], top: dict, warnings: list[dict]) -> list[dict]:
                     w
                     for w in warnings
                     if w["code"] == "non_final_layer" and entry["model"] in w["text"]
-                ],
+                ]
+                + [
+                    {
+                        "code": "trust_not_faithful",
+                        "text": "Deleting the top 5% of pixels drops the probability no more "
+                        "than random pixels.",
+                        "link": "#trust",
+                    }
+                ][: int(len(out) == 0)],
             }
         )
     return out

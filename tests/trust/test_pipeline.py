@@ -97,3 +97,25 @@ def test_report_has_the_trust_section(run):
     for fid in ("fig-trust-randomization", "fig-trust-layers", "fig-trust-faithfulness"):
         assert f'id="{fid}"' in html and f'id="{fid}-data"' in html
     assert '<a href="#trust">' in html
+
+
+def test_a_failed_trust_check_is_a_caveat_on_the_verdict_not_a_new_status():
+    from bias_audit.core.verdicts import with_trust_caveats
+
+    verdicts = [
+        {"model": "a", "status": "pass", "caveats": [{"code": "resized", "text": "r"}]},
+        {"model": "b", "status": "fail", "caveats": []},
+    ]
+    found = [
+        {"code": "method_insensitive", "model": "a", "method": "gradcam", "text": "t1",
+         "severity": "high"},
+        {"code": "layer_dependent", "model": "a", "method": "gradcam", "text": "t2",
+         "severity": "low"},
+        {"code": "not_faithful", "model": "b", "method": "gradcam", "text": "t3",
+         "severity": "medium"},
+    ]  # fmt: skip
+    out = with_trust_caveats(verdicts, found)
+    assert [v["status"] for v in out] == ["pass", "fail"]
+    assert [c["code"] for c in out[0]["caveats"]] == ["resized", "trust_method_insensitive"]
+    assert out[0]["caveats"][1]["link"] == "#trust" and out[1]["caveats"][0]["text"] == "t3"
+    assert verdicts[0]["caveats"] == [{"code": "resized", "text": "r"}]  # input untouched

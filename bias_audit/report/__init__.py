@@ -6,17 +6,7 @@ jinja2.
 
 from __future__ import annotations
 
-from bias_audit.report._images import data_uri, draw_outlines, jet, overlay_map, thumbnail
 from bias_audit.report._load import ReportData, load_run
 from bias_audit.report._render import render_report
 
-__all__ = [
-    "ReportData",
-    "data_uri",
-    "draw_outlines",
-    "jet",
-    "load_run",
-    "overlay_map",
-    "render_report",
-    "thumbnail",
-]
+__all__ = ["ReportData", "load_run", "render_report"]

@@ -238,7 +238,7 @@ def test_vit_tiny_p8_penalty_is_explains_gradcam_at_the_same_layer():
     # penalty's map is explain's Grad-CAM of the label's margin there, and it trains (its
     # gradient reaches the patch embedding through the attention's double backward).
     from bias_audit.core.architectures import build_model
-    from bias_audit.core.training import gradcam_mass
+    from bias_audit.core.training._penalty import gradcam_mass
 
     torch.manual_seed(0)
     model = build_model("vit_tiny_p8", num_classes=2)

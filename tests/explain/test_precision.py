@@ -11,7 +11,7 @@ from torch import nn
 
 from bias_audit.core.architectures import SmallCNN
 from bias_audit.core.maps import explain
-from bias_audit.core.training import gradcam_mass
+from bias_audit.core.training._penalty import gradcam_mass
 from bias_audit.errors import ModelError
 
 from .conftest import TinyCNN

@@ -9,12 +9,12 @@ from torch import nn
 from bias_audit.core.architectures import SmallCNN, build_model
 from bias_audit.core.maps import explain, resolve_target_layer
 from bias_audit.core.maps._explain import _run
-from bias_audit.core.training import (
+from bias_audit.core.training._penalty import (
+    _coverage,
     gradcam_evidence_mass,
     gradcam_mass,
     input_grad_energy,
 )
-from bias_audit.core.training._penalty import _coverage
 from bias_audit.core.training._strategies import (
     STRATEGIES,
     Step,

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bias_audit.report import data_uri, draw_outlines, jet, overlay_map, thumbnail
-from bias_audit.report._images import REGION_COLORS
+from bias_audit.report._images import (
+    REGION_COLORS,
+    data_uri,
+    draw_outlines,
+    jet,
+    overlay_map,
+    thumbnail,
+)
 
 
 def test_jet_hand_values() -> None:

@@ -43,6 +43,7 @@ test-fast: dev browser
 lint: dev
 	$(BIN)/ruff check bias_audit tests benchmarks
 	$(BIN)/ruff format --check bias_audit tests benchmarks
+	$(BIN)/mypy bias_audit
 
 bench: dev
 	$(BIN)/python benchmarks/explain_bench.py

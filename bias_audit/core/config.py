@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from bias_audit.core._naming import ROLES
 from bias_audit.errors import ConfigError
@@ -282,9 +282,9 @@ class DataConfig(_Section):
     # None: the checkpoint's size, else the images' own size when they all share it, else the
     # run stops and asks (a silent resize once hid a shortcut).
     image_size: int | None = setting(None, kind="int", **_SIZE)
-    resize: str = setting("crop", kind="str", choices=RESIZE)
+    resize: Literal["crop", "letterbox"] = setting("crop", kind="str", choices=RESIZE)
     classes: tuple[str, ...] | None = setting(None, kind="names", nonempty=True)
-    on_error: str = setting("raise", kind="str", choices=ON_ERROR)
+    on_error: Literal["raise", "skip"] = setting("raise", kind="str", choices=ON_ERROR)
     batch_size: int = setting(32, kind="int", minimum=1, maximum=65536)
     num_workers: int = setting(0, kind="int", minimum=0, maximum=256)
 
@@ -724,7 +724,7 @@ class TrainConfig(_Section):
     confounders: tuple[str, ...] = setting((), kind="names")
     arch: str = setting("smallcnn", kind="str")
     image_size: int = setting(96, kind="int", **_SIZE)
-    resize: str = setting("crop", kind="str", choices=RESIZE)
+    resize: Literal["crop", "letterbox"] = setting("crop", kind="str", choices=RESIZE)
     mean: tuple[float, float, float] | None = setting(None, kind="floats3")
     std: tuple[float, float, float] | None = setting(None, kind="floats3")
     epochs: int = setting(10, kind="int", minimum=1, maximum=100_000)

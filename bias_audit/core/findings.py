@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -140,7 +140,8 @@ class Finding:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Finding:
         """Inverse of :meth:`to_dict` (``null`` numbers come back as NaN)."""
-        kw = {k: d.get(k) for k in ("rule", "severity", "model", "cell", "metric", "text", "n")}
+        keys = ("rule", "severity", "model", "cell", "metric", "text", "n")
+        kw: dict[str, Any] = {k: d.get(k) for k in keys}
         kw["severity"] = kw["severity"] or "info"
         kw["kind"] = d.get("kind") or "risk"
         kw["text"] = kw["text"] or ""
@@ -179,7 +180,8 @@ class FindingInputs:
         if g.empty:
             return None
         hit = g[(g["model"] == model) & (g["cell"] == "all") & (g["metric"] == metric)]
-        return None if hit.empty else hit.iloc[0].to_dict()
+        # Column names are strings, so the row's keys are too.
+        return None if hit.empty else cast("dict[str, Any]", hit.iloc[0].to_dict())
 
     @property
     def models(self) -> list[str]:
@@ -428,7 +430,7 @@ def _higher_is_worse(metric: str) -> bool:
     return metric.split("@")[0] in HIGHER_IS_WORSE
 
 
-def _ends(row: Mapping[str, Any]) -> tuple[str, float, str, float]:
+def _ends(row: Mapping[Hashable, Any]) -> tuple[str, float, str, float]:
     """(worst cell, its value, best cell, its value), read the right way round."""
     low = (row["worst_cell"], float(row["worst_value"]))
     high = (row["best_cell"], float(row["best_value"]))
@@ -592,7 +594,7 @@ def rules_table() -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in RULES.values():
-        limits = {}
+        limits: dict[str, list[str]] = {}
         for t in r.thresholds:
             for level in ("high", "medium", "low"):
                 if level in THRESHOLDS[t]:

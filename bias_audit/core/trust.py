@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 import numpy as np
+import numpy.typing as npt
 import pandas as pd
 import torch
 from scipy.stats import rankdata
@@ -85,12 +86,13 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     return _correlate(_centered_ranks(a), _centered_ranks(b))
 
 
-def _centered_ranks(maps: Tensor) -> np.ndarray:
-    x = rankdata(maps.detach().double().cpu().flatten(1).numpy(), axis=1)
-    return x - x.mean(axis=1, keepdims=True)
+def _centered_ranks(maps: Tensor) -> npt.NDArray[np.float64]:
+    x: npt.NDArray[np.float64] = rankdata(maps.detach().double().cpu().flatten(1).numpy(), axis=1)
+    centered: npt.NDArray[np.float64] = x - x.mean(axis=1, keepdims=True)
+    return centered
 
 
-def _correlate(x: np.ndarray, y: np.ndarray) -> Tensor:
+def _correlate(x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]) -> Tensor:
     den = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
     with np.errstate(invalid="ignore", divide="ignore"):
         r = np.where(den > 0, (x * y).sum(axis=1) / np.where(den > 0, den, 1.0), np.nan)
@@ -700,16 +702,16 @@ def trust_findings(
             target = rows[rows["is_target"]]
             if target.empty:
                 continue
-            t = target.iloc[0]
+            at = target.iloc[0]
             for r in rows[~rows["is_target"]].itertuples(index=False):
-                if r.verdict != t["verdict"]:
+                if r.verdict != at["verdict"]:
                     out.append(TrustFinding(
                         "layer_dependent", model, str(m),
                         f"{model}: the attention verdict depends on the layer: {m} puts "
-                        f"{t['mass']:.1%} of its mass on confounders at {t['layer']} (lift "
-                        f"{t['lift']:.1f}: {t['verdict']}) but {r.mass:.1%} at {r.layer} "
+                        f"{at['mass']:.1%} of its mass on confounders at {at['layer']} (lift "
+                        f"{at['lift']:.1f}: {at['verdict']}) but {r.mass:.1%} at {r.layer} "
                         f"(lift {r.lift:.1f}: {r.verdict})",
-                        _disagreement([t["verdict"], r.verdict]),
+                        _disagreement([str(at["verdict"]), str(r.verdict)]),
                     ))  # fmt: skip
                     break
         at_target = conf[conf["is_target"]]
@@ -722,7 +724,7 @@ def trust_findings(
                 "methods_disagree", model, ", ".join(verdicts),
                 f"{model}: the methods disagree on confounder attention at "
                 f"{at_target['layer'].iloc[0]}: {parts}",
-                _disagreement([r.verdict for r in verdicts.values()]),
+                _disagreement([str(r.verdict) for r in verdicts.values()]),
             ))  # fmt: skip
     if faith is not None and len(faith.table):
         for m, rows in faith.table.groupby("method", sort=False):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -60,11 +60,16 @@ def _f(x: Any) -> float:
         return math.nan
 
 
+def _first(hit: pd.DataFrame) -> dict[str, Any]:
+    # Column names are strings, so the row's keys are too.
+    return cast("dict[str, Any]", hit.iloc[0].to_dict())
+
+
 def _pooled(groups: pd.DataFrame, model: str, metric: str) -> dict[str, Any] | None:
     hit = groups[
         (groups["model"] == model) & (groups["cell"] == ALL_CELL) & (groups["metric"] == metric)
     ]
-    return None if hit.empty else hit.iloc[0].to_dict()
+    return None if hit.empty else _first(hit)
 
 
 def _interval(row: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -106,7 +111,7 @@ def judge_criteria(
         label, metric, upper = CRITERIA[name]
         if metric == "worst":
             hit = worst[(worst["model"] == model) & (worst["metric"] == "accuracy")]
-            w = hit.iloc[0].to_dict() if len(hit) else {}
+            w = _first(hit) if len(hit) else {}
             row = _interval(w if w.get("n_cells") else None)
             cell = w.get("cell") if w.get("n_cells") else None
         else:
@@ -135,7 +140,12 @@ def _pct(x: float) -> str:
     return "n/a" if not math.isfinite(x) else f"{100 * x:.0f}%"
 
 
-def _headline(groups, model, criteria, confounders: Sequence[str]) -> str:
+def _headline(
+    groups: pd.DataFrame,
+    model: str,
+    criteria: Sequence[Mapping[str, Any]],
+    confounders: Sequence[str],
+) -> str:
     by = {c["name"]: c for c in criteria}
     names = ", ".join(confounders) or "the confounders"
     parts = []
@@ -236,7 +246,7 @@ def scoreboard(
     out = []
     for model in models:
         hit = worst[(worst["model"] == model) & (worst["metric"] == "accuracy")]
-        w = hit.iloc[0].to_dict() if len(hit) else {}
+        w = _first(hit) if len(hit) else {}
         top = _top_finding(findings, model)
         out.append({
             "model": model,

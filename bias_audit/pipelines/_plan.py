@@ -97,11 +97,13 @@ class _Datasets:
     def get(self, plan: _Plan):
 
         d = self.config.data
-        key = (plan.classes, plan.image_size, plan.mean, plan.std)
+        size = plan.image_size
+        assert size is not None, "_settle_sizes gives every plan a size before its dataset opens"
+        key = (plan.classes, size, plan.mean, plan.std)
         if key not in self._cache:
             self._cache[key] = load_manifest(
                 d.manifest, label=d.label, groups=d.groups, classes=plan.classes,
-                image_size=plan.image_size, resize=d.resize, mean=plan.mean, std=plan.std,
+                image_size=size, resize=d.resize, mean=plan.mean, std=plan.std,
                 on_error=d.on_error, min_group_size=self.config.stats.min_group_size,
             )  # fmt: skip
         return self._cache[key]
@@ -132,7 +134,8 @@ def _settle_sizes(
     shared = sizes[0] if sizes and all(s == sizes[0] for s in sizes) else None
     out, warnings = [], []
     for p in plans:
-        if p.image_size is None:
+        size = p.image_size
+        if size is None:
             if shared is None:
                 seen = sorted(set(sizes))[:3]
                 raise ConfigError(
@@ -140,11 +143,12 @@ def _settle_sizes(
                     f"{p.cfg.name!r} records none and the images differ in size (e.g. "
                     f"{', '.join(f'{w}x{h}' for w, h in seen)}); set the side the model expects"
                 )
-            p = replace(p, image_size=min(shared))
+            size = min(shared)
+            p = replace(p, image_size=size)
         out.append(p)
         if sizes:
             short = sorted(min(s) for s in sizes)[len(sizes) // 2]
-            factor = max(p.image_size / short, short / p.image_size)
+            factor = max(size / short, short / size)
             if factor > RESIZE_WARNING:
                 warnings.append({
                     "code": "resized",
@@ -226,14 +230,15 @@ def _check_budget(model, ds, spec: StepSpec, config: AuditConfig, dev, progress:
         return
     images = _first_images(ds, dev, n=min(8, len(ds)))
     with torch.no_grad():
-        grid = {}
+        grid: dict[str, object] = {}
         layer = resolve_target_layer(model, spec.target_layer, images[:1], None)[1]
         handle = layer.register_forward_hook(lambda _m, _i, out: grid.setdefault("out", out))
         try:
             model(images[:1])
         finally:
             handle.remove()
-        channels = int(grid["out"].shape[1]) if torch.is_tensor(grid.get("out")) else 0
+        captured = grid.get("out")
+        channels = int(captured.shape[1]) if isinstance(captured, torch.Tensor) else 0
         t0 = time.perf_counter()
         model(images)
         per_image = (time.perf_counter() - t0) / len(images)

@@ -156,12 +156,17 @@ def _statistics(samples: pd.DataFrame, config: AuditConfig, regions) -> dict[str
     summarised = [m for m in method_metrics(base, methods) if m in have]
     tested = [m for m in method_metrics(TESTED_METRICS, methods) if m in have]
     classes = sorted(set(samples["label"]) | set(samples["pred"]))
-    common = {"groups": groups, "min_group_size": st.min_group_size, "seed": st.seed}
     common_gap = {
         "min_group_size": st.min_group_size, "seed": st.seed, "n_perm": max(1, st.permutations),
     }  # fmt: skip
     group_table = group_stats(
-        samples, metrics=summarised, classes=classes, n_boot=st.bootstrap, **common
+        samples,
+        metrics=summarised,
+        classes=classes,
+        n_boot=st.bootstrap,
+        groups=groups,
+        min_group_size=st.min_group_size,
+        seed=st.seed,
     )
     lifts = _pooled_lifts(
         samples, methods, n_boot=st.bootstrap, seed=st.seed, min_group_size=st.min_group_size
@@ -188,7 +193,14 @@ def _statistics(samples: pd.DataFrame, config: AuditConfig, regions) -> dict[str
     models = list(dict.fromkeys(samples["model"]))
     pairs = [
         paired_comparison(
-            samples, a, b, metrics=["accuracy", *tested], n_boot=st.bootstrap, **common
+            samples,
+            a,
+            b,
+            metrics=["accuracy", *tested],
+            n_boot=st.bootstrap,
+            groups=groups,
+            min_group_size=st.min_group_size,
+            seed=st.seed,
         )  # fmt: skip
         for a, b in combinations(models, 2)
     ]
@@ -203,7 +215,7 @@ def _holm_all(tables: dict[str, pd.DataFrame], drafts: list[Finding]) -> list[Fi
 
     Adds ``p_adjusted`` to the tables in place and returns the drafts with theirs."""
     drafts = list(drafts)
-    pieces: list[tuple[str, int | None, float]] = []
+    pieces: list[tuple[str, int, float]] = []
     for name in ("gaps", "comparisons", "fairness"):
         t = tables[name]
         if "p_value" in t.columns:
@@ -219,7 +231,9 @@ def _holm_all(tables: dict[str, pd.DataFrame], drafts: list[Finding]) -> list[Fi
         if name == "draft":
             drafts[i] = dataclasses.replace(drafts[i], p_adjusted=float(a))
         else:
-            tables[name].iloc[i, tables[name].columns.get_loc("p_adjusted")] = a
+            col = tables[name].columns.get_loc("p_adjusted")
+            assert isinstance(col, int)  # the column is unique, so its location is one int
+            tables[name].iloc[i, col] = a
     # Findings that restate a gap or a comparison take that row's adjusted p-value.
     for i, d in enumerate(drafts):
         if d.source is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,7 +207,7 @@ def train_classifier(
     start = 1
     if saved is not None:
         saved_state, saved_meta, raw = saved
-        _check_resume(config, saved_meta, fingerprint, last_path)
+        saved_meta = _check_resume(config, saved_meta, fingerprint, last_path)
         load_state_dict_strict(model, saved_state, source=str(last_path))
         opt.load_state_dict(raw["optimizer"])
         state = dict(raw.get("strategy_state", {}))
@@ -216,8 +216,8 @@ def train_classifier(
         best_state = raw["best_state_dict"]
         start = int(raw["epoch"]) + 1
 
-    mean = tuple(float(v) for v in getattr(train_ds, "mean", config.mean or (0.0, 0.0, 0.0)))
-    std = tuple(float(v) for v in getattr(train_ds, "std", config.std or (1.0, 1.0, 1.0)))
+    mean = _rgb(getattr(train_ds, "mean", config.mean or (0.0, 0.0, 0.0)))
+    std = _rgb(getattr(train_ds, "std", config.std or (1.0, 1.0, 1.0)))
 
     def meta(epoch_best: int) -> CheckpointMeta:
         cfg = config.to_dict()
@@ -351,7 +351,16 @@ def _summary(r: Mapping[str, Any]) -> str:
     return text
 
 
-def _check_resume(config: TrainConfig, meta: CheckpointMeta | None, fingerprint: str, path: Path):
+def _rgb(values: Sequence[float]) -> tuple[float, float, float]:
+    # Three: load_manifest and the config have checked it.
+    r, g, b = (float(v) for v in values)
+    return r, g, b
+
+
+def _check_resume(
+    config: TrainConfig, meta: CheckpointMeta | None, fingerprint: str, path: Path
+) -> CheckpointMeta:
+    """``meta`` when the run in ``path`` can be resumed with ``config``; raises otherwise."""
     if meta is None:
         raise RunError(f"{path}: not a bias-audit resume file")
     saved = dict(meta.config)
@@ -370,3 +379,4 @@ def _check_resume(config: TrainConfig, meta: CheckpointMeta | None, fingerprint:
             f"{path}: cannot resume: {config.train_manifest} changed since the run started "
             "(fingerprint differs); pass force=True to start over"
         )
+    return meta

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import numpy as np
@@ -475,8 +475,15 @@ def _gaps(frame: pd.DataFrame | None, regions: list[str]) -> Table | None:
         columns={"worst_cell": "worse_cell", "worst_value": "worse_value",
                  "best_cell": "better_cell", "best_value": "better_value"}
     )  # fmt: skip
-    out.insert(out.columns.get_loc("metric") + 1, "lower_is_better", flip)
+    at = out.columns.get_loc("metric")
+    assert isinstance(at, int)  # the column is unique, so its location is one int
+    out.insert(at + 1, "lower_is_better", flip)
     return frame_table("gaps", out)
+
+
+def _rates(cell: object) -> list[tuple[str, int, float, float]]:
+    # rate_gaps' ``rates`` column holds one such list per row; pandas types a cell as a scalar.
+    return cast("list[tuple[str, int, float, float]]", cell)
 
 
 def _gallery_methods(data: ReportData) -> list[str]:
@@ -525,18 +532,20 @@ def build_context(
                     r[2],
                     r.tpr_gap,
                     r.fpr_gap,
-                    "; ".join(f"{v} (n={n}): {t} / {f}" for v, n, t, f in r.rates),
+                    "; ".join(f"{v} (n={n}): {t} / {f}" for v, n, t, f in _rates(r.rates)),
                 ]
                 for r in gaps.itertuples(index=False)
             ],  # fmt: skip
             shown=[
                 [
-                    r.model,
-                    r.attribute,
+                    str(r.model),
+                    str(r.attribute),
                     r[2],
                     _fmt(r.tpr_gap),
                     _fmt(r.fpr_gap),
-                    "; ".join(f"{v} (n={n}): {_fmt(t)} / {_fmt(f)}" for v, n, t, f in r.rates),
+                    "; ".join(
+                        f"{v} (n={n}): {_fmt(t)} / {_fmt(f)}" for v, n, t, f in _rates(r.rates)
+                    ),
                 ]
                 for r in gaps.itertuples(index=False)
             ],

@@ -32,6 +32,7 @@ __all__ = [
     "InterventionsConfig",
     "ReportConfig",
     "OutputConfig",
+    "DiscoveryConfig",
     "TrainConfig",
 ]
 
@@ -61,6 +62,7 @@ RESERVED_COLUMNS = frozenset(
         "cell", "n", "n_valid", "small", "metric", "value", "ci_low", "ci_high",
         "attribute", "n_cells", "worst_cell", "worst_value", "best_cell", "best_value", "gap",
         "p_value", "p_adjusted", "model_a", "model_b", "mean_diff", "share_expected_sign",
+        "cluster", "feature_cluster",  # discovery
     }
 )  # fmt: skip
 
@@ -406,6 +408,35 @@ class ReportConfig(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DiscoveryConfig(_Section):
+    """``[discovery]``: clusters of each predicted class's maps and penultimate features,
+    scored by occlusion; needs no region annotations (see ``bias_audit.core.discovery``).
+
+    A cluster is flagged as a candidate shortcut when it has ``min_cluster_size`` members, its
+    class's eigengap is at least ``min_eigengap``, at least ``min_consistency`` of its members'
+    maps peak in its hot region (the smallest set of cells with ``hot_mass`` of its mean map,
+    at least ``min_hot_area`` of the image), and occluding that
+    region flips at least ``min_flip_excess`` more of its members than the larger of a random
+    same-area region and the same region in the rest of the class. At most ``max_occluded``
+    images per cluster (and as many of the rest of the class) are occluded.
+    """
+
+    SECTION: ClassVar[str] = "discovery"
+    enabled: bool = setting(True, kind="bool")
+    map_size: int = setting(16, kind="int", minimum=2, maximum=64)
+    features: bool = setting(True, kind="bool")
+    max_clusters: int = setting(8, kind="int", minimum=1, maximum=50)
+    neighbors: int = setting(10, kind="int", minimum=2, maximum=1000)
+    min_cluster_size: int = setting(10, kind="int", minimum=1)
+    min_eigengap: float = setting(0.05, kind="float", minimum=0, maximum=2)
+    min_consistency: float = setting(0.6, kind="float", minimum=0, maximum=1)
+    min_flip_excess: float = setting(0.25, kind="float", minimum=0, maximum=1)
+    hot_mass: float = setting(0.5, kind="float", above=0, maximum=1)
+    min_hot_area: float = setting(0.05, kind="float", minimum=0, maximum=1)
+    max_occluded: int = setting(64, kind="int", minimum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
 class OutputConfig(_Section):
     """``[output]``: the run folder; ``--out`` wins over it."""
 
@@ -428,6 +459,7 @@ class AuditConfig:
     stats: StatsConfig = field(default_factory=StatsConfig)
     interventions: InterventionsConfig = field(default_factory=InterventionsConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     #: The TOML text as written (``""`` when built from a dict); stored in the run folder.
     source_text: str = ""
@@ -469,7 +501,8 @@ class AuditConfig:
         base = Path(base_dir).resolve()
         if not isinstance(d, Mapping):
             raise ConfigError(f"{source}: expected a table of sections, got {type(d).__name__}")
-        tables = ("data", "regions", "explain", "models", "stats", "interventions", "report")
+        tables = ("data", "regions", "explain", "models", "stats", "interventions", "report",
+                  "discovery")
         allowed = ("title", *tables, "output")
         for key in d:
             if key not in allowed:
@@ -516,6 +549,7 @@ class AuditConfig:
         stats = section(StatsConfig, "stats")
         interventions = section(InterventionsConfig, "interventions")
         report = section(ReportConfig, "report")
+        discovery = section(DiscoveryConfig, "discovery")
         output = section(OutputConfig, "output")
 
         return cls(
@@ -527,6 +561,7 @@ class AuditConfig:
             stats=stats,
             interventions=interventions,
             report=report,
+            discovery=discovery,
             output=output,
             source_text=source_text,
             source=source,
@@ -581,7 +616,8 @@ def _toml_value(v: Any) -> str:
 
 def _render_toml(cfg: AuditConfig) -> str:
     lines = [f"title = {_toml_value(cfg.title)}"]
-    for name in ("data", "regions", "explain", "stats", "interventions", "report", "output"):
+    for name in ("data", "regions", "explain", "stats", "interventions", "report", "discovery",
+                 "output"):
         lines.append(f"\n[{name}]")
         for k, v in asdict(getattr(cfg, name)).items():
             if v is not None:

@@ -23,6 +23,7 @@ from bias_audit.core.config import AuditConfig
 from bias_audit.core.findings import FindingInputs, draft_findings, settle_findings
 from bias_audit.errors import RunError
 from bias_audit.io.run_folder import RunStore, read_summary, read_table
+from bias_audit.pipelines._discovery import annotation_warnings, discover
 from bias_audit.pipelines._gallery import _gallery
 from bias_audit.pipelines._plan import (
     _batches,
@@ -174,6 +175,14 @@ def audit(
                 store.set_info(per_model_s=per_model_s, layers=layers)
             frames.append(store.collect(name, batch_ids))
         samples = pd.concat(frames, ignore_index=True)
+        # -- discovery (issue 16): clusters per predicted class, the samples' cluster columns
+        t_discovery = time.perf_counter()
+        discovered: tuple[list, list] = ([], [])
+        if config.discovery.enabled:
+            *discovered, clusters = discover(config, loaded, samples, store, dev, layers)
+            samples = samples.merge(clusters, on=["model", "id"], how="left")
+        discovery_s = time.perf_counter() - t_discovery
+        # -- end discovery
         store.write_table("samples.parquet", samples)
         store.write_table("skipped.parquet", _skipped(first_ds))
 
@@ -210,9 +219,13 @@ def audit(
                 "per_model_s": per_model_s,
                 "stats_s": stats_s,
                 "gallery_s": gallery_s,
+                "discovery_s": discovery_s,
                 "resumed": resumed,
             },
         )  # fmt: skip
+        # -- discovery (issue 16), and which sections need region annotations
+        summary["discovery"], summary["error_slices"] = discovered
+        summary.setdefault("warnings", []).extend(annotation_warnings(config, first_ds.regions))
         store.write_json("summary.json", summary)
         store.finish()
         return AuditResult(

@@ -416,9 +416,12 @@ class DiscoveryConfig(_Section):
     class's eigengap is at least ``min_eigengap``, at least ``min_consistency`` of its members'
     maps peak in its hot region (the smallest set of cells with ``hot_mass`` of its mean map,
     at least ``min_hot_area`` of the image), and occluding that
-    region flips at least ``min_flip_excess`` more of its members than the larger of a random
-    same-area region and the same region in the rest of the class. At most ``max_occluded``
-    images per cluster (and as many of the rest of the class) are occluded.
+    region (filled by ``fill``) flips at least ``min_flip_excess`` more of its members than the
+    larger of a random same-area region and the same region in the rest of the class (in the
+    other classes when the cluster is the whole class). Map clusters of a class whose hot
+    regions overlap by ``merge_iou`` (IoU) are merged first. At most ``max_occluded`` images per
+    cluster (and as many of each control) are occluded. ``fill`` is "mean" by default, not the
+    interventions' blur: a blur leaves a bright mark bright enough to be read.
     """
 
     SECTION: ClassVar[str] = "discovery"
@@ -434,6 +437,8 @@ class DiscoveryConfig(_Section):
     hot_mass: float = setting(0.5, kind="float", above=0, maximum=1)
     min_hot_area: float = setting(0.05, kind="float", minimum=0, maximum=1)
     max_occluded: int = setting(64, kind="int", minimum=1)
+    fill: str = setting("mean", kind="str", choices=FILLS)
+    merge_iou: float = setting(0.5, kind="float", above=0, maximum=1)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -501,8 +506,16 @@ class AuditConfig:
         base = Path(base_dir).resolve()
         if not isinstance(d, Mapping):
             raise ConfigError(f"{source}: expected a table of sections, got {type(d).__name__}")
-        tables = ("data", "regions", "explain", "models", "stats", "interventions", "report",
-                  "discovery")
+        tables = (
+            "data",
+            "regions",
+            "explain",
+            "models",
+            "stats",
+            "interventions",
+            "report",
+            "discovery",
+        )
         allowed = ("title", *tables, "output")
         for key in d:
             if key not in allowed:
@@ -616,8 +629,16 @@ def _toml_value(v: Any) -> str:
 
 def _render_toml(cfg: AuditConfig) -> str:
     lines = [f"title = {_toml_value(cfg.title)}"]
-    for name in ("data", "regions", "explain", "stats", "interventions", "report", "discovery",
-                 "output"):
+    for name in (
+        "data",
+        "regions",
+        "explain",
+        "stats",
+        "interventions",
+        "report",
+        "discovery",
+        "output",
+    ):
         lines.append(f"\n[{name}]")
         for k, v in asdict(getattr(cfg, name)).items():
             if v is not None:

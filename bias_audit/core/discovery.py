@@ -19,8 +19,12 @@ A cluster is flagged as a candidate shortcut when all four hold (defaults in
   has a small gap, and its clusters are arbitrary cuts;
 - **spatially consistent**: at least ``min_consistency`` of the members' maps peak inside the
   hot region (the smallest set of cells holding ``hot_mass`` of the cluster's mean map);
-- **causal**: the flip excess, members' flip rate minus the larger of the random-region rate
-  and the rest of the class's rate, is at least ``min_flip_excess``.
+- **causal**: the flip excess (see :func:`flip_excess`), members' flip rate minus the larger
+  of the random-region rate and the same region's rate in the rest of the class (in the other
+  classes when the cluster is the whole class), is at least ``min_flip_excess``.
+
+Before scoring, map clusters of one class whose hot regions overlap (IoU >= ``merge_iou``) are
+merged (:func:`merge_by_region`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ __all__ = [
     "downsample_maps",
     "spectral_clusters",
     "hot_region",
+    "merge_by_region",
     "attribute_enrichment",
     "consistency",
     "flip_excess",
@@ -290,11 +295,42 @@ def _missing(v: object) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def flip_excess(flip: float, flip_random: float, flip_rest: float) -> float:
-    """Members' flip rate minus the larger of the two controls; NaN if a control is NaN."""
-    if any(math.isnan(v) for v in (flip, flip_random, flip_rest)):
+def flip_excess(flip: float, flip_random: float, flip_rest: float, flip_other: float) -> float:
+    """Members' flip rate minus the control: the larger of the random-region rate and the
+    same region's rate in the rest of the class, or, when the cluster is the whole class, in
+    the other classes (a watermark on every image of a class leaves no rest to compare with;
+    a region every image needs, the centre say, still flips the other classes).
+
+    NaN when the members' or the random rate is NaN or no control was measured.
+    """
+    place = flip_rest if not math.isnan(flip_rest) else flip_other
+    if math.isnan(flip) or math.isnan(flip_random) or math.isnan(place):
         return math.nan
-    return flip - max(flip_random, flip_rest)
+    return flip - max(flip_random, place)
+
+
+def merge_by_region(labels: np.ndarray, regions: Sequence[Tensor], *, iou: float) -> np.ndarray:
+    """Merge clusters whose hot regions overlap by at least ``iou`` (intersection over union),
+    transitively; renumber by size as :func:`spectral_clusters` does.
+
+    The eigengap splits a class by whatever varies most in its maps; when the model looks at
+    one place in all of them (a watermark) but the maps also vary elsewhere (the object's
+    position), that split cuts one strategy into several. ``regions[k]`` is cluster k's.
+    """
+    parent = list(range(len(regions)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a in range(len(regions)):
+        for b in range(a + 1, len(regions)):
+            inter = float((regions[a] & regions[b]).sum())
+            union = float((regions[a] | regions[b]).sum())
+            if union > 0 and inter / union >= iou:
+                parent[root(b)] = root(a)
+    return _by_size(np.array([root(int(v)) for v in labels], dtype=int))
 
 
 def flag_cluster(

@@ -28,6 +28,7 @@ from bias_audit.core.discovery import (
     flag_cluster,
     flip_excess,
     hot_region,
+    merge_by_region,
     spectral_clusters,
 )
 from bias_audit.core.maps import explain
@@ -109,7 +110,7 @@ def _occlude(model, ds, idx, region, target, config, dev, *, baseline: bool):
             images,
             masks.to(dev),
             targets,
-            fill=config.interventions.fill,
+            fill=config.discovery.fill,
             baseline=baseline,
             seed=config.stats.seed,
         )
@@ -137,15 +138,24 @@ def _text(entry: dict[str, Any]) -> str:
             f"{where} is a candidate shortcut: occluding its common hot region "
             f"({entry['hot_area']:.0%} of the image) flips {entry['flip']:.0%} of its members, "
             f"against {entry['flip_random']:.0%} for a random region and "
-            f"{entry['flip_rest']:.0%} in the rest of the class{enriched}."
+            f"{_rate(entry['flip_rest'])} in the rest of the class and "
+            f"{_rate(entry['flip_other'])} in other classes{enriched}."
         )
     return f"{where}: not flagged ({'; '.join(entry['reasons'])}){enriched}."
 
 
+def _rate(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
 def _score_class(
-    model, ds, config, dev, *, name, cls, c, idx, small, ok, labels_ok, attrs, ids, view, x
+    model, ds, config, dev, *, name, cls, c, idx, others, small, ok, labels_ok, attrs, ids, view, x
 ) -> tuple[list[dict], np.ndarray]:
-    """Cluster one class in one view and score each cluster; (entries, labels over idx)."""
+    """Cluster one class in one view and score each cluster; (entries, labels over idx).
+
+    ``others``: images predicted as another class, the second control of the occlusion (the
+    flip counts a change of prediction, whatever the class, so one target serves all).
+    """
     d = config.discovery
     rule = FlagRule(
         min_cluster_size=d.min_cluster_size,
@@ -160,16 +170,27 @@ def _score_class(
     clustering = spectral_clusters(
         x[use], max_clusters=d.max_clusters, n_neighbors=d.neighbors, seed=config.stats.seed
     )
+
+    def regions(found: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        out = []
+        for k in range(int(found.max()) + 1):
+            mean = small[use[found == k]].float().mean(dim=0)
+            out.append((mean, hot_region(mean, mass=d.hot_mass, min_area=d.min_hot_area)))
+        return out
+
+    found = clustering.labels
+    if view == "map":
+        # Map clusters are places: two with one hot region are one strategy. Feature clusters
+        # are not (a colour, a texture), so the same hot region does not make them one.
+        found = merge_by_region(found, [r for _, r in regions(found)], iou=d.merge_iou)
     pos = {int(i): j for j, i in enumerate(idx)}
-    labels[[pos[int(i)] for i in use]] = clustering.labels
+    labels[[pos[int(i)] for i in use]] = found
     rng = np.random.default_rng(config.stats.seed)
     entries = []
     class_attrs = {a: [attrs[a][i] for i in use] for a in attrs}
-    for k in range(clustering.n_clusters):
-        members = use[clustering.labels == k]
-        rest = use[clustering.labels != k]
-        mean = small[members].float().mean(dim=0)
-        region = hot_region(mean, mass=d.hot_mass, min_area=d.min_hot_area)
+    for k, (mean, region) in enumerate(regions(found)):
+        members = use[found == k]
+        rest = use[found != k]
         cons = consistency(small[members].float(), region)
         flip, flip_random = _occlude(
             model, ds, _sample(members, d.max_occluded, rng), region, c, config, dev, baseline=True
@@ -177,7 +198,10 @@ def _score_class(
         flip_rest, _ = _occlude(
             model, ds, _sample(rest, d.max_occluded, rng), region, c, config, dev, baseline=False
         )
-        excess = flip_excess(flip, flip_random, flip_rest)
+        flip_other, _ = _occlude(
+            model, ds, _sample(others, d.max_occluded, rng), region, c, config, dev, baseline=False
+        )
+        excess = flip_excess(flip, flip_random, flip_rest, flip_other)
         flagged, reasons = flag_cluster(
             size=len(members),
             eigengap=clustering.eigengap,
@@ -196,19 +220,19 @@ def _score_class(
             "size": int(len(members)),
             "class_size": int(len(use)),
             "accuracy": float(np.mean(labels_ok[members])),
-            "n_clusters": clustering.n_clusters,
+            "n_clusters": int(found.max()) + 1,
+            "n_spectral": clustering.n_clusters,
             "eigengap": _f(clustering.eigengap),
             "consistency": _f(cons),
             "hot_area": float(region.float().mean()),
             "flip": _f(flip),
             "flip_random": _f(flip_random),
             "flip_rest": _f(flip_rest),
+            "flip_other": _f(flip_other),
             "intervention_score": _f(excess),
             "flagged": bool(flagged),
             "reasons": list(reasons),
-            "enrichment": [
-                asdict(e) for e in attribute_enrichment(clustering.labels == k, class_attrs)
-            ],
+            "enrichment": [asdict(e) for e in attribute_enrichment(found == k, class_attrs)],
             "typical": typical,
             "mean_map": [[round(float(v), 6) for v in row] for row in mean.tolist()],
         }
@@ -269,6 +293,7 @@ def discover(config: AuditConfig, loaded, samples: pd.DataFrame, store, dev, lay
                     cls=cls,
                     c=c,
                     idx=idx,
+                    others=np.flatnonzero(preds.numpy() != c),
                     small=small,
                     ok=ok_np,
                     labels_ok=correct,

@@ -20,6 +20,7 @@ from bias_audit.core._naming import ROLES
 from bias_audit.errors import ConfigError, RunError
 from bias_audit.io._files import write_text
 from bias_audit.io._resources import resource_dir
+from bias_audit.report._discovery import discovery_context
 from bias_audit.report._figures import (
     FigureSpec,
     attention_figures,
@@ -363,6 +364,7 @@ def build_context(
         "config_text": data.config_text,
         "provenance": summary.get("provenance") or {},
         "timings": summary.get("timings") or {},
+        "discovery": discovery_context(data.run_dir, summary),  # issue 16
         "fmt": _fmt,
     }
 

@@ -18,6 +18,7 @@ from bias_audit.core.discovery import (
     flag_cluster,
     flip_excess,
     hot_region,
+    merge_by_region,
     spectral_clusters,
 )
 from bias_audit.errors import DataError
@@ -121,9 +122,27 @@ def test_enrichment_counts_by_hand():
     assert (site.value, site.share, site.ratio) == ("a", 1.0, 2.0)
 
 
+def test_clusters_with_the_same_hot_region_merge():
+    corner = torch.zeros(4, 4, dtype=torch.bool)
+    corner[3, 3] = corner[3, 2] = True
+    near = torch.zeros(4, 4, dtype=torch.bool)
+    near[3, 3] = near[2, 3] = True  # IoU with corner: 1/3
+    far = torch.zeros(4, 4, dtype=torch.bool)
+    far[0, 0] = True
+    labels = np.array([0, 0, 1, 2, 2, 2, 3])
+    got = merge_by_region(labels, [corner, corner.clone(), far, near], iou=0.5)
+    # clusters 0 and 1 merge (3 members), 2 keeps 3 members and comes second (later first)
+    assert got.tolist() == [0, 0, 0, 1, 1, 1, 2]
+    got = merge_by_region(labels, [corner, corner.clone(), far, near], iou=0.3)
+    assert got.tolist() == [0, 0, 0, 1, 1, 1, 0]  # near joins through corner
+
+
 def test_flip_excess_and_the_flag_rule():
-    assert flip_excess(0.8, 0.1, 0.3) == pytest.approx(0.5)
-    assert math.isnan(flip_excess(0.8, math.nan, 0.3))
+    assert flip_excess(0.8, 0.1, 0.3, 0.0) == pytest.approx(0.5)  # the rest of the class
+    assert flip_excess(0.8, 0.4, 0.3, 0.0) == pytest.approx(0.4)  # the random region wins
+    assert flip_excess(0.8, 0.1, math.nan, 0.2) == pytest.approx(0.6)  # whole class: others
+    assert math.isnan(flip_excess(0.8, math.nan, 0.3, 0.3))
+    assert math.isnan(flip_excess(0.8, 0.1, math.nan, math.nan))
     rule = FlagRule(min_cluster_size=10, min_eigengap=0.05, min_consistency=0.6,
                     min_flip_excess=0.25)  # fmt: skip
     ok, why = flag_cluster(size=20, eigengap=0.1, consistency=0.9, excess=0.5, rule=rule)

@@ -87,10 +87,11 @@ class Clustering:
 class Enrichment:
     """The most over-represented value of one group attribute in a cluster.
 
-    ``share`` is its share of the cluster's members, ``class_share`` its share of the class,
-    ``ratio`` = share / class_share (1: no enrichment), ``count`` its members in the cluster,
-    ``class_count`` its images in the class (so count / class_count is the share of them the
-    cluster holds).
+    ``share`` is its share of the cluster's members, ``class_share`` its share of the
+    population the cluster is compared with (its class; the pipeline uses all images when the
+    cluster is the whole class), ``ratio`` = share / class_share (1: no enrichment), ``count``
+    its members in the cluster, ``class_count`` its images in that population (so
+    count / class_count is the share of them the cluster holds).
     """
 
     attribute: str

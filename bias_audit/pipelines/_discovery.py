@@ -131,7 +131,7 @@ def _text(entry: dict[str, Any]) -> str:
     if top is not None and top["ratio"] >= 1.5:
         enriched = (
             f"; {top['share']:.0%} of its members have {top['attribute']} = {top['value']!r} "
-            f"against {top['class_share']:.0%} of the class ({top['ratio']:.1f}x)"
+            f"against {top['class_share']:.0%} of {entry['enrichment_over']} ({top['ratio']:.1f}x)"
         )
     if entry["flagged"]:
         return (
@@ -191,6 +191,13 @@ def _score_class(
     for k, (mean, region) in enumerate(regions(found)):
         members = use[found == k]
         rest = use[found != k]
+        if len(rest):
+            over, enriched = "the class", attribute_enrichment(found == k, class_attrs)
+        else:
+            # The whole class: against itself nothing is enriched, so compare with all images.
+            everyone = np.isin(np.arange(len(ids)), members)
+            over, enriched = "all images", attribute_enrichment(everyone, attrs)
+        enrichment = [asdict(e) for e in enriched]
         cons = consistency(small[members].float(), region)
         flip, flip_random = _occlude(
             model, ds, _sample(members, d.max_occluded, rng), region, c, config, dev, baseline=True
@@ -232,7 +239,8 @@ def _score_class(
             "intervention_score": _f(excess),
             "flagged": bool(flagged),
             "reasons": list(reasons),
-            "enrichment": [asdict(e) for e in attribute_enrichment(found == k, class_attrs)],
+            "enrichment": enrichment,
+            "enrichment_over": over,
             "typical": typical,
             "mean_map": [[round(float(v), 6) for v in row] for row in mean.tolist()],
         }

@@ -48,9 +48,10 @@ def _pct(v: Any) -> str:
 
 
 def _enriched(entry: dict[str, Any]) -> str:
+    over = entry.get("enrichment_over", "the class")
     parts = [
         f"{e['attribute']} = {e['value']}: {_pct(e['share'])} vs {_pct(e['class_share'])} "
-        f"({float(e['ratio']):.1f}x)"
+        f"of {over} ({float(e['ratio']):.1f}x)"
         for e in entry.get("enrichment") or []
     ]
     return "; ".join(parts) or "–"

@@ -31,7 +31,9 @@ def _shape(kind: str) -> np.ndarray:
     return (r >= 4) & (r <= 6)
 
 
-def write_watermark(folder: Path, n: int, *, p_mark: dict[str, float], seed: int) -> Path:
+def write_watermark(
+    folder: Path, n: int, *, p_mark: dict[str, float], seed: int, ink: int = 100
+) -> Path:
     """Write ``n`` PNGs and ``manifest.csv`` (image, label, watermark) into ``folder``.
 
     ``p_mark[label]`` is the share of that class's images that carry the watermark (exactly
@@ -49,7 +51,7 @@ def write_watermark(folder: Path, n: int, *, p_mark: dict[str, float], seed: int
     for i in range(n):
         img = rng.integers(0, 120, size=(SIZE, SIZE, 3)).astype(np.uint8)
         y, x = rng.integers(6, SIZE - MARK - 14, size=2)
-        img[y : y + 13, x : x + 13][_shape(labels[i])] = 100
+        img[y : y + 13, x : x + 13][_shape(labels[i])] = ink
         if marked[i]:
             c0 = SIZE - MARK - 1
             img[c0 : c0 + MARK, c0 : c0 + MARK] = 255
@@ -71,13 +73,26 @@ def train(manifest: Path, out: Path, *, epochs: int = 4, seed: int = 0) -> Path:
     return train_classifier(cfg, progress=False).checkpoint
 
 
-def build_world(root: Path, *, n_train: int = 600, n_test: int = 400) -> dict[str, Path]:
-    """Data, both models and ``audit.toml`` (no [regions]) under ``root``."""
-    biased = write_watermark(root / "train_biased", n_train,
-                             p_mark={"cross": 0.05, "ring": 0.95}, seed=1)  # fmt: skip
-    clean = write_watermark(root / "train_clean", n_train,
-                            p_mark={"cross": 0.5, "ring": 0.5}, seed=2)  # fmt: skip
-    test = write_watermark(root / "test", n_test, p_mark={"cross": 0.5, "ring": 0.5}, seed=3)
+def build_world(
+    root: Path,
+    *,
+    n_train: int = 600,
+    n_test: int = 400,
+    ink: int = 100,
+    p_biased: float = 0.95,
+    seed: int = 1,
+) -> dict[str, Path]:
+    """Data, both models and ``audit.toml`` (no [regions]) under ``root``.
+
+    ``ink``: the shapes' grey level on noise of 0-119 (lower: a harder shape, a more biased
+    model); ``p_biased``: the share of training rings with the watermark (and of crosses
+    without it) for the biased model; ``seed``: of the data (the three sets use seed..seed+2).
+    """
+    p = {"cross": 1 - p_biased, "ring": p_biased}
+    half = {"cross": 0.5, "ring": 0.5}
+    biased = write_watermark(root / "train_biased", n_train, p_mark=p, seed=seed, ink=ink)
+    clean = write_watermark(root / "train_clean", n_train, p_mark=half, seed=seed + 1, ink=ink)
+    test = write_watermark(root / "test", n_test, p_mark=half, seed=seed + 2, ink=ink)
     models = {"biased": train(biased, root / "m_biased"), "clean": train(clean, root / "m_clean")}
     config = root / "audit.toml"
     config.write_text(

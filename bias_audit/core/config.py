@@ -415,13 +415,14 @@ class DiscoveryConfig(_Section):
     A cluster is flagged as a candidate shortcut when it has ``min_cluster_size`` members, its
     class's eigengap is at least ``min_eigengap``, at least ``min_consistency`` of its members'
     maps peak in its hot region (the smallest set of cells with ``hot_mass`` of its mean map,
-    at least ``min_hot_area`` of the image), and occluding that
-    region (filled by ``fill``) flips at least ``min_flip_excess`` more of its members than the
-    larger of a random same-area region and the same region in the rest of the class (in the
-    other classes when the cluster is the whole class). Map clusters of a class whose hot
-    regions overlap by ``merge_iou`` (IoU) are merged first. At most ``max_occluded`` images per
-    cluster (and as many of each control) are occluded. ``fill`` is "mean" by default, not the
-    interventions' blur: a blur leaves a bright mark bright enough to be read.
+    at least ``min_hot_area`` of the image), and occluding that region (filled by ``fill``)
+    flips at least ``min_flip_excess`` more of its members than the strongest control: a
+    random same-area region in the members; the same region, and each image's own hottest
+    cells, in the rest of the class (the other classes when the cluster is the whole class).
+    Map clusters of a class whose hot regions overlap by ``merge_iou`` (IoU) are merged first.
+    At most ``max_occluded`` images per cluster (and as many control images) are occluded.
+    ``fill`` is "mean" by default, not the interventions' blur: a blur leaves a bright mark
+    bright enough to be read.
     """
 
     SECTION: ClassVar[str] = "discovery"

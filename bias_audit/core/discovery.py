@@ -19,9 +19,10 @@ A cluster is flagged as a candidate shortcut when all four hold (defaults in
   has a small gap, and its clusters are arbitrary cuts;
 - **spatially consistent**: at least ``min_consistency`` of the members' maps peak inside the
   hot region (the smallest set of cells holding ``hot_mass`` of the cluster's mean map);
-- **causal**: the flip excess (see :func:`flip_excess`), members' flip rate minus the larger
-  of the random-region rate and the same region's rate in the rest of the class (in the other
-  classes when the cluster is the whole class), is at least ``min_flip_excess``.
+- **causal**: the flip excess (see :func:`flip_excess`), members' flip rate minus the
+  strongest control (a random region in the members; the same region, and each image's own
+  hottest cells, in the rest of the class or, for a whole-class cluster, the other classes),
+  is at least ``min_flip_excess``.
 
 Before scoring, map clusters of one class whose hot regions overlap (IoU >= ``merge_iou``) are
 merged (:func:`merge_by_region`).
@@ -46,13 +47,13 @@ from bias_audit.errors import DataError
 
 __all__ = [
     "Clustering",
-    "ClusterScore",
     "Enrichment",
     "FlagRule",
     "downsample_maps",
     "spectral_clusters",
     "hot_region",
     "merge_by_region",
+    "top_cells",
     "attribute_enrichment",
     "consistency",
     "flip_excess",
@@ -112,23 +113,6 @@ class FlagRule:
     min_eigengap: float
     min_consistency: float
     min_flip_excess: float
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClusterScore:
-    """One cluster's evidence. Rates are NaN where nothing was measured."""
-
-    size: int
-    accuracy: float
-    eigengap: float
-    consistency: float
-    hot_area: float
-    flip: float
-    flip_random: float
-    flip_rest: float
-    flip_excess: float
-    flagged: bool
-    reasons: tuple[str, ...] = ()
 
 
 def downsample_maps(maps: Tensor, *, size: int = 16) -> tuple[Tensor, Tensor]:
@@ -296,18 +280,33 @@ def _missing(v: object) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def flip_excess(flip: float, flip_random: float, flip_rest: float, flip_other: float) -> float:
-    """Members' flip rate minus the control: the larger of the random-region rate and the
-    same region's rate in the rest of the class, or, when the cluster is the whole class, in
-    the other classes (a watermark on every image of a class leaves no rest to compare with;
-    a region every image needs, the centre say, still flips the other classes).
+def flip_excess(flip: float, flip_random: float, flip_place: float, flip_own: float) -> float:
+    """Members' flip rate minus the strongest of three controls (all flip rates):
 
-    NaN when the members' or the random rate is NaN or no control was measured.
+    - ``flip_random``: a random region of the same area in the members;
+    - ``flip_place``: the cluster's hot region in the rest of the class (in the other classes
+      when the cluster is the whole class: a watermark on every image of a class leaves no
+      rest, and a region every image needs, the centre say, still flips the other classes);
+    - ``flip_own``: in those same images, each one's own hottest cells, as many as the hot
+      region has. A cluster of a clean model that only groups where the object lies loses its
+      evidence when occluded, but so does every other image when its own evidence is; a
+      shortcut is read from one small region more decisively than the class's other evidence.
+
+    NaN when ``flip`` or ``flip_random`` is NaN or neither place control was measured.
     """
-    place = flip_rest if not math.isnan(flip_rest) else flip_other
-    if math.isnan(flip) or math.isnan(flip_random) or math.isnan(place):
+    places = [v for v in (flip_place, flip_own) if not math.isnan(v)]
+    if math.isnan(flip) or math.isnan(flip_random) or not places:
         return math.nan
-    return flip - max(flip_random, place)
+    return flip - max(flip_random, *places)
+
+
+def top_cells(small: Tensor, count: int) -> Tensor:
+    """(N, h, w) bool: each map's ``count`` hottest cells (ties by position)."""
+    flat = small.detach().float().flatten(1)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :count]
+    out = torch.zeros_like(flat, dtype=torch.bool)
+    out.scatter_(1, order, True)
+    return out.view(small.shape)
 
 
 def merge_by_region(labels: np.ndarray, regions: Sequence[Tensor], *, iou: float) -> np.ndarray:

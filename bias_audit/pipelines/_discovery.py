@@ -30,6 +30,7 @@ from bias_audit.core.discovery import (
     hot_region,
     merge_by_region,
     spectral_clusters,
+    top_cells,
 )
 from bias_audit.core.maps import explain
 from bias_audit.core.metrics import occlusion_effect
@@ -95,14 +96,17 @@ def _collect(model, ds, config: AuditConfig, target_layer: str | None, dev):
 
 
 def _occlude(model, ds, idx, region, target, config, dev, *, baseline: bool):
-    """Flip rates (mask, random same-area patch) of occluding ``region`` in images ``idx``."""
+    """Flip rates (mask, random same-area patch) of occluding ``region`` in images ``idx``;
+    ``region`` is (h, w) for all of them or (len(idx), h, w), one per image."""
     if len(idx) == 0:
         return math.nan, math.nan
     flips, randoms = [], []
-    for s in range(0, len(idx), config.data.batch_size):
-        batch = collate([ds[int(i)] for i in idx[s : s + config.data.batch_size]])
+    step = config.data.batch_size
+    for s in range(0, len(idx), step):
+        batch = collate([ds[int(i)] for i in idx[s : s + step]])
         images = batch.images.to(dev)
-        mask = F.interpolate(region[None, None].float(), size=images.shape[-2:], mode="nearest")
+        cells = region[None] if region.ndim == 2 else region[s : s + step]
+        mask = F.interpolate(cells[:, None].float(), size=images.shape[-2:], mode="nearest")
         masks = mask.bool().expand(len(images), 1, *images.shape[-2:]).contiguous()
         targets = torch.full((len(images),), target, dtype=torch.long)
         occ = occlusion_effect(
@@ -137,9 +141,9 @@ def _text(entry: dict[str, Any]) -> str:
         return (
             f"{where} is a candidate shortcut: occluding its common hot region "
             f"({entry['hot_area']:.0%} of the image) flips {entry['flip']:.0%} of its members, "
-            f"against {entry['flip_random']:.0%} for a random region and "
-            f"{_rate(entry['flip_rest'])} in the rest of the class and "
-            f"{_rate(entry['flip_other'])} in other classes{enriched}."
+            f"against {entry['flip_random']:.0%} for a random region of the same area, "
+            f"{_rate(entry['flip_place'])} for the same region in the {entry['control']} and "
+            f"{_rate(entry['flip_own'])} for their own hottest cells{enriched}."
         )
     return f"{where}: not flagged ({'; '.join(entry['reasons'])}){enriched}."
 
@@ -149,7 +153,23 @@ def _rate(v: float | None) -> str:
 
 
 def _score_class(
-    model, ds, config, dev, *, name, cls, c, idx, others, small, ok, labels_ok, attrs, ids, view, x
+    model,
+    ds,
+    config,
+    dev,
+    *,
+    name,
+    cls,
+    c,
+    idx,
+    others,
+    small,
+    ok,
+    labels_ok,
+    attrs,
+    ids,
+    view,
+    x,
 ) -> tuple[list[dict], np.ndarray]:
     """Cluster one class in one view and score each cluster; (entries, labels over idx).
 
@@ -188,7 +208,8 @@ def _score_class(
     rng = np.random.default_rng(config.stats.seed)
     entries = []
     class_attrs = {a: [attrs[a][i] for i in use] for a in attrs}
-    for k, (mean, region) in enumerate(regions(found)):
+    for k, (mean, hot) in enumerate(regions(found)):
+        region = hot
         members = use[found == k]
         rest = use[found != k]
         if len(rest):
@@ -198,17 +219,17 @@ def _score_class(
             everyone = np.isin(np.arange(len(ids)), members)
             over, enriched = "all images", attribute_enrichment(everyone, attrs)
         enrichment = [asdict(e) for e in enriched]
-        cons = consistency(small[members].float(), region)
+        cons = consistency(small[members].float(), hot)
         flip, flip_random = _occlude(
             model, ds, _sample(members, d.max_occluded, rng), region, c, config, dev, baseline=True
         )
-        flip_rest, _ = _occlude(
-            model, ds, _sample(rest, d.max_occluded, rng), region, c, config, dev, baseline=False
-        )
-        flip_other, _ = _occlude(
-            model, ds, _sample(others, d.max_occluded, rng), region, c, config, dev, baseline=False
-        )
-        excess = flip_excess(flip, flip_random, flip_rest, flip_other)
+        # the controls come from the rest of the class, or the other classes for a whole-class
+        # cluster; see flip_excess
+        control = _sample(rest if len(rest) else others, d.max_occluded, rng)
+        flip_place, _ = _occlude(model, ds, control, region, c, config, dev, baseline=False)
+        own = top_cells(small[control].float(), int(region.sum()))
+        flip_own, _ = _occlude(model, ds, control, own, c, config, dev, baseline=False)
+        excess = flip_excess(flip, flip_random, flip_place, flip_own)
         flagged, reasons = flag_cluster(
             size=len(members),
             eigengap=clustering.eigengap,
@@ -234,8 +255,9 @@ def _score_class(
             "hot_area": float(region.float().mean()),
             "flip": _f(flip),
             "flip_random": _f(flip_random),
-            "flip_rest": _f(flip_rest),
-            "flip_other": _f(flip_other),
+            "control": "rest of the class" if len(rest) else "other classes",
+            "flip_place": _f(flip_place),
+            "flip_own": _f(flip_own),
             "intervention_score": _f(excess),
             "flagged": bool(flagged),
             "reasons": list(reasons),

@@ -80,8 +80,9 @@ def discovery_context(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
                 "consistency": _pct(e["consistency"]),
                 "flip": _pct(e["flip"]),
                 "flip_random": _pct(e["flip_random"]),
-                "flip_rest": _pct(e["flip_rest"]),
-                "flip_other": _pct(e.get("flip_other")),
+                "flip_place": _pct(e["flip_place"]),
+                "flip_own": _pct(e["flip_own"]),
+                "control": str(e["control"]),
                 "score": "–"
                 if e["intervention_score"] is None
                 else f"{float(e['intervention_score']):+.2f}",

@@ -20,6 +20,7 @@ from bias_audit.core.discovery import (
     hot_region,
     merge_by_region,
     spectral_clusters,
+    top_cells,
 )
 from bias_audit.errors import DataError
 
@@ -137,10 +138,17 @@ def test_clusters_with_the_same_hot_region_merge():
     assert got.tolist() == [0, 0, 0, 1, 1, 1, 0]  # near joins through corner
 
 
+def test_top_cells_by_hand():
+    small = torch.tensor([[[0.1, 0.4], [0.3, 0.2]], [[0.5, 0.5], [0.0, 0.0]]])
+    got = top_cells(small, 2)
+    assert got.tolist() == [[[False, True], [True, False]], [[True, True], [False, False]]]
+
+
 def test_flip_excess_and_the_flag_rule():
-    assert flip_excess(0.8, 0.1, 0.3, 0.0) == pytest.approx(0.5)  # the rest of the class
+    assert flip_excess(0.8, 0.1, 0.3, 0.0) == pytest.approx(0.5)  # the same region elsewhere
     assert flip_excess(0.8, 0.4, 0.3, 0.0) == pytest.approx(0.4)  # the random region wins
-    assert flip_excess(0.8, 0.1, math.nan, 0.2) == pytest.approx(0.6)  # whole class: others
+    assert flip_excess(0.8, 0.1, 0.3, 0.6) == pytest.approx(0.2)  # their own evidence wins
+    assert flip_excess(0.8, 0.1, math.nan, 0.2) == pytest.approx(0.6)
     assert math.isnan(flip_excess(0.8, math.nan, 0.3, 0.3))
     assert math.isnan(flip_excess(0.8, 0.1, math.nan, math.nan))
     rule = FlagRule(min_cluster_size=10, min_eigengap=0.05, min_consistency=0.6,

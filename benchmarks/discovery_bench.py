@@ -52,16 +52,23 @@ def main() -> None:
     x_feat = torch.cat([f for f in feats if f.ndim == 2]).numpy()
     # random init gives one class for nearly all images; split in halves as two classes
     classes = np.arange(args.n) % 2
-    t1 = time.perf_counter()
-    for c in (0, 1):
-        idx = np.flatnonzero(classes == c)
-        for x in (x_map, x_feat[: args.n]):
-            spectral_clusters(x[idx], max_clusters=8, n_neighbors=10, seed=0)
-    cluster_s = time.perf_counter() - t1
+
+    def cluster_all() -> float:
+        t1 = time.perf_counter()
+        for c in (0, 1):
+            idx = np.flatnonzero(classes == c)
+            for x in (x_map, x_feat[: args.n]):
+                spectral_clusters(x[idx], max_clusters=8, n_neighbors=10, seed=0)
+        return time.perf_counter() - t1
+
+    # the first call also pays the process's one-time scipy/scikit-learn start-up
+    cold_s, cluster_s = cluster_all(), cluster_all()
     print(f"n={args.n} size={args.size} arch={args.arch} threads={torch.get_num_threads()}")
     print(f"explain pass: {explain_s:.2f} s ({args.n / explain_s:.0f} img/s)")
-    print(f"clustering (2 classes x maps + features): {cluster_s:.2f} s")
-    print(f"ratio: {cluster_s / explain_s:.1%} (floor: < 10%)")
+    print(
+        f"clustering (2 classes x maps + features): {cluster_s:.2f} s (first call {cold_s:.2f} s)"
+    )
+    print(f"ratio: {cluster_s / explain_s:.1%} (first call {cold_s / explain_s:.1%}; floor < 10%)")
     print(f"memory kept: maps {x_map.astype(np.float16).nbytes / 1e6:.2f} MB (float16), "
           f"features {x_feat.nbytes / 1e6:.2f} MB")  # fmt: skip
 

@@ -341,14 +341,14 @@ def discover(config: AuditConfig, loaded, samples: pd.DataFrame, store, dev, lay
             pd.DataFrame({"model": name, "id": ids, CLUSTER: cl_map, FEATURE_CLUSTER: cl_feat})
         )
     clusters = pd.concat(tables, ignore_index=True)
-    # flagged first, then the biggest intervention score
+    # maps before features, flagged first, then the biggest intervention score
     entries.sort(
         key=lambda e: (
             e["model"],
             e["class"],
-            e["view"],
+            e["view"] != "map",
             not e["flagged"],
-            -(e["intervention_score"] or -math.inf),
+            -(e["intervention_score"] if e["intervention_score"] is not None else -math.inf),
         )
     )
     slices = error_slices(

@@ -33,6 +33,7 @@ __all__ = [
     "ReportConfig",
     "TrustConfig",
     "OutputConfig",
+    "DiscoveryConfig",
     "GateConfig",
     "TrainConfig",
 ]
@@ -63,6 +64,7 @@ RESERVED_COLUMNS = frozenset(
         "cell", "n", "n_valid", "small", "metric", "value", "ci_low", "ci_high",
         "attribute", "n_cells", "worst_cell", "worst_value", "best_cell", "best_value", "gap",
         "p_value", "p_adjusted", "model_a", "model_b", "mean_diff", "share_expected_sign",
+        "cluster", "feature_cluster",  # discovery
     }
 )  # fmt: skip
 
@@ -474,6 +476,41 @@ class GateConfig(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DiscoveryConfig(_Section):
+    """``[discovery]``: clusters of each predicted class's maps and penultimate features,
+    scored by occlusion; needs no region annotations (see ``bias_audit.core.discovery``).
+
+    A cluster is flagged as a candidate shortcut when it has ``min_cluster_size`` members, its
+    class's eigengap is at least ``min_eigengap``, at least ``min_consistency`` of its members'
+    maps peak in its hot region (the smallest set of cells with ``hot_mass`` of its mean map,
+    at least ``min_hot_area`` of the image), and occluding that region (filled by ``fill``)
+    flips at least ``min_flip_excess`` more of its members than the strongest control: a
+    random same-area region in the members; the same region, and each image's own hottest
+    cells, in the rest of the class (the other classes when the cluster is the whole class).
+    Map clusters of a class whose hot regions overlap by ``merge_iou`` (IoU) are merged first.
+    At most ``max_occluded`` images per cluster (and as many control images) are occluded.
+    ``fill`` is "mean" by default, not the interventions' blur: a blur leaves a bright mark
+    bright enough to be read.
+    """
+
+    SECTION: ClassVar[str] = "discovery"
+    enabled: bool = setting(True, kind="bool")
+    map_size: int = setting(16, kind="int", minimum=2, maximum=64)
+    features: bool = setting(True, kind="bool")
+    max_clusters: int = setting(8, kind="int", minimum=1, maximum=50)
+    neighbors: int = setting(10, kind="int", minimum=2, maximum=1000)
+    min_cluster_size: int = setting(10, kind="int", minimum=1)
+    min_eigengap: float = setting(0.05, kind="float", minimum=0, maximum=2)
+    min_consistency: float = setting(0.6, kind="float", minimum=0, maximum=1)
+    min_flip_excess: float = setting(0.25, kind="float", minimum=0, maximum=1)
+    hot_mass: float = setting(0.5, kind="float", above=0, maximum=1)
+    min_hot_area: float = setting(0.05, kind="float", minimum=0, maximum=1)
+    max_occluded: int = setting(64, kind="int", minimum=1)
+    fill: str = setting("mean", kind="str", choices=FILLS)
+    merge_iou: float = setting(0.5, kind="float", above=0, maximum=1)
+
+
+@dataclass(frozen=True, kw_only=True)
 class OutputConfig(_Section):
     """``[output]``: the run folder; ``--out`` wins over it."""
 
@@ -498,6 +535,7 @@ class AuditConfig:
     report: ReportConfig = field(default_factory=ReportConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     trust: TrustConfig = field(default_factory=TrustConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     #: The TOML text as written (``""`` when built from a dict); stored in the run folder.
     source_text: str = ""
@@ -541,7 +579,7 @@ class AuditConfig:
             raise ConfigError(f"{source}: expected a table of sections, got {type(d).__name__}")
         tables = (
             "data", "regions", "explain", "models", "stats", "interventions", "report", "gate",
-            "trust",
+            "trust", "discovery",
         )  # fmt: skip
         allowed = ("title", *tables, "output")
         for key in d:
@@ -590,6 +628,7 @@ class AuditConfig:
         interventions = section(InterventionsConfig, "interventions")
         report = section(ReportConfig, "report")
         gate = section(GateConfig, "gate")
+        discovery = section(DiscoveryConfig, "discovery")
         output = section(OutputConfig, "output")
         trust = section(TrustConfig, "trust")
 
@@ -603,6 +642,7 @@ class AuditConfig:
             interventions=interventions,
             report=report,
             gate=gate,
+            discovery=discovery,
             output=output,
             trust=trust,
             source_text=source_text,
@@ -661,7 +701,8 @@ def _toml_value(v: Any) -> str:
 def _render_toml(cfg: AuditConfig) -> str:
     lines = [f"title = {_toml_value(cfg.title)}"]
     sections = (
-        "data", "regions", "explain", "stats", "interventions", "report", "gate", "trust", "output",
+        "data", "regions", "explain", "stats", "interventions", "report", "gate", "trust",
+        "discovery", "output",
     )  # fmt: skip
     for name in sections:
         lines.append(f"\n[{name}]")

@@ -29,6 +29,7 @@ from bias_audit.core.findings import (
 from bias_audit.core.verdicts import scoreboard, verdicts, with_trust_caveats
 from bias_audit.errors import RunError
 from bias_audit.io.run_folder import RunStore, read_summary, read_table
+from bias_audit.pipelines._discovery import annotation_warnings, discover
 from bias_audit.pipelines._gallery import _gallery
 from bias_audit.pipelines._plan import (
     _batches,
@@ -196,6 +197,14 @@ def audit(
                              f"{final!r}; an earlier layer can miss or invent a shortcut"),
                 })  # fmt: skip
         samples = pd.concat(frames, ignore_index=True)
+        # -- discovery: clusters per predicted class, the samples' cluster columns
+        t_discovery = time.perf_counter()
+        discovered: tuple[list, list] = ([], [])
+        if config.discovery.enabled:
+            *discovered, clusters = discover(config, loaded, samples, store, dev, layers)
+            samples = samples.merge(clusters, on=["model", "id"], how="left")
+        discovery_s = time.perf_counter() - t_discovery
+        # -- end discovery
         store.write_table("samples.parquet", samples)
         store.write_table("skipped.parquet", _skipped(first_ds))
 
@@ -245,6 +254,7 @@ def audit(
                 "per_model_s": per_model_s,
                 "stats_s": stats_s,
                 "gallery_s": gallery_s,
+                "discovery_s": discovery_s,
                 "resumed": resumed,
             },
         )  # fmt: skip
@@ -252,6 +262,9 @@ def audit(
         summary["verdicts"] = with_trust_caveats(
             summary["verdicts"], summary["trust"].get("findings", ())
         )
+        # -- discovery, and which sections need region annotations
+        summary["discovery"], summary["error_slices"] = discovered
+        summary.setdefault("warnings", []).extend(annotation_warnings(config, first_ds.regions))
         store.write_json("summary.json", summary)
         store.finish()
         return AuditResult(

@@ -18,6 +18,7 @@ from bias_audit.core._naming import ROLES
 from bias_audit.errors import ConfigError, RunError
 from bias_audit.io._files import write_text
 from bias_audit.io._resources import resource_dir
+from bias_audit.report._discovery import discovery_context
 from bias_audit.report._figures import (
     FigureSpec,
     attention_figures,
@@ -664,6 +665,7 @@ def build_context(
         "config_text": policy.config(data.config_text),
         "provenance": summary.get("provenance") or {},
         "timings": summary.get("timings") or {},
+        "discovery": discovery_context(data.run_dir, summary),
         "fmt": _fmt,
         "trust": trust_context(summary),
     }

@@ -108,7 +108,7 @@ def _role_masks(
     for role, names in roles.items():
         idx = [index[n] for n in names]
         by_name[role] = _union(kept, idx)
-        here[role] = here_r[:, idx].any(dim=1) if idx else torch.zeros_like(here_r[:, 0])
+        here[role] = here_r[:, idx].any(dim=1) if idx else here_r.new_zeros(here_r.shape[0])
     by_name[BACKGROUND] = ~_union(kept, range(len(regions)))
     here[BACKGROUND] = here_r.any(dim=1)
     return by_name, here
@@ -117,7 +117,8 @@ def _role_masks(
 def _union(kept: Tensor, idx: Sequence[int]) -> Tensor:
     """(N, H, W) union of the chosen region masks of (N, R, H, W)."""
     # Chained ORs: torch's any() over a non-innermost dim is ~20x slower on CPU.
-    out = torch.zeros_like(kept[:, 0])
+    # new_zeros, not zeros_like(kept[:, 0]): a manifest without regions has R == 0.
+    out = kept.new_zeros((kept.shape[0], *kept.shape[2:]))
     for i in idx:
         out |= kept[:, i]
     return out

@@ -1,0 +1,351 @@
+"""Clever-Hans discovery without annotations: cluster a class's maps, score each cluster.
+
+SpRAy (Lapuschkin et al., Nat. Commun. 2019) clusters the heatmaps of one class spectrally and
+leaves the judgement to a person. Here each cluster also gets numbers an auditor can check:
+its size and accuracy, how much a group attribute's value is over-represented in it, how
+consistently its members look at the cluster's common hot region, and an intervention score
+(occluding that region flips the prediction in the members, but neither a random region of the
+same area in the members nor the same region in the rest of the class does).
+
+Pure: downsampled maps, features, predictions and attributes in, typed results out. The
+pipeline (``bias_audit.pipelines._discovery``) collects the inputs and runs the occlusions.
+
+A cluster is flagged as a candidate shortcut when all four hold (defaults in
+:class:`bias_audit.core.config.DiscoveryConfig`):
+
+- **big enough**: at least ``min_cluster_size`` members;
+- **tight**: the class's eigengap (the jump in the normalised Laplacian's spectrum that chose
+  the number of clusters) is at least ``min_eigengap``; a class whose maps form a continuum
+  has a small gap, and its clusters are arbitrary cuts;
+- **spatially consistent**: at least ``min_consistency`` of the members' maps peak inside the
+  hot region (the smallest set of cells holding ``hot_mass`` of the cluster's mean map);
+- **causal**: the flip excess (see :func:`flip_excess`), members' flip rate minus the
+  strongest control (a random region in the members; the same region, and each image's own
+  hottest cells, in the rest of the class or, for a whole-class cluster, the other classes),
+  is at least ``min_flip_excess``.
+
+Before scoring, map clusters of one class whose hot regions overlap (IoU >= ``merge_iou``) are
+merged (:func:`merge_by_region`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from scipy.sparse.linalg import eigsh
+from sklearn.cluster import KMeans
+from sklearn.neighbors import kneighbors_graph
+from torch import Tensor
+
+from bias_audit.errors import DataError
+
+__all__ = [
+    "Clustering",
+    "Enrichment",
+    "FlagRule",
+    "downsample_maps",
+    "spectral_clusters",
+    "hot_region",
+    "merge_by_region",
+    "top_cells",
+    "attribute_enrichment",
+    "consistency",
+    "flip_excess",
+    "flag_cluster",
+]
+
+#: Above this many points the Laplacian's smallest eigenvalues come from a sparse solver.
+_DENSE_MAX = 2000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Clustering:
+    """Spectral clusters of one class.
+
+    Attributes:
+        labels: (N,) int cluster index per point, 0 .. n_clusters - 1, numbered by size
+            (0 is the largest; ties by first member).
+        n_clusters: chosen by the eigengap (1 when there are too few points).
+        eigenvalues: the smallest ``max_clusters + 1`` eigenvalues of the normalised
+            Laplacian, ascending.
+        eigengap: ``eigenvalues[k] - eigenvalues[k - 1]`` for the chosen k (NaN when k = 1
+            was forced by too few points).
+    """
+
+    labels: np.ndarray
+    n_clusters: int
+    eigenvalues: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    eigengap: float = math.nan
+
+
+@dataclass(frozen=True, kw_only=True)
+class Enrichment:
+    """The most over-represented value of one group attribute in a cluster.
+
+    ``share`` is its share of the cluster's members, ``class_share`` its share of the
+    population the cluster is compared with (its class; the pipeline uses all images when the
+    cluster is the whole class), ``ratio`` = share / class_share (1: no enrichment), ``count``
+    its members in the cluster, ``class_count`` its images in that population (so
+    count / class_count is the share of them the cluster holds).
+    """
+
+    attribute: str
+    value: str
+    share: float
+    class_share: float
+    ratio: float
+    count: int
+    class_count: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlagRule:
+    """Thresholds of :func:`flag_cluster` (see the module docstring); their defaults live in
+    one place, ``[discovery]`` of the audit config."""
+
+    min_cluster_size: int
+    min_eigengap: float
+    min_consistency: float
+    min_flip_excess: float
+
+
+def downsample_maps(maps: Tensor, *, size: int = 16) -> tuple[Tensor, Tensor]:
+    """Area-average maps to ``size`` x ``size`` and normalise each to sum 1.
+
+    Args:
+        maps: (N, H, W) non-negative maps (H, W >= 1).
+        size: the side of the output grid.
+
+    Returns:
+        ``(small, ok)``: (N, size, size) float32, each summing to 1 where ``ok``, zeros
+        elsewhere; ``ok`` (N,) bool is False for all-zero or non-finite maps.
+    """
+    if not isinstance(maps, Tensor) or maps.ndim != 3:
+        shape = tuple(maps.shape) if isinstance(maps, Tensor) else type(maps).__name__
+        raise DataError(f"maps: expected a tensor (N, H, W), got {shape}")
+    small = F.adaptive_avg_pool2d(maps.detach().float()[:, None], size)[:, 0].clamp_min(0)
+    total = small.flatten(1).sum(dim=1)
+    ok = torch.isfinite(total) & (total > 0)
+    small = torch.where(ok[:, None, None], small / total.clamp_min(1e-30)[:, None, None], 0.0)
+    return small, ok
+
+
+def spectral_clusters(
+    x: np.ndarray, *, max_clusters: int = 8, n_neighbors: int = 10, seed: int = 0
+) -> Clustering:
+    """Spectral clustering with the number of clusters chosen by the eigengap, as SpRAy does.
+
+    The affinity is the symmetrised k-nearest-neighbour graph of the rows of ``x``
+    (Euclidean); the embedding is the ``k`` eigenvectors of the normalised Laplacian
+    ``I - D^-1/2 A D^-1/2`` with the smallest eigenvalues, rows normalised (Ng, Jordan and
+    Weiss 2001), clustered by k-means. ``k`` in 1 .. ``max_clusters`` maximises
+    ``lambda_k - lambda_{k-1}``.
+
+    Args:
+        x: (N, D) float points (e.g. flattened 16x16 maps, or features).
+        max_clusters: the largest k considered.
+        n_neighbors: neighbours per point in the affinity graph.
+        seed: k-means' seed; the same seed gives the same labels.
+
+    Returns:
+        A :class:`Clustering`; with fewer than ``2 * n_neighbors`` points, one cluster.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    if n < max(2 * n_neighbors, 4) or max_clusters < 2:
+        return Clustering(labels=np.zeros(n, dtype=int), n_clusters=1)
+    knn = kneighbors_graph(x, n_neighbors=n_neighbors, mode="connectivity", include_self=False)
+    a = ((knn + knn.T) * 0.5).tocsr()
+    deg = np.asarray(a.sum(axis=1)).ravel()
+    inv = sp.diags(1.0 / np.sqrt(np.maximum(deg, 1e-12)))
+    lap = sp.identity(n) - inv @ a @ inv
+    m = min(max_clusters + 1, n - 1)
+    if n <= _DENSE_MAX:
+        # only the m smallest eigenpairs: a few times faster than the full decomposition
+        vals, vecs = scipy.linalg.eigh(lap.toarray(), subset_by_index=[0, m - 1])
+    else:
+        # Shift-invert around a point just below 0 finds the smallest eigenvalues quickly.
+        v0 = np.random.default_rng(seed).standard_normal(n)
+        vals, vecs = eigsh(lap.tocsc(), k=m, sigma=-1e-3, which="LM", v0=v0)
+        order = np.argsort(vals)
+        vals, vecs = vals[order], vecs[:, order]
+    vals = np.clip(vals, 0.0, None)
+    gaps = np.diff(vals)  # gaps[k - 1] = lambda_k - lambda_{k-1}
+    k = int(np.argmax(gaps)) + 1
+    emb = vecs[:, :k]
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    if k == 1:
+        labels = np.zeros(n, dtype=int)
+    else:
+        labels = KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(emb)
+    return Clustering(
+        labels=_by_size(labels), n_clusters=k, eigenvalues=vals, eigengap=float(gaps[k - 1])
+    )
+
+
+def _by_size(labels: np.ndarray) -> np.ndarray:
+    """Renumber clusters so 0 is the largest (ties: the one whose first member comes first)."""
+    ids, first, counts = np.unique(labels, return_index=True, return_counts=True)
+    order = sorted(range(len(ids)), key=lambda i: (-counts[i], first[i]))
+    remap = {int(ids[j]): rank for rank, j in enumerate(order)}
+    return np.array([remap[int(v)] for v in labels], dtype=int)
+
+
+def hot_region(mean_map: Tensor, *, mass: float = 0.5, min_area: float = 0.05) -> Tensor:
+    """The smallest set of cells holding ``mass`` of a map, and at least ``min_area`` of it.
+
+    Args:
+        mean_map: (h, w) non-negative map (need not be normalised).
+        mass: share of the map's total the region must hold.
+        min_area: the region's least share of the cells, so a single hot cell still gives an
+            occlusion large enough to matter.
+
+    Returns:
+        (h, w) bool; all False for an all-zero map.
+    """
+    flat = mean_map.detach().float().flatten()
+    total = float(flat.sum())
+    if not math.isfinite(total) or total <= 0:
+        return torch.zeros_like(mean_map, dtype=torch.bool)
+    # A stable sort by descending value: ties are broken by position, deterministically.
+    order = torch.sort(flat, descending=True, stable=True).indices
+    cum = torch.cumsum(flat[order], 0) / total
+    need = int(torch.searchsorted(cum, torch.tensor(mass - 1e-9)).item()) + 1
+    need = max(need, math.ceil(min_area * flat.numel()))
+    out = torch.zeros(flat.numel(), dtype=torch.bool)
+    out[order[: min(need, flat.numel())]] = True
+    return out.view(mean_map.shape)
+
+
+def consistency(small: Tensor, region: Tensor) -> float:
+    """Share of the members whose own map peaks inside ``region``: (N, h, w), (h, w).
+
+    Not the members' mean mass inside the region: that is the mean map's mass there, which
+    the hot region holds by construction, whatever the members do. NaN for no members.
+    """
+    if len(small) == 0:
+        return math.nan
+    peak = small.flatten(1).argmax(dim=1)
+    return float(region.flatten()[peak].float().mean())
+
+
+def attribute_enrichment(
+    members: np.ndarray, attrs: Mapping[str, Sequence[object]]
+) -> tuple[Enrichment, ...]:
+    """For each attribute, its value most over-represented among ``members``.
+
+    Args:
+        members: (N,) bool, the cluster within its class.
+        attrs: attribute name -> N values over the class (missing values are skipped).
+
+    Returns:
+        One :class:`Enrichment` per attribute with a value in the cluster, in ``attrs`` order.
+    """
+    out: list[Enrichment] = []
+    members = np.asarray(members, dtype=bool)
+    for name, values in attrs.items():
+        vals = np.asarray([None if _missing(v) else str(v) for v in values], dtype=object)
+        known = np.array([v is not None for v in vals])
+        in_c = members & known
+        if not in_c.any():
+            continue
+        best: Enrichment | None = None
+        for v in sorted({str(v) for v in vals[in_c]}):
+            count = int((vals[in_c] == v).sum())
+            class_count = int((vals[known] == v).sum())
+            share = count / int(in_c.sum())
+            class_share = class_count / int(known.sum())
+            e = Enrichment(
+                attribute=name,
+                value=v,
+                share=share,
+                class_share=class_share,
+                ratio=share / class_share,
+                count=count,
+                class_count=class_count,
+            )
+            if best is None or (e.ratio, e.count) > (best.ratio, best.count):
+                best = e
+        if best is not None:  # a value in the cluster always gives one
+            out.append(best)
+    return tuple(out)
+
+
+def _missing(v: object) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def flip_excess(flip: float, flip_random: float, flip_place: float, flip_own: float) -> float:
+    """Members' flip rate minus the strongest of three controls (all flip rates):
+
+    - ``flip_random``: a random region of the same area in the members;
+    - ``flip_place``: the cluster's hot region in the rest of the class (in the other classes
+      when the cluster is the whole class: a watermark on every image of a class leaves no
+      rest, and a region every image needs, the centre say, still flips the other classes);
+    - ``flip_own``: in those same images, each one's own hottest cells, as many as the hot
+      region has. A cluster of a clean model that only groups where the object lies loses its
+      evidence when occluded, but so does every other image when its own evidence is; a
+      shortcut is read from one small region more decisively than the class's other evidence.
+
+    NaN when ``flip`` or ``flip_random`` is NaN or neither place control was measured.
+    """
+    places = [v for v in (flip_place, flip_own) if not math.isnan(v)]
+    if math.isnan(flip) or math.isnan(flip_random) or not places:
+        return math.nan
+    return flip - max(flip_random, *places)
+
+
+def top_cells(small: Tensor, count: int) -> Tensor:
+    """(N, h, w) bool: each map's ``count`` hottest cells (ties by position)."""
+    flat = small.detach().float().flatten(1)
+    order = torch.sort(flat, dim=1, descending=True, stable=True).indices[:, :count]
+    out = torch.zeros_like(flat, dtype=torch.bool)
+    out.scatter_(1, order, True)
+    return out.view(small.shape)
+
+
+def merge_by_region(labels: np.ndarray, regions: Sequence[Tensor], *, iou: float) -> np.ndarray:
+    """Merge clusters whose hot regions overlap by at least ``iou`` (intersection over union),
+    transitively; renumber by size as :func:`spectral_clusters` does.
+
+    The eigengap splits a class by whatever varies most in its maps; when the model looks at
+    one place in all of them (a watermark) but the maps also vary elsewhere (the object's
+    position), that split cuts one strategy into several. ``regions[k]`` is cluster k's.
+    """
+    parent = list(range(len(regions)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for a in range(len(regions)):
+        for b in range(a + 1, len(regions)):
+            inter = float((regions[a] & regions[b]).sum())
+            union = float((regions[a] | regions[b]).sum())
+            if union > 0 and inter / union >= iou:
+                parent[root(b)] = root(a)
+    return _by_size(np.array([root(int(v)) for v in labels], dtype=int))
+
+
+def flag_cluster(
+    *, size: int, eigengap: float, consistency: float, excess: float, rule: FlagRule
+) -> tuple[bool, tuple[str, ...]]:
+    """Whether a cluster is a candidate shortcut, and why not (the failed conditions)."""
+    why = []
+    if size < rule.min_cluster_size:
+        why.append(f"size {size} < {rule.min_cluster_size}")
+    if not eigengap >= rule.min_eigengap:
+        why.append(f"eigengap {eigengap:.3f} < {rule.min_eigengap}")
+    if not consistency >= rule.min_consistency:
+        why.append(f"consistency {consistency:.2f} < {rule.min_consistency}")
+    if not excess >= rule.min_flip_excess:
+        why.append(f"flip excess {excess:.2f} < {rule.min_flip_excess}")
+    return not why, tuple(why)

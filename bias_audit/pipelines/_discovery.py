@@ -1,0 +1,412 @@
+"""The discovery phase: cluster each model's maps and features per predicted class, score the
+clusters by occlusion, and write ``discovery.parquet`` / ``discovery.json``.
+
+A second pass over the dataset (one explain pass per batch, with a hook on the classifier
+head's input for the penultimate features) keeps the streaming step untouched and works the
+same after a resume. Memory: ``map_size``² float16 values and one feature vector per image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from bias_audit.core.config import AuditConfig
+from bias_audit.core.discovery import (
+    FlagRule,
+    attribute_enrichment,
+    consistency,
+    downsample_maps,
+    flag_cluster,
+    flip_excess,
+    hot_region,
+    merge_by_region,
+    spectral_clusters,
+    top_cells,
+)
+from bias_audit.core.maps import explain
+from bias_audit.core.metrics import occlusion_effect
+from bias_audit.io.data import collate
+
+__all__ = ["CLUSTER", "FEATURE_CLUSTER", "discover"]
+
+#: Samples columns: the image's map cluster and feature cluster within its predicted class.
+CLUSTER = "cluster"
+FEATURE_CLUSTER = "feature_cluster"
+#: Members shown per cluster in the report.
+TYPICAL = 4
+
+
+def _head(model: nn.Module) -> nn.Module | None:
+    """The classifier head: the last ``nn.Linear`` registered (its input is the penultimate
+    representation); None for a model without one."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last
+
+
+def _collect(model, ds, config: AuditConfig, target_layer: str | None, dev):
+    """(small maps (N, s, s) float16, ok (N,), features (N, D) float32 or None, preds (N,))."""
+    d = config.discovery
+    head = _head(model)
+    feats: list[torch.Tensor] = []
+    seen: list[torch.Tensor] = []
+
+    def record(_m, args) -> None:
+        x = args[0].detach()
+        seen.append(x.flatten(2).mean(dim=2) if x.ndim > 2 else x)
+
+    handle = head.register_forward_pre_hook(record) if (head is not None and d.features) else None
+    smalls, oks, preds = [], [], []
+    loader = DataLoader(ds, batch_size=config.data.batch_size, shuffle=False, collate_fn=collate)
+    try:
+        for batch in loader:
+            seen.clear()
+            targets = batch.labels.to(dev) if config.explain.target == "label" else None
+            exp = explain(
+                model,
+                batch.images.to(dev),
+                methods=config.explain.methods[:1],
+                target_layer=target_layer,
+                targets=targets,
+            )
+            small, ok = downsample_maps(exp.maps[config.explain.methods[0]].cpu(), size=d.map_size)
+            smalls.append(small.half())
+            oks.append(ok)
+            preds.append(exp.logits.argmax(dim=1).cpu())
+            # the explain pass may run the model more than once; the batch's own pass is last
+            hit = [s for s in seen if s.shape[0] == len(batch.ids)]
+            if handle is not None and hit:
+                feats.append(hit[-1].float().cpu())
+    finally:
+        if handle is not None:
+            handle.remove()
+    features = torch.cat(feats).numpy() if feats and len(feats) == len(smalls) else None
+    return torch.cat(smalls), torch.cat(oks), features, torch.cat(preds)
+
+
+def _occlude(model, ds, idx, region, target, config, dev, *, baseline: bool):
+    """Flip rates (mask, random same-area patch) of occluding ``region`` in images ``idx``;
+    ``region`` is (h, w) for all of them or (len(idx), h, w), one per image."""
+    if len(idx) == 0:
+        return math.nan, math.nan
+    flips, randoms = [], []
+    step = config.data.batch_size
+    for s in range(0, len(idx), step):
+        batch = collate([ds[int(i)] for i in idx[s : s + step]])
+        images = batch.images.to(dev)
+        cells = region[None] if region.ndim == 2 else region[s : s + step]
+        mask = F.interpolate(cells[:, None].float(), size=images.shape[-2:], mode="nearest")
+        masks = mask.bool().expand(len(images), 1, *images.shape[-2:]).contiguous()
+        targets = torch.full((len(images),), target, dtype=torch.long)
+        occ = occlusion_effect(
+            model,
+            images,
+            masks.to(dev),
+            targets,
+            fill=config.discovery.fill,
+            baseline=baseline,
+            seed=config.stats.seed,
+        )
+        flips.append(occ.flip[:, 0].cpu())
+        randoms.append(occ.flip_random[:, 0].cpu())
+    return float(torch.cat(flips).nanmean()), float(torch.cat(randoms).nanmean())
+
+
+def _sample(idx: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    return idx if len(idx) <= k else np.sort(rng.choice(idx, size=k, replace=False))
+
+
+def _text(entry: dict[str, Any]) -> str:
+    where = f"{entry['model']}: cluster {entry['cluster']} ({entry['size']} images predicted "
+    where += f"{entry['class']!r}, accuracy {entry['accuracy']:.0%})"
+    top = max(entry["enrichment"], key=lambda e: e["ratio"], default=None)
+    enriched = ""
+    if top is not None and top["ratio"] >= 1.5:
+        enriched = (
+            f"; {top['share']:.0%} of its members have {top['attribute']} = {top['value']!r} "
+            f"against {top['class_share']:.0%} of {entry['enrichment_over']} ({top['ratio']:.1f}x)"
+        )
+    if entry["flagged"]:
+        return (
+            f"{where} is a candidate shortcut: occluding its common hot region "
+            f"({entry['hot_area']:.0%} of the image) flips {entry['flip']:.0%} of its members, "
+            f"against {entry['flip_random']:.0%} for a random region of the same area, "
+            f"{_rate(entry['flip_place'])} for the same region in the {entry['control']} and "
+            f"{_rate(entry['flip_own'])} for their own hottest cells{enriched}."
+        )
+    return f"{where}: not flagged ({'; '.join(entry['reasons'])}){enriched}."
+
+
+def _rate(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+def _score_class(
+    model,
+    ds,
+    config,
+    dev,
+    *,
+    name,
+    cls,
+    c,
+    idx,
+    others,
+    small,
+    ok,
+    labels_ok,
+    attrs,
+    ids,
+    view,
+    x,
+) -> tuple[list[dict], np.ndarray]:
+    """Cluster one class in one view and score each cluster; (entries, labels over idx).
+
+    ``others``: images predicted as another class, the second control of the occlusion (the
+    flip counts a change of prediction, whatever the class, so one target serves all).
+    """
+    d = config.discovery
+    rule = FlagRule(
+        min_cluster_size=d.min_cluster_size,
+        min_eigengap=d.min_eigengap,
+        min_consistency=d.min_consistency,
+        min_flip_excess=d.min_flip_excess,
+    )
+    use = idx[ok[idx]] if view == "map" else idx
+    labels = np.full(len(idx), -1, dtype=int)
+    if len(use) == 0:
+        return [], labels
+    clustering = spectral_clusters(
+        x[use], max_clusters=d.max_clusters, n_neighbors=d.neighbors, seed=config.stats.seed
+    )
+
+    def regions(found: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        out = []
+        for k in range(int(found.max()) + 1):
+            mean = small[use[found == k]].float().mean(dim=0)
+            out.append((mean, hot_region(mean, mass=d.hot_mass, min_area=d.min_hot_area)))
+        return out
+
+    found = clustering.labels
+    if view == "map":
+        # Map clusters are places: two with one hot region are one strategy. Feature clusters
+        # are not (a colour, a texture), so the same hot region does not make them one.
+        found = merge_by_region(found, [r for _, r in regions(found)], iou=d.merge_iou)
+    pos = {int(i): j for j, i in enumerate(idx)}
+    labels[[pos[int(i)] for i in use]] = found
+    rng = np.random.default_rng(config.stats.seed)
+    entries = []
+    class_attrs = {a: [attrs[a][i] for i in use] for a in attrs}
+    for k, (mean, hot) in enumerate(regions(found)):
+        region = hot
+        members = use[found == k]
+        rest = use[found != k]
+        if len(rest):
+            over, enriched = "the class", attribute_enrichment(found == k, class_attrs)
+        else:
+            # The whole class: against itself nothing is enriched, so compare with all images.
+            everyone = np.isin(np.arange(len(ids)), members)
+            over, enriched = "all images", attribute_enrichment(everyone, attrs)
+        enrichment = [asdict(e) for e in enriched]
+        cons = consistency(small[members].float(), hot)
+        flip, flip_random = _occlude(
+            model, ds, _sample(members, d.max_occluded, rng), region, c, config, dev, baseline=True
+        )
+        # the controls come from the rest of the class, or the other classes for a whole-class
+        # cluster; see flip_excess
+        control = _sample(rest if len(rest) else others, d.max_occluded, rng)
+        flip_place, _ = _occlude(model, ds, control, region, c, config, dev, baseline=False)
+        own = top_cells(small[control].float(), int(region.sum()))
+        flip_own, _ = _occlude(model, ds, control, own, c, config, dev, baseline=False)
+        excess = flip_excess(flip, flip_random, flip_place, flip_own)
+        flagged, reasons = flag_cluster(
+            size=len(members),
+            eigengap=clustering.eigengap,
+            consistency=cons,
+            excess=excess,
+            rule=rule,
+        )
+        dist = (small[members].float() - mean).flatten(1).norm(dim=1)
+        typical = [ids[int(members[j])] for j in torch.argsort(dist, stable=True)[:TYPICAL]]
+        tag = f"{cls}/{k}" if view == "map" else f"{cls}/f{k}"
+        entry = {
+            "model": name,
+            "class": cls,
+            "view": view,
+            "cluster": tag,
+            "size": int(len(members)),
+            "class_size": int(len(use)),
+            "accuracy": float(np.mean(labels_ok[members])),
+            "n_clusters": int(found.max()) + 1,
+            "n_spectral": clustering.n_clusters,
+            "eigengap": _f(clustering.eigengap),
+            "consistency": _f(cons),
+            "hot_area": float(region.float().mean()),
+            "flip": _f(flip),
+            "flip_random": _f(flip_random),
+            "control": "rest of the class" if len(rest) else "other classes",
+            "flip_place": _f(flip_place),
+            "flip_own": _f(flip_own),
+            "intervention_score": _f(excess),
+            "flagged": bool(flagged),
+            "reasons": list(reasons),
+            "enrichment": enrichment,
+            "enrichment_over": over,
+            "typical": typical,
+            "mean_map": [[round(float(v), 6) for v in row] for row in mean.tolist()],
+        }
+        entry["text"] = _text(entry)
+        entries.append(entry)
+    return entries, labels
+
+
+def _f(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+def discover(config: AuditConfig, loaded, samples: pd.DataFrame, store, dev, layers):
+    """Run discovery for every model.
+
+    Args:
+        config: the audit config (its ``[discovery]`` section).
+        loaded: model name -> (model, dataset, plan), as the run loop holds them.
+        samples: the samples table (``model``, ``id``, ``label``, ``pred``, groups).
+        store: the run's RunStore; ``discovery.parquet`` and ``discovery.json`` are written.
+        dev: the device.
+        layers: model name -> {"target_layer": ...} resolved by the stream.
+
+    Returns:
+        ``(entries, clusters)``: one dict per cluster for ``summary["discovery"]`` (without
+        the mean maps, which stay in ``discovery.json``), and a table (model, id, cluster,
+        feature_cluster) to merge into the samples.
+    """
+    entries: list[dict[str, Any]] = []
+    tables = []
+    for name, (model, ds, _plan) in loaded.items():
+        layer = layers.get(name, {}).get("target_layer")
+        small, ok, features, preds = _collect(model, ds, config, layer, dev)
+        ok_np = ok.numpy()
+        rows = samples[samples["model"] == name].set_index("id").loc[list(ds.ids)]
+        correct = rows["correct"].to_numpy(bool)
+        attrs = {g: rows[g].tolist() for g in config.data.groups}
+        ids = list(ds.ids)
+        x_map = small.float().flatten(1).numpy()
+        x_feat = None
+        if features is not None:
+            x_feat = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        cl_map = np.full(len(ids), None, dtype=object)
+        cl_feat = np.full(len(ids), None, dtype=object)
+        classes = list(ds.classes)
+        for c, cls in enumerate(classes):
+            idx = np.flatnonzero(preds.numpy() == c)
+            views = [("map", x_map, cl_map)] + (
+                [("feature", x_feat, cl_feat)] if x_feat is not None else []
+            )
+            for view, x, out in views:
+                got, labels = _score_class(
+                    model,
+                    ds,
+                    config,
+                    dev,
+                    name=name,
+                    cls=cls,
+                    c=c,
+                    idx=idx,
+                    others=np.flatnonzero(preds.numpy() != c),
+                    small=small,
+                    ok=ok_np,
+                    labels_ok=correct,
+                    attrs=attrs,
+                    ids=ids,
+                    view=view,
+                    x=x,
+                )
+                entries.extend(got)
+                prefix = "" if view == "map" else "f"
+                for i, lab in zip(idx, labels, strict=True):
+                    if lab >= 0:
+                        out[i] = f"{cls}/{prefix}{lab}"
+        tables.append(
+            pd.DataFrame({"model": name, "id": ids, CLUSTER: cl_map, FEATURE_CLUSTER: cl_feat})
+        )
+    clusters = pd.concat(tables, ignore_index=True)
+    # maps before features, flagged first, then the biggest intervention score
+    entries.sort(
+        key=lambda e: (
+            e["model"],
+            e["class"],
+            e["view"] != "map",
+            not e["flagged"],
+            -(e["intervention_score"] if e["intervention_score"] is not None else -math.inf),
+        )
+    )
+    slices = error_slices(
+        samples.merge(clusters, on=["model", "id"], how="left"),
+        groups=config.data.groups,
+        min_size=config.discovery.min_cluster_size,
+    )
+    store.write_table("discovery.parquet", clusters)
+    store.write_json("discovery.json", {"clusters": entries, "error_slices": slices})
+    summary = [{k: v for k, v in e.items() if k != "mean_map"} for e in entries]
+    return summary, slices, clusters
+
+
+def error_slices(samples: pd.DataFrame, *, groups, min_size: int) -> list[dict[str, Any]]:
+    """Slices of one true class where errors concentrate: the images of label L that share an
+    attribute value or a (map or feature) cluster. Listed when the slice holds at least
+    ``min_size`` images and at least ``min_size // 2`` errors and its accuracy is below the
+    label's; worst accuracy first."""
+    out = []
+    keys = [*groups, *(c for c in (CLUSTER, FEATURE_CLUSTER) if c in samples)]
+    for (model, label), part in samples.groupby(["model", "label"], sort=True):
+        base = float(part["correct"].mean())
+        for key in keys:
+            for value, sl in part.groupby(key, sort=True, dropna=True):
+                errors = int((~sl["correct"].astype(bool)).sum())
+                acc = float(sl["correct"].mean())
+                if len(sl) >= min_size and errors >= max(1, min_size // 2) and acc < base:
+                    out.append(
+                        {
+                            "model": model,
+                            "label": label,
+                            "by": key,
+                            "value": str(value),
+                            "size": int(len(sl)),
+                            "errors": errors,
+                            "accuracy": acc,
+                            "label_accuracy": base,
+                        }
+                    )
+    out.sort(key=lambda s: (s["model"], s["accuracy"], -s["size"]))
+    return out
+
+
+def annotation_warnings(config: AuditConfig, regions) -> list[dict[str, str]]:
+    """``summary["warnings"]`` entries ({code, text}) for the sections that need region
+    annotations when the audit has none: with no roles, attention mass, pointing and the
+    role occlusions are NaN, and the findings that rest on them are not drawn."""
+    if config.regions.causal or config.regions.confounder:
+        return []
+    has = f"the manifest has regions {list(regions)} but " if regions else ""
+    return [
+        {
+            "code": "no_regions",
+            "text": (
+                f"No region roles: {has}no causal or confounder regions are set, so attention "
+                "mass, pointing, localisation and the role occlusions are not measured (their "
+                "columns are NaN) and no attention finding is drawn. Predictions, group "
+                "statistics and discovered strategies do not need annotations."
+            ),
+        }
+    ]

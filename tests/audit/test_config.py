@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -221,16 +219,13 @@ def test_sections_validate_on_construction_too():
     assert DataConfig(manifest=Path(__file__), groups=["a"]).groups == ("a",)
 
 
-def test_bootstrap_zero_is_refused_before_any_model_is_loaded(tmp_path):
+def test_bootstrap_zero_is_refused_before_any_model_is_loaded(tmp_path, capsys):
     # The checkpoint is not even a torch file: the config error must come first.
     path = _write(tmp_path, GOOD.replace("[regions]", "[stats]\nbootstrap = 0\n[regions]"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "bias_audit", "run", str(path), "--out", str(tmp_path / "run")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "[stats] bootstrap" in proc.stderr
-    assert "n_boot" not in proc.stderr
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "[stats] bootstrap" in err
+    assert "n_boot" not in err
     assert not (tmp_path / "run").exists()
 
 

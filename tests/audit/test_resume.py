@@ -64,6 +64,7 @@ def _parts(out: Path) -> list[Path]:
     return sorted((out / "progress" / "slow").glob("part-*.parquet"))
 
 
+@pytest.mark.slow
 def test_resume_after_kill(slow_config, reference, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
@@ -181,6 +182,7 @@ def test_a_failing_batch_stops_the_run_and_keeps_earlier_parts(slow_config, tmp_
     assert len(_parts(tmp_path / "r")) == 2
 
 
+@pytest.mark.slow
 def test_real_sigint_exits_130_with_one_line(slow_config, reference, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen(
@@ -305,6 +307,7 @@ def test_a_second_run_into_a_locked_folder_is_refused_with_the_pid(
     assert main(["run", str(slow_config), "--out", str(out), "-q", "--force"]) == 0
 
 
+@pytest.mark.slow
 def test_two_simultaneous_runs_one_is_refused(slow_config, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "bias_audit", "run", str(slow_config), "--out", str(out), "-q"]

@@ -15,7 +15,7 @@ SECTIONS = {
     "data": config.DataConfig, "regions": config.RegionsConfig, "explain": config.ExplainConfig,
     "models": config.ModelConfig, "stats": config.StatsConfig,
     "interventions": config.InterventionsConfig, "report": config.ReportConfig,
-    "output": config.OutputConfig,
+    "output": config.OutputConfig, "run": config.RunConfig,
 }  # fmt: skip
 ROW = re.compile(r"^\| `(\[\[?\w+\]?\]) (\w+)` \| ([^|]*) \|", re.M)
 

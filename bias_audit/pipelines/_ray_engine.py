@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from bias_audit.core.config import RunConfig
-from bias_audit.errors import ConfigError, RunError
+from bias_audit.errors import BiasAuditError, ConfigError, RunError
 from bias_audit.io.data import collate
 from bias_audit.pipelines._plan import _load, _Plan
 from bias_audit.pipelines._step import StepSpec, audit_batch
@@ -52,7 +52,7 @@ class RayEngine:
     None and none is running) on enter, and shuts down on exit only a Ray it started itself.
 
     Raises:
-        ConfigError: ray is not installed.
+        ConfigError: ray is not installed, or the cluster at ``address`` cannot be joined.
     """
 
     def __init__(self, config: RunConfig) -> None:
@@ -74,7 +74,8 @@ class RayEngine:
             try:
                 ray.init(address=self.config.address, **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as err:
-                raise RunError(
+                # the setting at fault is the address (None: starting a local Ray failed)
+                raise ConfigError(
                     f"[run] address {self.config.address!r}: cannot join the Ray cluster: "
                     f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
                 ) from err
@@ -115,18 +116,20 @@ class RayEngine:
             return {}, {}
         workers = self.config.workers
         gpus = self.config.gpus_per_worker
-        # Each actor gets an equal share of the cluster's CPUs as torch threads, so that one
-        # actor on one machine uses the machine as the local engine does.
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)) // workers)
+        # Each actor gets an equal share of the cluster's CPUs (as torch threads), so that one
+        # actor on one machine uses the machine as the local engine does; a share below one CPU
+        # still lets every actor of the pool be placed.
+        share = float(ray.cluster_resources().get("CPU", 1.0)) / workers
         items = [
             {"job": j, "batch": b, "indices": job.batches[b]}
             for j, job in enumerate(jobs)
             for b in job.pending
         ]
         mapped = _map_batches(
-            _from_items(items), _BatchActor, workers=workers, num_cpus=cpus, num_gpus=gpus,
+            _from_items(items), _BatchActor, workers=workers, num_cpus=share, num_gpus=gpus,
             fn_constructor_kwargs={
-                "jobs": [(job.plan, job.ds, job.spec) for job in jobs], "threads": cpus,
+                "jobs": [(job.plan, job.ds, job.spec) for job in jobs],
+                "threads": max(1, int(share)),
                 "device": "cuda" if gpus > 0 else "cpu",
             },
         )  # fmt: skip
@@ -138,9 +141,15 @@ class RayEngine:
         written: set[tuple[int, int]] = set()
         try:
             for chunk in mapped.iter_batches(batch_size=None, batch_format="numpy"):
-                for j, b, s, blob in zip(
-                    chunk["job"], chunk["batch"], chunk["seconds"], chunk["rows"], strict=True
-                ):
+                for j, b, s, blob, error in zip(
+                    chunk["job"], chunk["batch"], chunk["seconds"], chunk["rows"],
+                    chunk["error"], strict=True,
+                ):  # fmt: skip
+                    if error:
+                        # An input error in an actor: raised here as itself, with its one-line
+                        # message, as the local engine raises it (Ray would wrap it in a
+                        # remote traceback).
+                        raise pickle.loads(error)
                     j, b = int(j), int(b)
                     name = jobs[j].spec.model
                     rows: pd.DataFrame = pickle.loads(blob)
@@ -193,13 +202,21 @@ class _BatchActor:
         return self.models[j]
 
     def __call__(self, table: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {"job": [], "batch": [], "seconds": [], "rows": []}
+        out: dict[str, list] = {"job": [], "batch": [], "seconds": [], "rows": [], "error": []}
         for j, b, indices in zip(table["job"], table["batch"], table["indices"], strict=True):
             j = int(j)
             t0 = time.perf_counter()
-            model, ds, spec = self._model(j), self.jobs[j][1], self.specs[j]
-            batch = collate([ds[int(i)] for i in indices])
-            rows = audit_batch(model, batch, spec=spec)
+            try:
+                model, ds, spec = self._model(j), self.jobs[j][1], self.specs[j]
+                batch = collate([ds[int(i)] for i in indices])
+                rows = audit_batch(model, batch, spec=spec)
+            except BiasAuditError as err:  # the input's fault: handed to the driver as is
+                out["job"].append(j)
+                out["batch"].append(int(b))
+                out["seconds"].append(time.perf_counter() - t0)
+                out["rows"].append(b"")
+                out["error"].append(pickle.dumps(err.with_traceback(None)))
+                continue
             if spec.target_layer is None:
                 # As the local engine: the automatic layer is resolved once, then reused.
                 self.specs[j] = dataclasses.replace(spec, target_layer=rows.attrs["target_layer"])
@@ -207,14 +224,21 @@ class _BatchActor:
             out["batch"].append(int(b))
             out["seconds"].append(time.perf_counter() - t0)
             out["rows"].append(pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
-        blobs = np.empty(len(out["rows"]), dtype=object)
-        blobs[:] = out["rows"]
+            out["error"].append(b"")
         return {
             "job": np.asarray(out["job"], dtype=np.int64),
             "batch": np.asarray(out["batch"], dtype=np.int64),
             "seconds": np.asarray(out["seconds"], dtype=np.float64),
-            "rows": blobs,
+            "rows": _objects(out["rows"]),
+            "error": _objects(out["error"]),
         }
+
+
+def _objects(values: list[bytes]) -> np.ndarray:
+    # an object array, so numpy keeps each blob whole (a bytes dtype would strip trailing NULs)
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
 
 
 def _from_items(items: list[dict[str, Any]]):
@@ -224,7 +248,7 @@ def _from_items(items: list[dict[str, Any]]):
     return ray.data.from_items(items, **{key: max(1, len(items))})
 
 
-def _map_batches(data, cls, *, workers: int, num_cpus: int, num_gpus: float, **kwargs):
+def _map_batches(data, cls, *, workers: int, num_cpus: float, num_gpus: float, **kwargs):
     # ActorPoolStrategy(size=) is in every Ray this supports (2.9+); ``concurrency=`` came and
     # went (deprecated in 2.51).
     return data.map_batches(

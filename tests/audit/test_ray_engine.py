@@ -199,3 +199,19 @@ def test_a_killed_ray_run_resumes_without_duplicates(ray_cluster, world, tmp_pat
     # the batches done before the kill were kept, not recomputed (their parts are untouched)
     for path, data in done.items():
         assert path.read_bytes() == data
+
+
+@pytest.mark.slow
+def test_an_input_error_in_an_actor_is_the_local_engines_one_line_error(
+    ray_cluster, world, tmp_path
+):
+    # a layer the model lacks: found only when the step runs, i.e. inside the actors
+    bad = ("[explain]\n", '[explain]\ntarget_layer = "fc.nope"\n')
+    config = AuditConfig.from_toml(write_config(world, "bad_layer.toml", replace=bad))
+    with pytest.raises(ConfigError) as local:
+        audit(config, out=tmp_path / "local", progress=False)
+    with pytest.raises(ConfigError) as remote:
+        audit(_on(config, engine="ray", workers=2), out=tmp_path / "ray", progress=False)
+    assert "'fc.nope'" in str(local.value)
+    assert type(remote.value) is type(local.value)
+    assert str(remote.value) == str(local.value)

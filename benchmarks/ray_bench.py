@@ -10,7 +10,7 @@ worker, Ray with 2 workers. Each Ray audit includes starting its actor pool and 
 models in the actors, not starting Ray itself (printed apart: a cluster is started once, not
 per audit). Throughput is images x models per second of the audit; the floor is Ray at
 1 worker >= 70% of the local engine. Every Ray run's samples table is checked against the
-local one (ids and predictions equal, metrics within 1e-6).
+local one (ids and predictions equal, metrics within 1e-6), and its findings.
 """
 
 from __future__ import annotations
@@ -97,6 +97,9 @@ def main() -> None:
                 assert got["id"].tolist() == reference["id"].tolist()
                 assert got["pred"].tolist() == reference["pred"].tolist()
                 pd.testing.assert_frame_equal(got, reference, check_exact=False, atol=1e-6, rtol=0)
+                pd.testing.assert_frame_equal(
+                    pd.DataFrame(res.findings), pd.DataFrame(local.findings), check_exact=False
+                )
         finally:
             ray.shutdown()
 
@@ -113,7 +116,7 @@ def main() -> None:
         f"(floor: >= 70% of local); starting the local Ray itself: {t_init:.1f} s"
     )
     print(f"  scaling 1 -> 2 workers: {timings[1] / timings[2]:.2f}x")
-    print("  samples.parquet: equal to the local engine's at every worker count")
+    print("  samples.parquet and findings: equal to the local engine's at every worker count")
 
 
 if __name__ == "__main__":

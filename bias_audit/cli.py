@@ -355,6 +355,9 @@ def _interrupted(args: argparse.Namespace | None) -> str:
     if args is not None and args.command == "run":
         out = getattr(args, "_run_dir", None) or args.out
         resume = f"bias-audit run {args.config}" + (f" --out {out}" if out else "") + " --resume"
+        for flag in ("engine", "address", "workers", "gpus_per_worker"):
+            if getattr(args, flag, None) is not None:
+                resume += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
         return f"interrupted; completed batches are saved: resume with `{resume}`"
     if args is not None and args.command == "case-study":
         return "interrupted; run the same command again to continue (--force starts over)"

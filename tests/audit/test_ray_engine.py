@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bias_audit.cli import _build_parser, _with_run_flags
+from bias_audit.cli import _build_parser, _interrupted, _with_run_flags
 from bias_audit.core.config import AuditConfig
 from bias_audit.errors import ConfigError
 from bias_audit.pipelines import audit
@@ -64,6 +64,16 @@ def test_cli_flags_override_the_config_and_name_the_flag(world):
     assert _with_run_flags(config, parse(["run", "x.toml"])) is config
     with pytest.raises(ConfigError, match=r"^--workers: expected an integer between 1 and 4096"):
         _with_run_flags(config, parse(["run", "x.toml", "--workers", "0"]))
+
+
+def test_the_interrupt_message_resumes_on_the_same_engine():
+    args = _build_parser().parse_args(
+        ["run", "a.toml", "--out", "o", "--engine", "ray", "--workers", "2", "--address", "auto"]
+    )
+    assert _interrupted(args) == (
+        "interrupted; completed batches are saved: resume with "
+        "`bias-audit run a.toml --out o --resume --engine ray --address auto --workers 2`"
+    )
 
 
 def test_missing_ray_is_one_line_and_touches_no_run_folder(world, tmp_path):

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test test-fast install dev browser lint bench clean
+.PHONY: demo test test-fast install dev ray browser lint bench bench-ray clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,14 @@ $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install -e '.[dev]' $(TORCH)
 	touch $@
 
+# The optional Ray engine, so that `make test` exercises it (about 25 s from the local index).
+$(VENV)/.installed-ray: $(VENV)/.installed-dev pyproject.toml
+	$(BIN)/pip install -e '.[dev,ray]' $(TORCH)
+	touch $@
+
 install: $(VENV)/.installed
 dev: $(VENV)/.installed-dev
+ray: $(VENV)/.installed-ray
 
 # The report tests drive Debian's chromium through Playwright; install it when it is missing.
 browser:
@@ -32,8 +38,8 @@ browser:
 demo: install
 	$(BIN)/bias-audit case-study nurse-doctor --out runs/nurse-doctor $(DEMO_ARGS)
 
-# Everything, the slow end-to-end case study included.
-test: dev browser
+# Everything, the slow end-to-end case study and the Ray engine's tests included.
+test: dev ray browser
 	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 # The inner loop: everything but the tests marked slow.
@@ -49,6 +55,9 @@ bench: dev
 	$(BIN)/python benchmarks/explain_bench.py
 	$(BIN)/python benchmarks/metrics_bench.py
 	$(BIN)/python benchmarks/audit_bench.py
+
+bench-ray: ray
+	$(BIN)/python benchmarks/ray_bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

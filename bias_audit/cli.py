@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bias_audit.core.config import TrainConfig
+from bias_audit.core.config import ENGINES, TrainConfig
 from bias_audit.errors import BiasAuditError, ConfigError
 
 __all__ = ["main"]
@@ -64,6 +64,15 @@ def _build_parser() -> _Parser:
     r.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
     r.add_argument(
         "--redact", action="store_true", help="no paths and no config comments in report.html"
+    )
+    # [run] of the config, overridden (the local engine needs no Ray)
+    r.add_argument("--engine", choices=ENGINES, default=None, help="local (default) or ray")
+    r.add_argument(
+        "--address", default=None, help="Ray cluster: auto, ray://host:port (default: a local Ray)"
+    )
+    r.add_argument("--workers", type=int, default=None, metavar="N", help="Ray actors")
+    r.add_argument(
+        "--gpus-per-worker", type=float, default=None, metavar="G", help="GPUs per Ray actor"
     )
 
     t = add("train", "train a model (flags, or a TOML file of the same keys)")
@@ -161,7 +170,7 @@ def _progress(args: argparse.Namespace) -> bool:
 def _cmd_run(args: argparse.Namespace) -> int:
     from bias_audit.core.config import AuditConfig
 
-    config = AuditConfig.from_toml(args.config)
+    config = _with_run_flags(AuditConfig.from_toml(args.config), args)
     args._run_dir = config.run_dir(args.out)
     from bias_audit.pipelines import audit
 
@@ -182,6 +191,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
             print(f"[{f['severity']}] {f['text']}")
         print(f"run folder: {result.run_dir}")
     return EXIT_OK
+
+
+def _with_run_flags(config: Any, args: argparse.Namespace) -> Any:
+    """The config with ``[run]`` replaced by the flags that were given (validated as in a file)."""
+    flags = {
+        "engine": args.engine, "address": args.address, "workers": args.workers,
+        "gpus_per_worker": args.gpus_per_worker,
+    }  # fmt: skip
+    given = {k: v for k, v in flags.items() if v is not None}
+    if not given:
+        return config
+    try:
+        run = dataclasses.replace(config.run, **given)
+    except ConfigError as err:
+        # "[run] workers: expected ..." -> "--workers: expected ..."
+        for key in given:
+            prefix = f"[run] {key}:"
+            if str(err).startswith(prefix):
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(flag + ":" + str(err)[len(prefix) :]) from None
+        raise
+    return dataclasses.replace(config, run=run)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -334,6 +365,9 @@ def _interrupted(args: argparse.Namespace | None) -> str:
     if args is not None and args.command == "run":
         out = getattr(args, "_run_dir", None) or args.out
         resume = f"bias-audit run {args.config}" + (f" --out {out}" if out else "") + " --resume"
+        for flag in ("engine", "address", "workers", "gpus_per_worker"):
+            if getattr(args, flag, None) is not None:
+                resume += f" --{flag.replace('_', '-')} {getattr(args, flag)}"
         return f"interrupted; completed batches are saved: resume with `{resume}`"
     if args is not None and args.command == "case-study":
         return "interrupted; run the same command again to continue (--force starts over)"

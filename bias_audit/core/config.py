@@ -35,6 +35,7 @@ __all__ = [
     "OutputConfig",
     "DiscoveryConfig",
     "GateConfig",
+    "RunConfig",
     "TrainConfig",
 ]
 
@@ -44,6 +45,8 @@ TARGETS = ("predicted", "label")
 ON_ERROR = ("raise", "skip")
 RESIZE = ("crop", "letterbox")
 FILLS = ("blur", "mean")
+#: Where the batches run: in this process, or on a Ray cluster (the optional extra).
+ENGINES = ("local", "ray")
 #: The side of the square images a model sees, wherever it is set (audit, model, training,
 #: manifest): below 8 px no classifier here has a spatial layer left; above 4096 one batch
 #: of activations no longer fits in memory.
@@ -519,6 +522,22 @@ class OutputConfig(_Section):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RunConfig(_Section):
+    """``[run]``: where the batches run; the samples table is the same on either engine.
+
+    ``address`` is Ray's: None starts a local Ray on this machine, ``"auto"`` joins the cluster
+    this machine belongs to, ``"ray://host:port"`` a remote one. ``workers`` is the number of
+    Ray actors (each loads each model once); ``gpus_per_worker`` the GPUs each one holds (0: CPU).
+    """
+
+    SECTION: ClassVar[str] = "run"
+    engine: str = setting("local", kind="str", choices=ENGINES)
+    address: str | None = setting(None, kind="str")
+    workers: int = setting(1, kind="int", minimum=1, maximum=4096)
+    gpus_per_worker: float = setting(0.0, kind="float", minimum=0, maximum=64)
+
+
+@dataclass(frozen=True, kw_only=True)
 class AuditConfig:
     """A validated audit configuration.
 
@@ -537,6 +556,7 @@ class AuditConfig:
     trust: TrustConfig = field(default_factory=TrustConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    run: RunConfig = field(default_factory=RunConfig)
     #: The TOML text as written (``""`` when built from a dict); stored in the run folder.
     source_text: str = ""
     #: The config file (or ``"config"`` when built from a dict), used in messages.
@@ -581,7 +601,7 @@ class AuditConfig:
             "data", "regions", "explain", "models", "stats", "interventions", "report", "gate",
             "trust", "discovery",
         )  # fmt: skip
-        allowed = ("title", *tables, "output")
+        allowed = ("title", *tables, "output", "run")
         for key in d:
             if key not in allowed:
                 raise ConfigError(
@@ -631,6 +651,7 @@ class AuditConfig:
         discovery = section(DiscoveryConfig, "discovery")
         output = section(OutputConfig, "output")
         trust = section(TrustConfig, "trust")
+        run = section(RunConfig, "run")
 
         return cls(
             title=title,
@@ -645,6 +666,7 @@ class AuditConfig:
             discovery=discovery,
             output=output,
             trust=trust,
+            run=run,
             source_text=source_text,
             source=source,
             base_dir=base,
@@ -669,8 +691,9 @@ class AuditConfig:
     def samples_hash(self) -> str:
         """Hash of every setting that changes ``samples.parquet``; a resume must match it.
 
-        Title, stats other than the seed, the report and the output folder do not change the
-        per-sample rows, so editing them does not block ``--resume``.
+        Title, stats other than the seed, the report, the output folder and the engine (``[run]``)
+        do not change the per-sample rows, so editing them does not block ``--resume``: a run
+        started locally can be resumed on Ray and the other way round.
         """
         d = asdict(self)
         keep = {k: d[k] for k in ("data", "regions", "explain", "models", "interventions")}
@@ -702,7 +725,7 @@ def _render_toml(cfg: AuditConfig) -> str:
     lines = [f"title = {_toml_value(cfg.title)}"]
     sections = (
         "data", "regions", "explain", "stats", "interventions", "report", "gate", "trust",
-        "discovery", "output",
+        "discovery", "output", "run",
     )  # fmt: skip
     for name in sections:
         lines.append(f"\n[{name}]")

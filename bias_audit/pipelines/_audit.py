@@ -9,6 +9,7 @@ and the report.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -103,6 +104,19 @@ class AuditResult:
         )
 
 
+def _engine(config: AuditConfig) -> Any:
+    """The Ray session for ``engine = "ray"``, else a no-op context.
+
+    The Ray engine is imported only here and only then: it needs the optional extra, and
+    ``import bias_audit`` must not import ray.
+    """
+    if config.run.engine != "ray":
+        return contextlib.nullcontext()
+    from bias_audit.pipelines._ray_engine import RayEngine
+
+    return RayEngine(config.run)
+
+
 def _nan_from_none(d: dict[str, Any]) -> dict[str, Any]:
     nums = ("value", "ci_low", "ci_high", "p_value", "p_adjusted")
     return {k: (math.nan if k in nums and v is None else v) for k, v in d.items()}
@@ -140,6 +154,7 @@ def audit(
     t0 = time.perf_counter()
 
     dev = resolve_device(device)
+    engine = _engine(config)  # before the run folder is touched: a missing extra changes nothing
     run_dir = config.run_dir(out)
     datasets = _Datasets(config)
     plans, warnings = _settle_sizes(config, [_plan(config, m) for m in config.models], datasets)
@@ -156,7 +171,7 @@ def audit(
     store = RunStore(run_dir)
     resumed = store.open(key, resume=resume, force=force)
     # The folder stays locked until the run ends, also on error: no second run can mix in.
-    with store:
+    with store, engine:
         # Also on resume: a title or report edit is allowed then, and the folder shows the
         # config used.
         store.write_text("config.toml", config.to_toml())
@@ -164,14 +179,15 @@ def audit(
 
         per_model_s: dict[str, float] = dict(store.info("per_model_s", {}) or {})
         layers: dict[str, dict[str, Any]] = dict(store.info("layers", {}) or {})
-        frames = []
+        batch_ids_of: dict[str, list[list[str]]] = {}
         loaded: dict[str, tuple[torch.nn.Module, Any, _Plan]] = {}
+        finals: dict[str, tuple[str, str | None]] = {}
         for plan in plans:
             name = plan.cfg.name
             ds = datasets.get(plan)
             batches = _batches(len(ds), config.data.batch_size)
             ids = ds.ids
-            batch_ids = [[ids[i] for i in batch] for batch in batches]
+            batch_ids = batch_ids_of[name] = [[ids[i] for i in batch] for batch in batches]
             # Only parts that pass their checksum and hold their batch's ids count as done.
             done = store.verify(name, batch_ids)
             pending = [b for b in range(len(batches)) if b not in done]
@@ -182,13 +198,30 @@ def audit(
                 t_model = time.perf_counter()
                 spec = _spec(config, plan, ds)
                 _check_budget(model, ds, spec, config, dev, progress)
+                # -- engine dispatch: both engines write the same parts
+                if config.run.engine == "ray":
+                    engine.queue(plan, ds, batches, pending, spec)  # run below, one actor pool
+                    continue
                 layer = _stream(model, ds, batches, pending, spec, store, config, dev, progress)
                 if layer:
                     layers[name] = layer
                 per_model_s[name] = per_model_s.get(name, 0.0) + time.perf_counter() - t_model
                 store.set_info(per_model_s=per_model_s, layers=layers)
-            frames.append(store.collect(name, batch_ids))
             used = layers.get(name, {}).get("target_layer") or plan.target_layer
+            finals[name] = (final, used)
+        # -- engine dispatch: every model's pending batches through one actor pool, so each
+        # actor loads each model once; per_model_s is then the actors' compute time.
+        if config.run.engine == "ray":
+            ray_layers, ray_seconds = engine.run(store, progress)
+            layers.update(ray_layers)
+            for name, seconds in ray_seconds.items():
+                per_model_s[name] = per_model_s.get(name, 0.0) + seconds
+            store.set_info(per_model_s=per_model_s, layers=layers)
+        frames = [store.collect(p.cfg.name, batch_ids_of[p.cfg.name]) for p in plans]
+        for plan in plans:
+            name = plan.cfg.name
+            final, planned = finals[name]
+            used = layers.get(name, {}).get("target_layer") or planned
             if used is not None and used != final:
                 warnings.append({
                     "code": "non_final_layer", "model": name,

@@ -193,7 +193,7 @@ def audit(
             pending = [b for b in range(len(batches)) if b not in done]
             model = _load(plan, ds, dev)
             loaded[name] = (model, ds, plan)
-            final = _final_layer(model, ds, dev)
+            finals[name] = (_final_layer(model, ds, dev), plan.target_layer)
             if pending:
                 t_model = time.perf_counter()
                 spec = _spec(config, plan, ds)
@@ -207,8 +207,6 @@ def audit(
                     layers[name] = layer
                 per_model_s[name] = per_model_s.get(name, 0.0) + time.perf_counter() - t_model
                 store.set_info(per_model_s=per_model_s, layers=layers)
-            used = layers.get(name, {}).get("target_layer") or plan.target_layer
-            finals[name] = (final, used)
         # -- engine dispatch: every model's pending batches through one actor pool, so each
         # actor loads each model once; per_model_s is then the actors' compute time.
         if config.run.engine == "ray":

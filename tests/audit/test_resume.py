@@ -34,6 +34,10 @@ confounder = ["face", "hair"]
 min_group_size = 5
 bootstrap = 20
 permutations = 20
+[trust]
+enabled = false
+[discovery]
+enabled = false
 [interventions]
 enabled = false
 [report]

@@ -295,9 +295,11 @@ def _merge(*tables: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def train_plan(
     train_toml: str | Path, data_dir: str | Path, models_dir: str | Path, *, quick: bool,
-    device: str | None = None,
+    device: str | None = None, seed: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Read ``train.toml`` into the generation settings and one TrainConfig per model.
+
+    ``seed``, when given, replaces the file's seeds: the data's and every model's.
 
     Returns:
         ``(data settings, {model name: TrainConfig})`` in the file's model order.
@@ -312,6 +314,8 @@ def train_plan(
     raw = _read_toml(path)
     quick_raw = raw.get("quick", {}) if quick else {}
     data = _merge(raw.get("data"), quick_raw.get("data"))
+    if seed is not None:
+        data["seed"] = seed
     models = raw.get("models")
     if not isinstance(models, dict) or not models:
         raise ConfigError(f"{path}: no [models.<name>] tables")
@@ -332,6 +336,8 @@ def train_plan(
         values["train_manifest"] = str(Path(data_dir) / split / "manifest.csv")
         values["out"] = str(Path(models_dir) / name)
         values["device"] = device
+        if seed is not None:
+            values["seed"] = seed
         try:
             configs[name] = TrainConfig.from_dict(values)
         except ConfigError as err:
@@ -404,6 +410,7 @@ def run_case_study(
     progress: bool = True,
     device: str | None = None,
     threads: int | None = 2,
+    seed: int | None = None,
 ) -> CaseStudyResult:
     """Run a shipped case study end to end: data, three trained models, audit, report, acceptance.
 
@@ -421,9 +428,11 @@ def run_case_study(
         force: start over: regenerate, retrain and re-audit.
         progress: stage messages on stderr (and the layers' bars on a terminal).
         device: "cpu" (default), "cuda", "auto".
-        threads: torch CPU threads during the run (restored after); None leaves it alone. Two
-            by default, for a 2-core machine (idle: quick run 90 s against 97 s on one thread;
-            on a machine shared with other jobs one thread can be much faster).
+        seed: replaces ``train.toml``'s seeds (the data's and every model's); None keeps
+            them (0). The acceptance criteria must hold for every seed.
+        threads: torch CPU threads for generation and the audit (restored after); None leaves
+            it alone. Training always runs on the trainer's fixed ``TRAIN_THREADS``, so the
+            models, and hence every number, are the same whatever this is.
 
     Returns:
         A :class:`CaseStudyResult` (also summarised in ``out/case_study.json``).
@@ -436,26 +445,31 @@ def run_case_study(
     import torch
 
     folder = _folder(name)
-    out = Path(out) if out is not None else Path("runs") / (name + ("-quick" if quick else ""))
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"seed: expected an int >= 0, got {seed!r}")
+    if out is None:
+        suffix = ("-quick" if quick else "") + (f"-seed{seed}" if seed is not None else "")
+        out = Path("runs") / (name + suffix)
+    out = Path(out)
     out = out.resolve()
     audit_dir = out / "audit"
     finished = out / FINISHED
     expected = load_expected(folder / "expected.toml")
     if finished.is_file() and not force:
-        return _reuse(name, out, finished, quick, expected)
+        return _reuse(name, out, finished, quick, seed, expected)
 
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run(name, folder, out, audit_dir, quick, force, progress, device, expected)
+        return _run(name, folder, out, audit_dir, quick, seed, force, progress, device, expected)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _run(
-    name: str, folder: Path, out: Path, audit_dir: Path, quick: bool, force: bool,
-    progress: bool, device: str | None, expected: Mapping[str, Any],
+    name: str, folder: Path, out: Path, audit_dir: Path, quick: bool, seed: int | None,
+    force: bool, progress: bool, device: str | None, expected: Mapping[str, Any],
 ) -> CaseStudyResult:  # fmt: skip
     from bias_audit.case_studies import CASE_STUDIES
     from bias_audit.core.config import AuditConfig
@@ -464,8 +478,9 @@ def _run(
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
     data_settings, configs = train_plan(
-        folder / "train.toml", out / "data", out / "models", quick=quick, device=device
-    )
+        folder / "train.toml", out / "data", out / "models", quick=quick, device=device,
+        seed=seed,
+    )  # fmt: skip
     generator = CASE_STUDIES[name]
 
     _say(progress, f"[1/3] generating data into {out / 'data'}")
@@ -515,6 +530,7 @@ def _run(
         {
             "name": name,
             "quick": quick,
+            "seed": int(data_settings.get("seed", 0)),
             "passed": case.passed,
             "checks": [_jsonable(asdict(c)) for c in checks],
             "seconds": seconds,
@@ -528,8 +544,9 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reuse(
-    name: str, out: Path, finished: Path, quick: bool, expected: Mapping[str, Any]
-) -> CaseStudyResult:
+    name: str, out: Path, finished: Path, quick: bool, seed: int | None,
+    expected: Mapping[str, Any],
+) -> CaseStudyResult:  # fmt: skip
     from bias_audit.pipelines import AuditResult
 
     try:
@@ -540,6 +557,12 @@ def _reuse(
         held = "a --quick" if info.get("quick") else "a full"
         raise RunError(
             f"{out}: holds {held} run of {name}; pass force=True or choose another output folder"
+        )
+    held_seed = info.get("seed", 0)
+    if seed is not None and held_seed != seed:
+        raise RunError(
+            f"{out}: holds a run of {name} with seed {held_seed}, not {seed}; pass force=True "
+            "or choose another output folder"
         )
     audit_dir = out / "audit"
     result = AuditResult.load(audit_dir)

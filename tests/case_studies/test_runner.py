@@ -15,7 +15,7 @@ import pytest
 
 import bias_audit.case_studies as cs
 from bias_audit.case_studies import check_acceptance, load_expected, run_case_study, train_plan
-from bias_audit.errors import ConfigError
+from bias_audit.errors import ConfigError, RunError
 from bias_audit.io._resources import resource_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -186,6 +186,21 @@ def test_train_plan_errors(tmp_path):
         train_plan(bad, tmp_path, tmp_path, quick=False)
 
 
+def test_seed_replaces_every_seed_of_the_settings(tmp_path):
+    data, configs = train_plan(SHIPPED / "train.toml", tmp_path, tmp_path, quick=False, seed=7)
+    assert data["seed"] == 7 and {c.seed for c in configs.values()} == {7}
+    data, configs = train_plan(SHIPPED / "train.toml", tmp_path, tmp_path, quick=False)
+    assert data["seed"] == 0 and {c.seed for c in configs.values()} == {0}
+
+
+def test_a_finished_folder_of_another_seed_is_refused(tmp_path):
+    (tmp_path / "case_study.json").write_text(json.dumps({"quick": False, "seed": 0}))
+    with pytest.raises(RunError, match="with seed 0, not 2"):
+        run_case_study("nurse-doctor", out=tmp_path, seed=2)
+    with pytest.raises(ConfigError, match="seed: expected an int >= 0, got -1"):
+        run_case_study("nurse-doctor", out=tmp_path, seed=-1)
+
+
 def test_unknown_case_study_is_named(tmp_path):
     with pytest.raises(ConfigError, match="'nurse-dentist'"):
         run_case_study("nurse-dentist", out=tmp_path)
@@ -200,6 +215,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO)}
 
 
+@pytest.mark.slow
 def test_quick_case_study_end_to_end(tmp_path):
     """generate + 3 trainings + audit + report + acceptance, through the CLI, then a re-run."""
     out = tmp_path / "nd"

@@ -62,7 +62,9 @@ class AcceptanceCheck:
             False).
         op: ``">="``, ``"<="`` or ``">"``.
         limit: the threshold from ``expected.toml``.
-        passed: whether ``value op limit`` holds.
+        passed: whether ``value op limit`` holds with at least ``margin`` to spare.
+        margin: how far beyond the limit the value must be (``expected.toml``'s ``margin``):
+            a check that passes by less would fail on another seed.
     """
 
     name: str
@@ -71,12 +73,16 @@ class AcceptanceCheck:
     op: str
     limit: float
     passed: bool
+    margin: float = 0.0
 
     @property
     def line(self) -> str:
         value = "n/a" if math.isnan(self.value) else f"{self.value:.4g}"
         status = "pass" if self.passed else "FAIL"
-        return f"{status:4}  {self.model:32} {self.name:34} {value:>9} {self.op} {self.limit:g}"
+        spare = f" (margin {self.margin:g})" if self.margin else ""
+        return (
+            f"{status:4}  {self.model:32} {self.name:34} {value:>9} {self.op} {self.limit:g}{spare}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,12 +198,21 @@ def _p_value(comparisons: pd.DataFrame, a: str, b: str, metric: str) -> float:
     return float(rows[col].iloc[0])
 
 
-def _check(name: str, model: str, value: float, op: str, limit: float) -> AcceptanceCheck:
-    ok = {">=": value >= limit, "<=": value <= limit, ">": value > limit}[op]
+def _check(
+    name: str, model: str, value: float, op: str, limit: float, margin: float = 0.0
+) -> AcceptanceCheck:
+    ok = {
+        ">=": value >= limit + margin, "<=": value <= limit - margin, ">": value > limit + margin,
+    }[op]  # fmt: skip
     return AcceptanceCheck(
         name=name, model=model, value=float(value), op=op, limit=float(limit),
-        passed=bool(ok) and not math.isnan(value),
+        passed=bool(ok) and not math.isnan(value), margin=float(margin),
     )  # fmt: skip
+
+
+def _cell_minimum(setting: Any, model: str) -> float:
+    # one floor for every debiased model, or a table of floors by model
+    return float(setting[model] if isinstance(setting, Mapping) else setting)
 
 
 def check_acceptance(
@@ -218,16 +233,22 @@ def check_acceptance(
     """
     cells, b, d = expected["cells"], expected["biased"], expected["debiased"]
     att, occ = expected["attention"], expected["occlusion"]
+    m = float(expected.get("margin", 0.0))  # never applied to p-values
     biased = b["model"]
+    every = [*cells["stereotypical"], *cells["counter_stereotypical"]]
     out: list[AcceptanceCheck] = []
     for cell in cells["stereotypical"]:
         acc = _value(groups, biased, cell, "accuracy")
-        out.append(_check(f"accuracy [{cell}]", biased, acc, ">=", b["min_accuracy_stereotypical"]))
+        limit = b["min_accuracy_stereotypical"]
+        out.append(_check(f"accuracy [{cell}]", biased, acc, ">=", limit, m))
     for cell in cells["counter_stereotypical"]:
         acc = _value(groups, biased, cell, "accuracy")
         limit = b["max_accuracy_counter_stereotypical"]
-        out.append(_check(f"accuracy [{cell}]", biased, acc, "<=", limit))
-    every = [*cells["stereotypical"], *cells["counter_stereotypical"]]
+        out.append(_check(f"accuracy [{cell}]", biased, acc, "<=", limit, m))
+    if "max_balanced_accuracy" in b:
+        # the mean of the cells' accuracies: the test split's accuracy were it balanced
+        bal = sum(_value(groups, biased, c, "accuracy") for c in every) / len(every)
+        out.append(_check("balanced accuracy", biased, bal, "<=", b["max_balanced_accuracy"], m))
     conf, causal, flip = (
         column("mass", CONFOUNDER),
         column("mass", "causal"),
@@ -235,21 +256,27 @@ def check_acceptance(
         column("flip", occ.get("region", CONFOUNDER)),
     )
     for model in d["models"]:
+        floor = _cell_minimum(d["min_accuracy_every_cell"], model)
         for cell in every:
             acc = _value(groups, model, cell, "accuracy")
-            out.append(_check(f"accuracy [{cell}]", model, acc, ">=", d["min_accuracy_every_cell"]))
+            out.append(_check(f"accuracy [{cell}]", model, acc, ">=", floor, m))
     biased_mass = _value(groups, biased, "all", conf)
     biased_flip = _value(groups, biased, "all", flip)
+    if "min_flip_over_random" in occ:
+        # the biased model itself: the confounders flip it more than random patches of their size
+        random = _value(groups, biased, "all", column("flip_random", occ.get("region", CONFOUNDER)))
+        out.append(_check(f"{flip} - random patch", biased, biased_flip - random, ">=",
+                          occ["min_flip_over_random"], m))  # fmt: skip
     for model in d["models"]:
         pair = f"{biased} vs {model}"
         mass = _value(groups, model, "all", conf)
         ratio = biased_mass / mass if mass > 0 else math.nan
-        out.append(_check(f"{conf} ratio", pair, ratio, ">=", att["min_confounder_mass_ratio"]))
+        out.append(_check(f"{conf} ratio", pair, ratio, ">=", att["min_confounder_mass_ratio"], m))
         p = _p_value(comparisons, biased, model, conf)
         out.append(_check(f"{conf} paired p", pair, p, "<=", att["max_p_value"]))
         diff = _value(groups, model, "all", causal) - mass
         out.append(
-            _check(f"{causal} - {conf}", model, diff, ">", att["min_causal_minus_confounder"])
+            _check(f"{causal} - {conf}", model, diff, ">", att["min_causal_minus_confounder"], m)
         )
         model_flip = _value(groups, model, "all", flip)
         # A debiased model that never flips makes the ratio infinite, which passes.
@@ -257,10 +284,10 @@ def check_acceptance(
             ratio = biased_flip / model_flip
         else:
             ratio = math.inf if biased_flip > 0 else math.nan
-        out.append(_check(f"{flip} ratio", pair, ratio, ">=", occ["min_flip_ratio"]))
+        out.append(_check(f"{flip} ratio", pair, ratio, ">=", occ["min_flip_ratio"], m))
         out.append(
             _check(f"{flip} difference", pair, biased_flip - model_flip, ">=",
-                   occ["min_flip_difference"])
+                   occ["min_flip_difference"], m)
         )  # fmt: skip
     return tuple(out)
 

@@ -123,6 +123,57 @@ def test_acceptance_fails_each_criterion_by_name():
     assert math.isnan(nan.value) and "n/a" in nan.line and nan.line.startswith("FAIL")
 
 
+def test_margin_balanced_accuracy_floors_by_model_and_flip_over_random():
+    expected = {
+        "margin": 0.03,
+        "cells": {"stereotypical": list(CELLS[:2]), "counter_stereotypical": list(CELLS[2:])},
+        "biased": {"model": "biased", "min_accuracy_stereotypical": 0.80,
+                   "max_accuracy_counter_stereotypical": 0.75, "max_balanced_accuracy": 0.85},
+        "debiased": {"models": list(MODELS[1:]),
+                     "min_accuracy_every_cell": {"debiased_data": 0.90, "debiased_penalty": 0.88}},
+        "attention": {"min_confounder_mass_ratio": 2.0, "max_p_value": 0.001,
+                      "min_causal_minus_confounder": 0.0},
+        "occlusion": {"region": "confounder", "min_flip_ratio": 3.0, "min_flip_difference": 0.05,
+                      "min_flip_over_random": 0.10},
+    }  # fmt: skip
+    acc = {
+        # balanced (.97 + .96 + .62 + .72) / 4 = .8175: .0325 under .85
+        "biased": dict(zip(CELLS, (0.97, 0.96, 0.62, 0.72), strict=True)),
+        "debiased_data": dict.fromkeys(CELLS, 0.93),
+        "debiased_penalty": dict.fromkeys(CELLS, 0.91),  # .88 + .03: its own floor
+    }
+    flip, rand = "flip:confounder", "flip_random:confounder"
+    overall = {
+        "biased": {"mass:confounder": 0.406, "mass:causal": 0.5, flip: 0.33, rand: 0.20},
+        "debiased_data": {"mass:confounder": 0.2, "mass:causal": 0.6, flip: 0.06, rand: 0.05},
+        "debiased_penalty": {"mass:confounder": 0.05, "mass:causal": 0.5, flip: 0.0, rand: 0.0},
+    }
+    got = by_key(check_acceptance(*tables(acc, overall, p=0.0009), expected))
+    assert all(c.passed for c in got.values()), [c.line for c in got.values() if not c.passed]
+    bal = got[("biased", "balanced accuracy")]
+    assert bal.value == pytest.approx(0.8175) and bal.margin == 0.03 and "(margin 0.03)" in bal.line
+    over = got[("biased", "flip:confounder - random patch")]
+    assert over.value == pytest.approx(0.13) and over.limit == 0.10
+    assert got[("biased vs debiased_data", "mass:confounder ratio")].value == pytest.approx(2.03)
+    # p-values get no margin: .0009 passes .001
+    assert got[("biased vs debiased_data", "mass:confounder paired p")].margin == 0.0
+    # Inside the margin fails, though within the limit; each floor is the model's own.
+    acc["biased"]["male / nurse"] = 0.73  # <= .75 but not <= .72; balanced .82 still passes
+    acc["debiased_penalty"]["male / doctor"] = 0.905  # above .88, not by .03
+    acc["debiased_data"]["female / doctor"] = 0.91  # above .90, not by .03
+    overall["biased"][rand] = 0.24  # flips .09 over random
+    overall["debiased_data"]["mass:confounder"] = 0.2005  # ratio 2.025
+    failed = {(c.model, c.name) for c in check_acceptance(*tables(acc, overall, p=0.0009),
+                                                          expected) if not c.passed}  # fmt: skip
+    assert failed == {
+        ("biased", "accuracy [male / nurse]"),
+        ("debiased_penalty", "accuracy [male / doctor]"),
+        ("debiased_data", "accuracy [female / doctor]"),
+        ("biased", "flip:confounder - random patch"),
+        ("biased vs debiased_data", "mass:confounder ratio"),
+    }
+
+
 def test_occlusion_criterion_defaults_to_the_confounder_role():
     expected = load_expected(SHIPPED / "expected.toml")
     del expected["occlusion"]["region"]

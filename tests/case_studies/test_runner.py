@@ -76,11 +76,14 @@ def by_key(checks):
 
 def test_acceptance_passes_at_the_limits():
     expected = load_expected(SHIPPED / "expected.toml")
+    assert expected["margin"] == 0.03  # tested on its own below
+    expected["margin"] = 0.0
     acc, overall = passing()
     checks = check_acceptance(*tables(acc, overall, p=0.0009), expected)
-    # 4 biased cells, 4 cells x 2 debiased models, 5 attention/occlusion checks per debiased model;
-    # the occlusion checks read the column of [occlusion] region (FLIP)
-    assert len(checks) == 4 + 8 + 10
+    # 4 biased cells and its balanced accuracy, 4 cells x 2 debiased models, 5
+    # attention/occlusion checks per debiased model; the occlusion checks read the column of
+    # [occlusion] region (FLIP)
+    assert len(checks) == 5 + 8 + 10
     assert all(c.passed for c in checks), [c.line for c in checks if not c.passed]
     got = by_key(checks)
     ratio = got[("biased vs debiased_data", "mass:confounder ratio")]
@@ -96,13 +99,14 @@ def test_acceptance_passes_at_the_limits():
 
 def test_acceptance_fails_each_criterion_by_name():
     expected = load_expected(SHIPPED / "expected.toml")
+    expected["margin"] = 0.0
     acc, overall = passing()
-    acc["biased"]["female / nurse"] = 0.94  # below .95 on a stereotypical cell
+    acc["biased"]["female / nurse"] = 0.79  # below .80 on a stereotypical cell
     acc["biased"]["male / nurse"] = 0.76  # above .75 on a counter-stereotypical cell
-    acc["debiased_penalty"]["female / doctor"] = 0.89
-    overall["debiased_data"]["mass:confounder"] = 0.16  # ratio 1.875
+    acc["debiased_penalty"]["female / doctor"] = 0.87  # below its own floor, .88
+    overall["debiased_data"]["mass:confounder"] = 0.28  # ratio 1.07
     overall["debiased_penalty"]["mass:causal"] = 0.05  # causal == confounder: not greater
-    overall["debiased_data"][FLIP] = 0.42  # diff .03, ratio 1.07
+    overall["debiased_data"][FLIP] = 0.44  # diff .01, ratio 1.02
     del overall["debiased_penalty"][FLIP]  # missing: NaN fails
     checks = check_acceptance(*tables(acc, overall, p=0.002), expected)
     failed = {(c.model, c.name) for c in checks if not c.passed}
@@ -282,7 +286,7 @@ def test_quick_case_study_end_to_end(tmp_path):
     assert (out / "audit.toml").read_text() == (out / "audit" / "config.toml").read_text()
     info = json.loads((out / "case_study.json").read_text())
     checks = {(c["model"], c["name"]): c for c in info["checks"]}
-    assert len(checks) == 22 and all(c["value"] is not None for c in checks.values())
+    assert len(checks) == 23 and all(c["value"] is not None for c in checks.values())
     # --strict: exit 1 exactly when a check failed, each failure printed
     n_failed = sum(not c["passed"] for c in checks.values())
     assert proc.returncode == (1 if n_failed else 0)

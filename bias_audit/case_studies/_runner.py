@@ -212,7 +212,13 @@ def _check(
 
 def _cell_minimum(setting: Any, model: str) -> float:
     # one floor for every debiased model, or a table of floors by model
-    return float(setting[model] if isinstance(setting, Mapping) else setting)
+    if isinstance(setting, Mapping):
+        if model not in setting:
+            raise ConfigError(
+                f"expected.toml: [debiased] min_accuracy_every_cell has no floor for {model!r}"
+            )
+        return float(setting[model])
+    return float(setting)
 
 
 def check_acceptance(
@@ -226,6 +232,12 @@ def check_acceptance(
         comparisons: the audit's ``comparisons.parquet`` (``model_a, model_b, cell, metric,
             p_value`` and optionally ``p_adjusted``, which is preferred).
         expected: the content of ``expected.toml`` (see :func:`load_expected`).
+
+    A top-level ``margin`` makes every check but the p-values pass only with that much to
+    spare. Optional keys: ``[biased] max_balanced_accuracy`` (the mean of the cells'
+    accuracies), ``[occlusion] min_flip_over_random`` (the biased model's flip rate minus that
+    of random patches of the same area), and ``[debiased] min_accuracy_every_cell`` may be a
+    table of floors by model.
 
     Returns:
         One :class:`AcceptanceCheck` per criterion, model and cell. A value the tables lack is

@@ -36,7 +36,7 @@ browser:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 demo: install
-	$(BIN)/bias-audit case-study nurse-doctor --out runs/nurse-doctor $(DEMO_ARGS)
+	$(BIN)/bias-audit case-study nurse-doctor --out runs/nurse-doctor --strict $(DEMO_ARGS)
 
 # Everything, the slow end-to-end case study and the Ray engine's tests included.
 test: dev ray browser

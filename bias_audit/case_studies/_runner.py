@@ -66,7 +66,9 @@ class AcceptanceCheck:
             False).
         op: ``">="``, ``"<="`` or ``">"``.
         limit: the threshold from ``expected.toml``.
-        passed: whether ``value op limit`` holds.
+        passed: whether ``value op limit`` holds with at least ``margin`` to spare.
+        margin: how far beyond the limit the value must be (``expected.toml``'s ``margin``):
+            a check that passes by less would fail on another seed.
     """
 
     name: str
@@ -75,12 +77,16 @@ class AcceptanceCheck:
     op: str
     limit: float
     passed: bool
+    margin: float = 0.0
 
     @property
     def line(self) -> str:
         value = "n/a" if math.isnan(self.value) else f"{self.value:.4g}"
         status = "pass" if self.passed else "FAIL"
-        return f"{status:4}  {self.model:32} {self.name:34} {value:>9} {self.op} {self.limit:g}"
+        spare = f" (margin {self.margin:g})" if self.margin else ""
+        return (
+            f"{status:4}  {self.model:32} {self.name:34} {value:>9} {self.op} {self.limit:g}{spare}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,12 +202,27 @@ def _p_value(comparisons: pd.DataFrame, a: str, b: str, metric: str) -> float:
     return float(rows[col].iloc[0])
 
 
-def _check(name: str, model: str, value: float, op: str, limit: float) -> AcceptanceCheck:
-    ok = {">=": value >= limit, "<=": value <= limit, ">": value > limit}[op]
+def _check(
+    name: str, model: str, value: float, op: str, limit: float, margin: float = 0.0
+) -> AcceptanceCheck:
+    ok = {
+        ">=": value >= limit + margin, "<=": value <= limit - margin, ">": value > limit + margin,
+    }[op]  # fmt: skip
     return AcceptanceCheck(
         name=name, model=model, value=float(value), op=op, limit=float(limit),
-        passed=bool(ok) and not math.isnan(value),
+        passed=bool(ok) and not math.isnan(value), margin=float(margin),
     )  # fmt: skip
+
+
+def _cell_minimum(setting: Any, model: str) -> float:
+    # one floor for every debiased model, or a table of floors by model
+    if isinstance(setting, Mapping):
+        if model not in setting:
+            raise ConfigError(
+                f"expected.toml: [debiased] min_accuracy_every_cell has no floor for {model!r}"
+            )
+        return float(setting[model])
+    return float(setting)
 
 
 def check_acceptance(
@@ -216,22 +237,34 @@ def check_acceptance(
             p_value`` and optionally ``p_adjusted``, which is preferred).
         expected: the content of ``expected.toml`` (see :func:`load_expected`).
 
+    A top-level ``margin`` makes every check but the p-values pass only with that much to
+    spare. Optional keys: ``[biased] max_balanced_accuracy`` (the mean of the cells'
+    accuracies), ``[occlusion] min_flip_over_random`` (the biased model's flip rate minus that
+    of random patches of the same area), and ``[debiased] min_accuracy_every_cell`` may be a
+    table of floors by model.
+
     Returns:
         One :class:`AcceptanceCheck` per criterion, model and cell. A value the tables lack is
         NaN and fails its check.
     """
     cells, b, d = expected["cells"], expected["biased"], expected["debiased"]
     att, occ = expected["attention"], expected["occlusion"]
+    m = float(expected.get("margin", 0.0))  # never applied to p-values
     biased = b["model"]
+    every = [*cells["stereotypical"], *cells["counter_stereotypical"]]
     out: list[AcceptanceCheck] = []
     for cell in cells["stereotypical"]:
         acc = _value(groups, biased, cell, "accuracy")
-        out.append(_check(f"accuracy [{cell}]", biased, acc, ">=", b["min_accuracy_stereotypical"]))
+        limit = b["min_accuracy_stereotypical"]
+        out.append(_check(f"accuracy [{cell}]", biased, acc, ">=", limit, m))
     for cell in cells["counter_stereotypical"]:
         acc = _value(groups, biased, cell, "accuracy")
         limit = b["max_accuracy_counter_stereotypical"]
-        out.append(_check(f"accuracy [{cell}]", biased, acc, "<=", limit))
-    every = [*cells["stereotypical"], *cells["counter_stereotypical"]]
+        out.append(_check(f"accuracy [{cell}]", biased, acc, "<=", limit, m))
+    if "max_balanced_accuracy" in b:
+        # the mean of the cells' accuracies: the test split's accuracy were it balanced
+        bal = sum(_value(groups, biased, c, "accuracy") for c in every) / len(every)
+        out.append(_check("balanced accuracy", biased, bal, "<=", b["max_balanced_accuracy"], m))
     conf, causal, flip = (
         column("mass", CONFOUNDER),
         column("mass", "causal"),
@@ -239,21 +272,27 @@ def check_acceptance(
         column("flip", occ.get("region", CONFOUNDER)),
     )
     for model in d["models"]:
+        floor = _cell_minimum(d["min_accuracy_every_cell"], model)
         for cell in every:
             acc = _value(groups, model, cell, "accuracy")
-            out.append(_check(f"accuracy [{cell}]", model, acc, ">=", d["min_accuracy_every_cell"]))
+            out.append(_check(f"accuracy [{cell}]", model, acc, ">=", floor, m))
     biased_mass = _value(groups, biased, "all", conf)
     biased_flip = _value(groups, biased, "all", flip)
+    if "min_flip_over_random" in occ:
+        # the biased model itself: the confounders flip it more than random patches of their size
+        random = _value(groups, biased, "all", column("flip_random", occ.get("region", CONFOUNDER)))
+        out.append(_check(f"{flip} - random patch", biased, biased_flip - random, ">=",
+                          occ["min_flip_over_random"], m))  # fmt: skip
     for model in d["models"]:
         pair = f"{biased} vs {model}"
         mass = _value(groups, model, "all", conf)
         ratio = biased_mass / mass if mass > 0 else math.nan
-        out.append(_check(f"{conf} ratio", pair, ratio, ">=", att["min_confounder_mass_ratio"]))
+        out.append(_check(f"{conf} ratio", pair, ratio, ">=", att["min_confounder_mass_ratio"], m))
         p = _p_value(comparisons, biased, model, conf)
         out.append(_check(f"{conf} paired p", pair, p, "<=", att["max_p_value"]))
         diff = _value(groups, model, "all", causal) - mass
         out.append(
-            _check(f"{causal} - {conf}", model, diff, ">", att["min_causal_minus_confounder"])
+            _check(f"{causal} - {conf}", model, diff, ">", att["min_causal_minus_confounder"], m)
         )
         model_flip = _value(groups, model, "all", flip)
         # A debiased model that never flips makes the ratio infinite, which passes.
@@ -261,10 +300,10 @@ def check_acceptance(
             ratio = biased_flip / model_flip
         else:
             ratio = math.inf if biased_flip > 0 else math.nan
-        out.append(_check(f"{flip} ratio", pair, ratio, ">=", occ["min_flip_ratio"]))
+        out.append(_check(f"{flip} ratio", pair, ratio, ">=", occ["min_flip_ratio"], m))
         out.append(
             _check(f"{flip} difference", pair, biased_flip - model_flip, ">=",
-                   occ["min_flip_difference"])
+                   occ["min_flip_difference"], m)
         )  # fmt: skip
     return tuple(out)
 
@@ -299,9 +338,11 @@ def _merge(*tables: Mapping[str, Any] | None) -> dict[str, Any]:
 
 def train_plan(
     train_toml: str | Path, data_dir: str | Path, models_dir: str | Path, *, quick: bool,
-    device: str | None = None,
+    device: str | None = None, seed: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:  # fmt: skip
     """Read ``train.toml`` into the generation settings and one TrainConfig per model.
+
+    ``seed``, when given, replaces the file's seeds: the data's and every model's.
 
     Returns:
         ``(data settings, {model name: TrainConfig})`` in the file's model order.
@@ -315,6 +356,8 @@ def train_plan(
     raw = _read_toml(path)
     quick_raw = raw.get("quick", {}) if quick else {}
     data = _merge(raw.get("data"), quick_raw.get("data"))
+    if seed is not None:
+        data["seed"] = seed
     models = raw.get("models")
     if not isinstance(models, dict) or not models:
         raise ConfigError(f"{path}: no [models.<name>] tables")
@@ -335,6 +378,8 @@ def train_plan(
         values["train_manifest"] = str(Path(data_dir) / split / "manifest.csv")
         values["out"] = str(Path(models_dir) / name)
         values["device"] = device
+        if seed is not None:
+            values["seed"] = seed
         try:
             configs[name] = TrainConfig.from_dict(values)
         except ConfigError as err:
@@ -407,6 +452,7 @@ def run_case_study(
     progress: bool = True,
     device: str | None = None,
     threads: int | None = 2,
+    seed: int | None = None,
 ) -> CaseStudyResult:
     """Run a shipped case study end to end: data, three trained models, audit, report, acceptance.
 
@@ -424,9 +470,11 @@ def run_case_study(
         force: start over: regenerate, retrain and re-audit.
         progress: stage messages on stderr (and the layers' bars on a terminal).
         device: "cpu" (default), "cuda", "auto".
-        threads: torch CPU threads during the run (restored after); None leaves it alone. Two
-            by default, for a 2-core machine (idle: quick run 90 s against 97 s on one thread;
-            on a machine shared with other jobs one thread can be much faster).
+        seed: replaces ``train.toml``'s seeds (the data's and every model's); None keeps
+            them (0). The acceptance criteria must hold for every seed.
+        threads: torch CPU threads for generation and the audit (restored after); None leaves
+            it alone. Training always runs on the trainer's fixed ``TRAIN_THREADS``, so the
+            models, and hence every number, are the same whatever this is.
 
     Returns:
         A :class:`CaseStudyResult` (also summarised in ``out/case_study.json``).
@@ -438,33 +486,39 @@ def run_case_study(
     """
 
     folder = _folder(name)
-    out = Path(out) if out is not None else Path("runs") / (name + ("-quick" if quick else ""))
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"seed: expected an int >= 0, got {seed!r}")
+    if out is None:
+        suffix = ("-quick" if quick else "") + (f"-seed{seed}" if seed is not None else "")
+        out = Path("runs") / (name + suffix)
+    out = Path(out)
     out = out.resolve()
     audit_dir = out / "audit"
     finished = out / FINISHED
     expected = load_expected(folder / "expected.toml")
     if finished.is_file() and not force:
-        return _reuse(name, out, finished, quick, expected)
+        return _reuse(name, out, finished, quick, seed, expected)
 
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run(name, folder, out, audit_dir, quick, force, progress, device, expected)
+        return _run(name, folder, out, audit_dir, quick, seed, force, progress, device, expected)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _run(
-    name: str, folder: Path, out: Path, audit_dir: Path, quick: bool, force: bool,
-    progress: bool, device: str | None, expected: Mapping[str, Any],
+    name: str, folder: Path, out: Path, audit_dir: Path, quick: bool, seed: int | None,
+    force: bool, progress: bool, device: str | None, expected: Mapping[str, Any],
 ) -> CaseStudyResult:  # fmt: skip
 
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
     data_settings, configs = train_plan(
-        folder / "train.toml", out / "data", out / "models", quick=quick, device=device
-    )
+        folder / "train.toml", out / "data", out / "models", quick=quick, device=device,
+        seed=seed,
+    )  # fmt: skip
     generator = CASE_STUDIES[name]
 
     _say(progress, f"[1/3] generating data into {out / 'data'}")
@@ -514,6 +568,7 @@ def _run(
         {
             "name": name,
             "quick": quick,
+            "seed": int(data_settings.get("seed", 0)),
             "passed": case.passed,
             "checks": [_jsonable(asdict(c)) for c in checks],
             "seconds": seconds,
@@ -527,8 +582,9 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _reuse(
-    name: str, out: Path, finished: Path, quick: bool, expected: Mapping[str, Any]
-) -> CaseStudyResult:
+    name: str, out: Path, finished: Path, quick: bool, seed: int | None,
+    expected: Mapping[str, Any],
+) -> CaseStudyResult:  # fmt: skip
 
     try:
         info = json.loads(finished.read_text(encoding="utf-8"))
@@ -538,6 +594,12 @@ def _reuse(
         held = "a --quick" if info.get("quick") else "a full"
         raise RunError(
             f"{out}: holds {held} run of {name}; pass force=True or choose another output folder"
+        )
+    held_seed = info.get("seed", 0)
+    if seed is not None and held_seed != seed:
+        raise RunError(
+            f"{out}: holds a run of {name} with seed {held_seed}, not {seed}; pass force=True "
+            "or choose another output folder"
         )
     audit_dir = out / "audit"
     result = AuditResult.load(audit_dir)

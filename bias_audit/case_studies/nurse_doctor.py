@@ -62,7 +62,7 @@ ROLES: dict[str, tuple[str, ...]] = {
 SPLITS: tuple[str, ...] = ("train_biased", "train_balanced", "val", "test")
 
 #: Bumped whenever a change to the drawing changes the bytes written for a given seed.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Label-map values. Background clutter uses CLUTTER_BASE + k.
 _BG, _FACE, _FACE_DARK, _MOUTH, _BEARD = 0, 1, 2, 3, 4
@@ -70,12 +70,13 @@ _HAIR, _HAIR_SHADE = 5, 6
 _COAT, _COAT_DETAIL, _COAT_BUTTON, _POCKET_PEN = 7, 8, 9, 10
 _STETH_TUBE, _STETH_METAL = 11, 12
 _NECK, _SHIRT, _TIE = 13, 14, 15
+_MAKEUP, _EARRING = 16, 17
 _CLUTTER_BASE = 32
 _N_LABELS = 64
 
 _REGION_LABELS: dict[str, tuple[int, ...]] = {
     "coat": (_COAT, _COAT_DETAIL, _COAT_BUTTON, _POCKET_PEN),
-    "face": (_FACE, _FACE_DARK, _MOUTH, _BEARD),
+    "face": (_FACE, _FACE_DARK, _MOUTH, _BEARD, _MAKEUP, _EARRING),
     "hair": (_HAIR, _HAIR_SHADE),
     "stethoscope": (_STETH_TUBE, _STETH_METAL),
 }
@@ -113,6 +114,16 @@ _SCRUBS = (
 _PALE_SCRUBS = ((244, 244, 244),)
 _SHIRTS = ((180, 200, 230), (240, 240, 240), (225, 230, 240), (200, 205, 215), (150, 160, 175))
 _HAIR_STYLES = ("long", "bob", "bun", "short", "buzz")
+_MAKEUP_COLOURS = ((60, 90, 200), (140, 60, 170), (40, 150, 110), (220, 90, 150), (200, 150, 40))
+_EARRING_COLOURS = ((230, 190, 60), (220, 220, 230), (230, 40, 60), (40, 200, 220))
+
+
+def _ellipse_in_face(
+    hcx: float, hy: float, hrx: float, hry: float, tilt: float
+) -> list[tuple[float, float]]:
+    """Full lips (coloured): an ellipse centred where the plain mouth's line is drawn."""
+    cx, cy = _rotate([(hcx, hy + 0.5 * hry)], hcx, hy, tilt)[0]
+    return _ellipse(cx, cy, 0.34 * hrx, 0.12 * hry, tilt, n=20)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -136,6 +147,12 @@ class Cues:
         lapel_shade: brightness of the lapels and seams relative to the garment (1 = invisible).
         stethoscope_doctor: share of doctors wearing a stethoscope.
         stethoscope_nurse: share of nurses wearing one.
+        stethoscope_size: scale of the stethoscope's tube width and head (1 = the first design).
+        makeup: share of women with coloured eye shadow (part of ``face``).
+        earrings: share of women with earrings (part of ``face``).
+        vneck_doctor: share of doctors whose top under the coat has a V-neck showing skin, as a
+            nurse's scrubs do.
+        tie: share of the other doctors wearing a tie.
         clutter: number of background shapes, drawn uniformly in ``[clutter[0], clutter[1]]``.
         noise: amplitude of the per-pixel colour noise, in grey levels.
     """
@@ -144,6 +161,11 @@ class Cues:
     hair_male: tuple[float, ...] = (0.04, 0.04, 0.02, 0.68, 0.22)
     beard: float = 0.9
     lipstick: float = 0.8
+    makeup: float = 0.0
+    earrings: float = 0.0
+    stethoscope_size: float = 1.0
+    vneck_doctor: float = 0.5
+    tie: float = 0.6
     pale_scrubs: float = 0.9
     lapel_shade: float = 0.93
     button_shade: float = 0.6
@@ -165,11 +187,19 @@ class Cues:
                     f"Cues.{name}: expected {len(_HAIR_STYLES)} probabilities "
                     f"summing to 1 for {_HAIR_STYLES}, got {probs!r}"
                 )
+        if not 0 < self.stethoscope_size <= 2:
+            raise ConfigError(
+                f"Cues.stethoscope_size: expected a scale in (0, 2], got {self.stethoscope_size!r}"
+            )
         if not 0 < self.strands <= 3:
             raise ConfigError(f"Cues.strands: expected a size in (0, 3], got {self.strands!r}")
         for name in (
             "beard",
             "lipstick",
+            "makeup",
+            "earrings",
+            "vneck_doctor",
+            "tie",
             "pale_scrubs",
             "lapel_shade",
             "button_shade",
@@ -348,7 +378,7 @@ def draw_portrait(
             (cx - vw, vy),
         ]
         d.polygon(P(opening), fill=_SHIRT)
-        if u() < 0.5:
+        if u() < cues.vneck_doctor:
             # a V-neck top under the coat: the collar shows skin, as a nurse's scrubs do
             d.polygon(
                 P(
@@ -360,7 +390,7 @@ def draw_portrait(
                 ),
                 fill=_NECK,
             )
-        elif u() < 0.6:
+        elif u() < cues.tie:
             d.polygon(
                 P(
                     [
@@ -436,14 +466,14 @@ def draw_portrait(
             _jitter_colour(rng, (30, 30, 35), 10) if u() < 0.6 else rng.integers(0, 160, 3)
         )
         lut[_STETH_METAL] = _jitter_colour(rng, (185, 190, 200), 10)
-        width = max(1, round(0.022 * S))
+        width = max(1, round(0.022 * S * cues.stethoscope_size))
         loop = _ellipse(cx, sy - 0.005, nw * 2.0, 0.2 * s, start=0, stop=180, n=24)
         d.line(P(loop), fill=_STETH_TUBE, width=width, joint="curve")
         side = rng.choice([-1, 1])
         end = (cx + side * nw * 2.0, sy - 0.005)
         drop = (cx + side * nw * 2.6, sy + 0.27 * s)
         d.line(P([end, drop]), fill=_STETH_TUBE, width=width)
-        rr = 0.03 * s
+        rr = 0.03 * s * cues.stethoscope_size
         d.ellipse(
             P([(drop[0] - rr, drop[1] - rr), (drop[0] + rr, drop[1] + rr)]), fill=_STETH_METAL
         )
@@ -512,6 +542,12 @@ def draw_portrait(
     # women: larger, made-up eyes and thin brows; men: small eyes and heavy brows
     er = max(0.7, (0.026 if gender == "female" else 0.016) * s * S)
     brow = max(1, S // 64) * (1 if gender == "female" else 2)
+    if gender == "female" and u() < cues.makeup:
+        # coloured eye shadow: a bold, small, colourful cue (a blur washes it out)
+        lut[_MAKEUP] = _jitter_colour(rng, _MAKEUP_COLOURS[int(rng.integers(0, 5))], 15)
+        for side in (-1, 1):
+            x, y = F(side * 0.4, -0.12)
+            d.ellipse([x - er * 1.7, y - er * 1.3, x + er * 1.7, y + er * 0.6], fill=_MAKEUP)
     for side in (-1, 1):
         x, y = F(side * 0.4, -0.05)
         d.ellipse([x - er, y - er, x + er, y + er], fill=_FACE_DARK)
@@ -522,7 +558,16 @@ def draw_portrait(
         )
         d.polygon(P(beard), fill=_BEARD)
     mw = max(1, S // 48)
-    d.line([F(-0.3, 0.5), F(0.3, 0.5)], fill=_MOUTH, width=mw + int(lipstick))
+    if lipstick:
+        d.polygon(P(_ellipse_in_face(hcx, hy, hrx, hry, tilt)), fill=_MOUTH)
+    else:
+        d.line([F(-0.3, 0.5), F(0.3, 0.5)], fill=_MOUTH, width=mw)
+    if gender == "female" and u() < cues.earrings:
+        lut[_EARRING] = _jitter_colour(rng, _EARRING_COLOURS[int(rng.integers(0, 4))], 10)
+        rad = max(1.0, 0.02 * s * S)
+        for side in (-1, 1):
+            ex, ey = F(side * 1.0, 0.3)
+            d.ellipse([ex - rad, ey - rad, ex + rad, ey + rad], fill=_EARRING)
 
     labels = np.asarray(lab, dtype=np.uint8)
     # per-pixel shading (light from above) and noise, so regions are not flat colour blocks
@@ -547,10 +592,11 @@ def draw_portrait(
 #: so the full run differs from the quick one by a bigger, tighter test set, not more training.
 _COUNTS = {
     False: {"train_biased": 600, "train_balanced": 600, "val": 400, "test": 800},
-    True: {"train_biased": 400, "train_balanced": 400, "val": 80, "test": 160},
+    True: {"train_biased": 600, "train_balanced": 600, "val": 80, "test": 160},
 }
-#: train_biased: share of doctors who are male, share of nurses who are female (paper: .78, .93).
-SKEW = {"doctor": ("male", 0.98), "nurse": ("female", 0.99)}
+#: train_biased: share of doctors who are male, share of nurses who are female: the paper's
+#: 195 of 250 doctors men and 225 of 250 nurses women (Selvaraju et al., the Grad-CAM slides).
+SKEW = {"doctor": ("male", 0.78), "nurse": ("female", 0.90)}
 
 
 def default_counts(*, quick: bool = False) -> dict[str, int]:
@@ -671,7 +717,7 @@ def generate(
     manifest's folder; an empty cell when the region is not drawn, e.g. no stethoscope),
     ``hair`` (style drawn), ``skin_tone`` (light/medium/dark), ``split``.
 
-    Splits: ``train_biased`` (50% doctors; 98% of doctors male, 99% of nurses female),
+    Splits: ``train_biased`` (50% doctors; 78% of doctors male, 90% of nurses female),
     ``train_balanced`` (every gender x label cell equal, same size), ``val`` and ``test``
     (balanced over gender x label).
 

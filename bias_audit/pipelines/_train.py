@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import random
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
@@ -38,6 +41,41 @@ __all__ = ["TrainConfig", "TrainResult", "train_classifier"]  # TrainConfig: re-
 
 # Fields a resumed run may change without changing the result.
 _RESUMABLE = frozenset({"epochs", "num_workers", "device"})
+
+#: torch's intra-op threads while training. A CPU kernel splits its sums by thread, so weights
+#: trained on 1 and on 2 threads differ after one epoch (by up to 1e-2 after two epochs of a
+#: small CNN); a fixed count makes the caller's setting irrelevant. One, not two: on a 2-core
+#: machine shared with other jobs two threads fight for the cores, and on an idle one the
+#: small case-study CNN gains little from the second (measured in the nurse/doctor README).
+TRAIN_THREADS = 1
+
+
+@contextmanager
+def _reproducible(dev: torch.device) -> Iterator[None]:
+    """Deterministic kernels and :data:`TRAIN_THREADS` threads; the caller's settings restored."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    benchmark = torch.backends.cudnn.benchmark
+    torch.set_num_threads(TRAIN_THREADS)
+    # On CUDA a few kernels have no deterministic version (and cuBLAS needs an environment
+    # variable set before start-up): warn there rather than refuse to train.
+    torch.use_deterministic_algorithms(True, warn_only=dev.type != "cpu")
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _seed_worker(worker_id: int) -> None:
+    # A worker's torch seed derives from the loader's generator; numpy and random (which a
+    # user's transform may draw from) are seeded from it too, not from the fork's copy.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 @dataclass(frozen=True)
@@ -105,6 +143,8 @@ def _validate(model: nn.Module, ds: Any, cells: list[str], config: TrainConfig, 
         shuffle=False,
         collate_fn=collate,
         num_workers=config.num_workers,
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(config.seed),
     )
     for batch in loader:
         pred = model(batch.images.to(dev)).argmax(1).cpu()
@@ -134,15 +174,18 @@ def train_classifier(
     ``config.select``, with :class:`CheckpointMeta`), ``last.pt`` (weights, optimizer and
     strategy state after the latest epoch, for ``resume``) and ``history.json``.
 
-    Reproducible on the CPU: the same config gives the same weights, and a run resumed from
-    ``last.pt`` ends in exactly the weights of an uninterrupted one.
+    Reproducible on the CPU: the same config gives the same weights, bit for bit, whatever the
+    caller's thread count (training runs on :data:`TRAIN_THREADS` threads with deterministic
+    kernels, both restored afterwards), and a run resumed from ``last.pt`` ends in exactly the
+    weights of an uninterrupted one.
 
     Args:
         config: the run's settings.
         resume: continue from ``out/last.pt`` (``epochs`` may be raised; other settings
             must match).
         force: overwrite an existing ``out/model.pt``.
-        progress: show a tqdm bar (only on a terminal).
+        progress: report each epoch on stderr: a tqdm bar and a summary line on a terminal,
+            the summary line alone otherwise.
 
     Raises:
         RunError: ``out/model.pt`` exists without resume/force; a resume whose settings or
@@ -152,7 +195,7 @@ def train_classifier(
     """
 
     out = Path(config.out)
-    model_path, last_path, history_path = out / "model.pt", out / "last.pt", out / "history.json"
+    model_path, last_path = out / "model.pt", out / "last.pt"
     if model_path.exists() and not (resume or force):
         raise RunError(
             f"{model_path} exists; pass resume=True to continue it or force=True to start over"
@@ -167,6 +210,13 @@ def train_classifier(
         )
 
     dev = resolve_device(config.device)
+    with _reproducible(dev):
+        return _fit(config, saved, dev, progress)
+
+
+def _fit(config: TrainConfig, saved: Any, dev: torch.device, progress: bool) -> TrainResult:
+    out = Path(config.out)
+    model_path, last_path, history_path = out / "model.pt", out / "last.pt", out / "history.json"
     train_ds = _load_data(config, config.train_manifest, augment=True, classes=config.classes)
     classes = tuple(train_ds.classes)
     for name in config.confounders:
@@ -238,7 +288,9 @@ def train_classifier(
             target_layer=target_layer,
         )
 
-    show = progress and sys.stderr.isatty()
+    # A bar on a terminal; one line per epoch otherwise (a log file, CI), so a long training
+    # is never silent.
+    bar_on = progress and sys.stderr.isatty()
     sample_weights = cell_sampling_weights(sample_cells, n_cells)
     n = len(train_ds)
     for epoch in range(start, config.epochs + 1):
@@ -262,12 +314,14 @@ def train_classifier(
             sampler=order.tolist(),
             collate_fn=collate,
             num_workers=config.num_workers,
+            worker_init_fn=_seed_worker,
+            generator=gen,
             # A last batch of one image would break BatchNorm in training mode.
             drop_last=n > config.batch_size and n % config.batch_size == 1,
         )
         model.train()
         loss_sum, n_seen, n_correct = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not show, leave=False)
+        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not bar_on, leave=False)
         for batch in bar:
             images, labels = batch.images.to(dev), batch.labels.to(dev)
             step = Step(
@@ -331,8 +385,10 @@ def train_classifier(
             best_state_dict=best_state,
         )
         write_json(history_path, history)
-        if show:
-            tqdm.write(_summary(record))
+        if bar_on:
+            tqdm.write(_summary(record), file=sys.stderr)
+        elif progress:
+            print(f"{_summary(record)} ({record['seconds']:.0f} s)", file=sys.stderr, flush=True)
     return TrainResult(
         checkpoint=model_path,
         last_checkpoint=last_path,

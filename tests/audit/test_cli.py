@@ -49,6 +49,28 @@ def test_case_study_command_is_wired(tmp_path, capsys):
         assert "run_case_study is not available" in capsys.readouterr().err
 
 
+def test_case_study_strict_exits_1_on_a_failed_check(tmp_path, monkeypatch, capsys):
+    import bias_audit.case_studies as cs
+    from bias_audit.case_studies import AcceptanceCheck, CaseStudyResult
+
+    def fake(name, **kwargs):
+        checks = (
+            AcceptanceCheck(name="accuracy [female / doctor]", model="biased", value=0.5,
+                            op="<=", limit=0.75, passed=True),
+            AcceptanceCheck(name="accuracy [female / doctor]", model="debiased_penalty",
+                            value=0.895, op=">=", limit=0.9, passed=kwargs["seed"] != 1),
+        )  # fmt: skip
+        return CaseStudyResult(name=name, run_dir=tmp_path, audit_dir=tmp_path, report=None,
+                               quick=False, checks=checks)  # fmt: skip
+
+    monkeypatch.setattr(cs, "run_case_study", fake)
+    base = ["case-study", "nurse-doctor", "--out", str(tmp_path)]
+    assert main([*base, "--strict", "--seed", "1"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+    assert main([*base, "--seed", "1"]) == 0  # without --strict the failure is only printed
+    assert main([*base, "--strict", "--seed", "2"]) == 0
+
+
 def test_python_dash_m_and_version():
     proc = subprocess.run([sys.executable, "-m", "bias_audit", "--version"], capture_output=True,
                           text=True, env=_env(), cwd=REPO, timeout=120)  # fmt: skip
@@ -137,3 +159,18 @@ def test_hostile_checkpoint_metadata_is_one_line_and_runs_nothing(world, tmp_pat
     err = _one_line_error(proc)
     assert "huge.pt" in err and "'image_size': expected an integer between 8 and 4096" in err
     assert not marker.exists()
+
+
+def test_train_prints_one_line_per_epoch_into_a_log(world, tmp_path, capsys):
+    # stderr is captured, not a terminal: a line per epoch instead of a bar; -q silences it
+    args = ["train", "--train-manifest", str(world["manifest"]), "--arch", "smallcnn_w8",
+            "--image-size", "24", "--epochs", "2", "--batch-size", "20",
+            "--groups", "gender"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert [x.split(":")[0] for x in err.splitlines() if x.startswith("epoch ")] == [
+        "epoch 1",
+        "epoch 2",
+    ]
+    assert main([*args, "--out", str(tmp_path / "b"), "-q"]) == 0
+    assert capsys.readouterr().err == ""

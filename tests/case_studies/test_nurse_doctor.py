@@ -14,7 +14,7 @@ from bias_audit.case_studies import nurse_doctor as nd
 from bias_audit.errors import ConfigError, DataError
 
 SIZE = 48
-# train_biased is big enough for its rare cells (2% of doctors, 1% of nurses) to be non-empty
+# train_biased at the paper's skew: 22% of its doctors are women, 10% of its nurses men
 COUNTS = {"train_biased": 200, "train_balanced": 40, "val": 8, "test": 16}
 
 
@@ -115,9 +115,9 @@ def test_biased_split_is_skewed_as_promised(data):
     doctors = count["doctor", "male"] + count["doctor", "female"]
     nurses = count["nurse", "male"] + count["nurse", "female"]
     assert doctors == nurses == COUNTS["train_biased"] // 2
-    # at least the paper's skew: 78% of doctors male, 93% of nurses female
-    assert count["doctor", "male"] / doctors >= 0.78
-    assert count["nurse", "female"] / nurses >= 0.93
+    # the paper's skew: 195 of 250 doctors men (78%), 225 of 250 nurses women (90%)
+    assert count["doctor", "male"] / doctors == pytest.approx(0.78, abs=0.005)
+    assert count["nurse", "female"] / nurses == pytest.approx(0.90, abs=0.005)
     assert count["doctor", "male"] == round(doctors * nd.SKEW["doctor"][1])
     assert count["nurse", "female"] == round(nurses * nd.SKEW["nurse"][1])
 
@@ -269,4 +269,6 @@ def test_default_counts():
     full, quick = nd.default_counts(), nd.default_counts(quick=True)
     assert set(full) == set(quick) == set(nd.SPLITS)
     assert full["train_biased"] == full["train_balanced"]
-    assert all(quick[s] < full[s] for s in nd.SPLITS)
+    # --quick trains on the same amounts (the shortcut depends on them) and tests on fewer
+    assert all(quick[s] == full[s] for s in ("train_biased", "train_balanced"))
+    assert all(quick[s] < full[s] for s in ("val", "test"))

@@ -15,7 +15,7 @@ import pytest
 
 import bias_audit.case_studies as cs
 from bias_audit.case_studies import check_acceptance, load_expected, run_case_study, train_plan
-from bias_audit.errors import ConfigError
+from bias_audit.errors import ConfigError, RunError
 from bias_audit.io._resources import resource_dir
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,11 +76,14 @@ def by_key(checks):
 
 def test_acceptance_passes_at_the_limits():
     expected = load_expected(SHIPPED / "expected.toml")
+    assert expected["margin"] == 0.03  # tested on its own below
+    expected["margin"] = 0.0
     acc, overall = passing()
     checks = check_acceptance(*tables(acc, overall, p=0.0009), expected)
-    # 4 biased cells, 4 cells x 2 debiased models, 5 attention/occlusion checks per debiased model;
-    # the occlusion checks read the column of [occlusion] region (FLIP)
-    assert len(checks) == 4 + 8 + 10
+    # 4 biased cells and its balanced accuracy, 4 cells x 2 debiased models, 5
+    # attention/occlusion checks per debiased model; the occlusion checks read the column of
+    # [occlusion] region (FLIP)
+    assert len(checks) == 5 + 8 + 10
     assert all(c.passed for c in checks), [c.line for c in checks if not c.passed]
     got = by_key(checks)
     ratio = got[("biased vs debiased_data", "mass:confounder ratio")]
@@ -96,13 +99,14 @@ def test_acceptance_passes_at_the_limits():
 
 def test_acceptance_fails_each_criterion_by_name():
     expected = load_expected(SHIPPED / "expected.toml")
+    expected["margin"] = 0.0
     acc, overall = passing()
-    acc["biased"]["female / nurse"] = 0.94  # below .95 on a stereotypical cell
+    acc["biased"]["female / nurse"] = 0.79  # below .80 on a stereotypical cell
     acc["biased"]["male / nurse"] = 0.76  # above .75 on a counter-stereotypical cell
-    acc["debiased_penalty"]["female / doctor"] = 0.89
-    overall["debiased_data"]["mass:confounder"] = 0.16  # ratio 1.875
+    acc["debiased_penalty"]["female / doctor"] = 0.87  # below its own floor, .88
+    overall["debiased_data"]["mass:confounder"] = 0.28  # ratio 1.07
     overall["debiased_penalty"]["mass:causal"] = 0.05  # causal == confounder: not greater
-    overall["debiased_data"][FLIP] = 0.42  # diff .03, ratio 1.07
+    overall["debiased_data"][FLIP] = 0.44  # diff .01, ratio 1.02
     del overall["debiased_penalty"][FLIP]  # missing: NaN fails
     checks = check_acceptance(*tables(acc, overall, p=0.002), expected)
     failed = {(c.model, c.name) for c in checks if not c.passed}
@@ -121,6 +125,57 @@ def test_acceptance_fails_each_criterion_by_name():
     }
     nan = by_key(checks)[("biased vs debiased_penalty", f"{FLIP} difference")]
     assert math.isnan(nan.value) and "n/a" in nan.line and nan.line.startswith("FAIL")
+
+
+def test_margin_balanced_accuracy_floors_by_model_and_flip_over_random():
+    expected = {
+        "margin": 0.03,
+        "cells": {"stereotypical": list(CELLS[:2]), "counter_stereotypical": list(CELLS[2:])},
+        "biased": {"model": "biased", "min_accuracy_stereotypical": 0.80,
+                   "max_accuracy_counter_stereotypical": 0.75, "max_balanced_accuracy": 0.85},
+        "debiased": {"models": list(MODELS[1:]),
+                     "min_accuracy_every_cell": {"debiased_data": 0.90, "debiased_penalty": 0.88}},
+        "attention": {"min_confounder_mass_ratio": 2.0, "max_p_value": 0.001,
+                      "min_causal_minus_confounder": 0.0},
+        "occlusion": {"region": "confounder", "min_flip_ratio": 3.0, "min_flip_difference": 0.05,
+                      "min_flip_over_random": 0.10},
+    }  # fmt: skip
+    acc = {
+        # balanced (.97 + .96 + .62 + .72) / 4 = .8175: .0325 under .85
+        "biased": dict(zip(CELLS, (0.97, 0.96, 0.62, 0.72), strict=True)),
+        "debiased_data": dict.fromkeys(CELLS, 0.93),
+        "debiased_penalty": dict.fromkeys(CELLS, 0.91),  # .88 + .03: its own floor
+    }
+    flip, rand = "flip:confounder", "flip_random:confounder"
+    overall = {
+        "biased": {"mass:confounder": 0.406, "mass:causal": 0.5, flip: 0.33, rand: 0.20},
+        "debiased_data": {"mass:confounder": 0.2, "mass:causal": 0.6, flip: 0.06, rand: 0.05},
+        "debiased_penalty": {"mass:confounder": 0.05, "mass:causal": 0.5, flip: 0.0, rand: 0.0},
+    }
+    got = by_key(check_acceptance(*tables(acc, overall, p=0.0009), expected))
+    assert all(c.passed for c in got.values()), [c.line for c in got.values() if not c.passed]
+    bal = got[("biased", "balanced accuracy")]
+    assert bal.value == pytest.approx(0.8175) and bal.margin == 0.03 and "(margin 0.03)" in bal.line
+    over = got[("biased", "flip:confounder - random patch")]
+    assert over.value == pytest.approx(0.13) and over.limit == 0.10
+    assert got[("biased vs debiased_data", "mass:confounder ratio")].value == pytest.approx(2.03)
+    # p-values get no margin: .0009 passes .001
+    assert got[("biased vs debiased_data", "mass:confounder paired p")].margin == 0.0
+    # Inside the margin fails, though within the limit; each floor is the model's own.
+    acc["biased"]["male / nurse"] = 0.73  # <= .75 but not <= .72; balanced .82 still passes
+    acc["debiased_penalty"]["male / doctor"] = 0.905  # above .88, not by .03
+    acc["debiased_data"]["female / doctor"] = 0.91  # above .90, not by .03
+    overall["biased"][rand] = 0.24  # flips .09 over random
+    overall["debiased_data"]["mass:confounder"] = 0.2005  # ratio 2.025
+    failed = {(c.model, c.name) for c in check_acceptance(*tables(acc, overall, p=0.0009),
+                                                          expected) if not c.passed}  # fmt: skip
+    assert failed == {
+        ("biased", "accuracy [male / nurse]"),
+        ("debiased_penalty", "accuracy [male / doctor]"),
+        ("debiased_data", "accuracy [female / doctor]"),
+        ("biased", "flip:confounder - random patch"),
+        ("biased vs debiased_data", "mass:confounder ratio"),
+    }
 
 
 def test_occlusion_criterion_defaults_to_the_confounder_role():
@@ -186,6 +241,21 @@ def test_train_plan_errors(tmp_path):
         train_plan(bad, tmp_path, tmp_path, quick=False)
 
 
+def test_seed_replaces_every_seed_of_the_settings(tmp_path):
+    data, configs = train_plan(SHIPPED / "train.toml", tmp_path, tmp_path, quick=False, seed=7)
+    assert data["seed"] == 7 and {c.seed for c in configs.values()} == {7}
+    data, configs = train_plan(SHIPPED / "train.toml", tmp_path, tmp_path, quick=False)
+    assert data["seed"] == 0 and {c.seed for c in configs.values()} == {0}
+
+
+def test_a_finished_folder_of_another_seed_is_refused(tmp_path):
+    (tmp_path / "case_study.json").write_text(json.dumps({"quick": False, "seed": 0}))
+    with pytest.raises(RunError, match="with seed 0, not 2"):
+        run_case_study("nurse-doctor", out=tmp_path, seed=2)
+    with pytest.raises(ConfigError, match="seed: expected an int >= 0, got -1"):
+        run_case_study("nurse-doctor", out=tmp_path, seed=-1)
+
+
 def test_unknown_case_study_is_named(tmp_path):
     with pytest.raises(ConfigError, match="'nurse-dentist'"):
         run_case_study("nurse-dentist", out=tmp_path)
@@ -216,7 +286,7 @@ def test_quick_case_study_end_to_end(tmp_path):
     assert (out / "audit.toml").read_text() == (out / "audit" / "config.toml").read_text()
     info = json.loads((out / "case_study.json").read_text())
     checks = {(c["model"], c["name"]): c for c in info["checks"]}
-    assert len(checks) == 22 and all(c["value"] is not None for c in checks.values())
+    assert len(checks) == 23 and all(c["value"] is not None for c in checks.values())
     # --strict: exit 1 exactly when a check failed, each failure printed
     n_failed = sum(not c["passed"] for c in checks.values())
     assert proc.returncode == (1 if n_failed else 0)

@@ -202,3 +202,37 @@ def test_progress_bar_and_epoch_summary_on_a_terminal(
     err = capsys.readouterr()
     text = err.err + err.out
     assert "epoch 1/1" in text and "loss" in text and "acc" in text
+
+
+def test_same_weights_on_one_and_two_threads(small_spurious, tmp_path):
+    # The caller's thread count must not reach the weights: a kernel that splits its sums by
+    # thread would differ in the last bits after one step, and more after two epochs.
+    states = {}
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            cfg = spurious_config(
+                small_spurious, tmp_path / f"t{threads}", epochs=2, val_manifest=None
+            )
+            result = train_classifier(cfg, progress=False)
+            # the caller's settings come back
+            assert torch.get_num_threads() == threads
+            assert not torch.are_deterministic_algorithms_enabled()
+            states[threads] = read_checkpoint(result.last_checkpoint)[0]
+    finally:
+        torch.set_num_threads(before)
+    assert states[1].keys() == states[2].keys()
+    for k in states[1]:
+        assert torch.equal(states[1][k], states[2][k]), k
+
+
+def test_epoch_lines_when_stderr_is_not_a_terminal(small_spurious, tmp_path, capsys):
+    cfg = spurious_config(small_spurious, tmp_path, epochs=2, val_manifest=None)
+    result = train_classifier(cfg, progress=True)  # pytest's captured stderr is no terminal
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("epoch ")]
+    assert len(lines) == 2
+    for line, record in zip(lines, result.history, strict=True):
+        assert line.startswith(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}")
+    train_classifier(cfg, force=True, progress=False)
+    assert capsys.readouterr().err == ""

@@ -186,6 +186,14 @@ PUBLIC = {
         "read_checkpoint", "read_metadata", "save_checkpoint",
     ],
     "bias_audit.report": ["ReportData", "load_run", "render_report"],
+    "bias_audit.case_studies": [
+        "CASE_STUDIES", "AcceptanceCheck", "CaseStudyResult", "check_acceptance",
+        "load_expected", "nurse_doctor", "run_case_study",
+    ],
+    "bias_audit.pipelines": [
+        "AuditResult", "Criterion", "StepSpec", "TrainConfig", "TrainResult", "audit",
+        "audit_batch", "check_run", "compare_runs", "train_classifier",
+    ],
 }  # fmt: skip
 
 

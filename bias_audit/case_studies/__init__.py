@@ -12,23 +12,17 @@ from bias_audit.case_studies._registry import CASE_STUDIES
 from bias_audit.case_studies._runner import (
     AcceptanceCheck,
     CaseStudyResult,
-    audit_config_text,
     check_acceptance,
-    generator_options,
     load_expected,
     run_case_study,
-    train_plan,
 )
 
 __all__ = [
     "CASE_STUDIES",
     "AcceptanceCheck",
     "CaseStudyResult",
-    "audit_config_text",
     "check_acceptance",
-    "generator_options",
     "load_expected",
     "nurse_doctor",
     "run_case_study",
-    "train_plan",
 ]

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bias_audit.case_studies import generator_options, nurse_doctor
+from bias_audit.case_studies import nurse_doctor
+from bias_audit.case_studies._runner import generator_options
 from bias_audit.case_studies.nurse_doctor import draw_portrait, region_masks
 
 COLOURS = {"face": (230, 60, 60), "hair": (240, 210, 40), "coat": (60, 110, 240),

@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 
 import bias_audit.case_studies as cs
-from bias_audit.case_studies import check_acceptance, load_expected, run_case_study, train_plan
+from bias_audit.case_studies import check_acceptance, load_expected, run_case_study
+from bias_audit.case_studies._runner import train_plan
 from bias_audit.errors import ConfigError, RunError
 from bias_audit.io._resources import resource_dir
 
@@ -323,7 +324,8 @@ def test_quick_case_study_end_to_end(tmp_path):
 
 
 def test_generator_options_build_cues_and_name_bad_keys():
-    from bias_audit.case_studies import generator_options, nurse_doctor
+    from bias_audit.case_studies import nurse_doctor
+    from bias_audit.case_studies._runner import generator_options
 
     got = generator_options(
         {"image_size": 64, "seed": 3, "cues": {"beard": 0.3, "clutter": [1, 2]}}, nurse_doctor

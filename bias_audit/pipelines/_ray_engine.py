@@ -36,8 +36,10 @@ from bias_audit.pipelines._stream import _progress_bar
 try:
     import ray
     import ray.data
+
+    HAVE_RAY = True
 except ImportError:  # the optional extra is missing; RayEngine says so
-    ray = None  # type: ignore[assignment]  # a module or None, checked before any use
+    HAVE_RAY = False
 
 __all__ = ["RayEngine", "MISSING_RAY"]
 
@@ -56,7 +58,7 @@ class RayEngine:
     """
 
     def __init__(self, config: RunConfig) -> None:
-        if ray is None:
+        if not HAVE_RAY:
             raise ConfigError(MISSING_RAY)
         self.config = config
         self._started = False

@@ -10,6 +10,9 @@ from bias_audit.pipelines import audit
 from bias_audit.report import render_report
 from tests.discovery.watermark import build_world
 
+# These tests train models or run whole audits: the slow tier.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):

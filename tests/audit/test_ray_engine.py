@@ -76,6 +76,7 @@ def test_the_interrupt_message_resumes_on_the_same_engine():
     )
 
 
+@pytest.mark.slow
 def test_missing_ray_is_one_line_and_touches_no_run_folder(world, tmp_path):
     config = write_config(world, "engine.toml", extra='\n[run]\nengine = "ray"\n')
     out = tmp_path / "run"
@@ -93,6 +94,7 @@ def test_missing_ray_is_one_line_and_touches_no_run_folder(world, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_the_local_engine_never_imports_ray(world):
     # The whole audit's imports and its engine choice: ray stays out (it is an optional extra).
     code = (

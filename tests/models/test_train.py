@@ -34,6 +34,7 @@ def val_ds(spurious):
     )
 
 
+@pytest.mark.slow
 def test_erm_takes_the_shortcut(strategy_runs, val_ds):
     cfg, res = strategy_runs("erm")
     model = load_model(checkpoint=res.checkpoint)
@@ -43,6 +44,7 @@ def test_erm_takes_the_shortcut(strategy_runs, val_ds):
     assert res.history[res.best_epoch - 1]["val_worst_group_acc"] == pytest.approx(worst)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "strategy", ["balanced", "group_dro", "attention_penalty", "mask_confounders"]
 )

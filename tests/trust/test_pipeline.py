@@ -14,6 +14,9 @@ from bias_audit.pipelines import audit
 from bias_audit.pipelines._trust import state_sha256
 from tests.audit.conftest import _save_models, _world, write_config
 
+# These tests train models or run whole audits: the slow tier.
+pytestmark = pytest.mark.slow
+
 TRUST = """
 [trust]
 sample = 12

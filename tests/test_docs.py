@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
 
@@ -11,18 +12,21 @@ from bias_audit.core import config
 from bias_audit.core.config import AuditConfig
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SECTIONS = {
-    "data": config.DataConfig, "regions": config.RegionsConfig, "explain": config.ExplainConfig,
-    "models": config.ModelConfig, "stats": config.StatsConfig,
-    "interventions": config.InterventionsConfig, "report": config.ReportConfig,
-    "output": config.OutputConfig,
-    **{
-        name: getattr(config, cls)
-        for name, cls in (("gate", "GateConfig"), ("trust", "TrustConfig"),
-                          ("discovery", "DiscoveryConfig"), ("run", "RunConfig"))
-        if hasattr(config, cls)
-    },
-}  # fmt: skip
+
+
+def _sections() -> dict[str, type]:
+    """AuditConfig's tables, read off its fields: a new section cannot be left out here."""
+    hints = typing.get_type_hints(AuditConfig)
+    out = {}
+    for f in fields(AuditConfig):
+        hint = hints[f.name]
+        table = typing.get_args(hint)[0] if f.name == "models" else hint
+        if isinstance(table, type) and issubclass(table, config._Section):
+            out[f.name] = table
+    return out
+
+
+SECTIONS = _sections()
 ROW = re.compile(r"^\| `(\[\[?\w+\]?\]) (\w+)` \| ([^|]*) \|", re.M)
 
 

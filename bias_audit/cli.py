@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bias_audit.core._malloc import keep_freed_memory
 from bias_audit.core.config import ENGINES, TrainConfig
 from bias_audit.errors import BiasAuditError, ConfigError
 
@@ -419,6 +420,7 @@ def _os_error(err: OSError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI with ``argv`` (default: ``sys.argv[1:]``) and return the exit code."""
     args: argparse.Namespace | None = None
+    keep_freed_memory()  # before torch allocates anything
     try:
         parser = _build_parser()
         args = parser.parse_args(argv)

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 import torchvision
 
+from bias_audit.core._malloc import malloc_setting
 from bias_audit.core._version import VERSION
 
 
@@ -106,6 +107,7 @@ def _summary(
             "pandas": pd.__version__,
             "seed": config.stats.seed,
             "device": str(dev),
+            "malloc": malloc_setting(),
         },  # fmt: skip
         "timings": timings,
     }

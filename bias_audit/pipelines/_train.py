@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from bias_audit.core._device import resolve_device
+from bias_audit.core._malloc import keep_freed_memory
 from bias_audit.core.architectures import build_model
 from bias_audit.core.config import TrainConfig
 from bias_audit.core.maps import resolve_target_layer
@@ -193,6 +194,7 @@ def train_classifier(
         ConfigError: a confounder region or group the manifest lacks.
         DataError, ModelError: from the data layer and ``build_model``.
     """
+    keep_freed_memory()
 
     out = Path(config.out)
     model_path, last_path = out / "model.pt", out / "last.pt"

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bias_audit.core._malloc import keep_freed_memory
 from bias_audit.core.maps._capture import Capture, capture
 from bias_audit.core.maps._layers import (
     Grid,
@@ -498,6 +499,7 @@ def explain(
     """
     if not isinstance(model, nn.Module):
         raise ModelError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    keep_freed_memory()
     methods = _check_methods(methods)
     images = _check_images(images)
     if not isinstance(scorecam_batch_size, int) or scorecam_batch_size < 1:

@@ -113,3 +113,86 @@ def test_rollout_needs_a_token_layer():
     model = _tiny_vit()
     with pytest.raises(ModelError, match="conv_proj.*not a token layer"):
         explain(model, IMAGES, methods=("attention_rollout",), target_layer="conv_proj")
+
+
+def _plain_attention_gradient(model, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The tiny ViT's forward written out by hand, the attention weights as explicit tensors,
+    their gradients from torch autograd; then Chefer et al.'s rule (ICCV 2021, self-attention):
+    R = I, R += mean_h relu(grad * A) @ R per block, the class token's row over the patches."""
+    n, heads = images.shape[0], 2
+    x = model.conv_proj(images.requires_grad_(True)).flatten(2).transpose(1, 2)
+    x = torch.cat([model.class_token.expand(n, -1, -1), x], dim=1) + model.encoder.pos_embedding
+    t, d = x.shape[1:]
+    attns = []
+    for layer in model.encoder.layers:
+        mha = layer.self_attention
+        q, k, v = (
+            (layer.ln_1(x) @ w.T + b).reshape(n, t, heads, d // heads).transpose(1, 2)
+            for w, b in zip(mha.in_proj_weight.chunk(3), mha.in_proj_bias.chunk(3), strict=True)
+        )
+        attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // heads), dim=-1)
+        attns.append(attn)
+        out = (attn @ v).transpose(1, 2).reshape(n, t, d)
+        x = x + out @ mha.out_proj.weight.T + mha.out_proj.bias
+        x = x + layer.mlp(layer.ln_2(x))
+    logits = model.heads(model.encoder.ln(x)[:, 0])
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(images))  # the hand-written forward is the model
+    grads = torch.autograd.grad(logits.gather(1, targets[:, None]).sum(), attns)
+    rel = torch.eye(t).expand(n, t, t)
+    for attn, grad in zip(attns, grads, strict=True):
+        rel = rel + (grad * attn).clamp(min=0).mean(dim=1) @ rel
+    return rel[:, 0, 1:].reshape(n, 4, 4).detach()
+
+
+def _layer_maps(model, methods, targets=None):
+    return _run(
+        model, IMAGES, _check_methods(methods), target_layer=None, targets=targets,
+        reshape=None, scorecam_batch_size=8,
+    ).layer_maps  # fmt: skip
+
+
+@pytest.mark.parametrize("targets", [[0, 2], [1, 1]])
+def test_attention_gradient_equals_a_plain_reimplementation(targets):
+    model = _tiny_vit()
+    t = torch.tensor(targets)
+    got = _layer_maps(model, ("attention_gradient",), t)["attention_gradient"]
+    want = _plain_attention_gradient(model, IMAGES.clone(), t)
+    assert got.shape == (2, 4, 4)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert float(want.max()) > 0 and float(want.max() - want.min()) > 1e-3 * float(want.max())
+
+
+def test_attention_gradient_is_class_specific_where_rollout_is_not():
+    model = _tiny_vit()
+    maps = [
+        _layer_maps(model, ("attention_gradient", "attention_rollout", "gradcam"),
+                    torch.tensor([c, c]))
+        for c in (0, 2)
+    ]  # fmt: skip
+    torch.testing.assert_close(maps[0]["attention_rollout"], maps[1]["attention_rollout"])
+    a, b = maps[0]["attention_gradient"], maps[1]["attention_gradient"]
+    assert float((a - b).abs().max()) > 0.05 * float(torch.maximum(a, b).max())
+    # Asking for it leaves the other maps as they were without it.
+    alone = _layer_maps(model, ("gradcam", "attention_rollout"), torch.tensor([2, 2]))
+    torch.testing.assert_close(maps[1]["gradcam"], alone["gradcam"])
+    torch.testing.assert_close(maps[1]["attention_rollout"], alone["attention_rollout"])
+
+
+def test_attention_gradient_contract_and_model_left_as_it_was():
+    model = _tiny_vit().train()
+    exp = explain(model, IMAGES, methods=("attention_gradient", "guided_gradcam"))
+    out = exp.maps["attention_gradient"]
+    assert out.shape == (2, 32, 32) and out.dtype == torch.float32
+    assert (out >= 0).all() and torch.isfinite(out).all()
+    assert model.training and not any(p.grad is not None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    for name, module in model.named_modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks, name
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(IMAGES), exp.logits)
+
+
+def test_attention_gradient_needs_attention_layers(resnet18, images64):
+    with pytest.raises(ModelError, match="attention_gradient.*MultiheadAttention"):
+        explain(resnet18, images64, methods=("attention_gradient",))

@@ -53,8 +53,8 @@ def model():
     return torchvision.models.resnet18(weights=None, num_classes=4)
 
 
-# Attention rollout needs a ViT: its contract is checked in test_attention.py.
-CNN_METHODS = tuple(m for m in METHODS if m != "attention_rollout")
+# The attention methods need a ViT: their contract is checked in test_attention.py.
+CNN_METHODS = tuple(m for m in METHODS if not m.startswith("attention_"))
 
 
 @pytest.mark.parametrize("method", CNN_METHODS)

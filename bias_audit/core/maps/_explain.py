@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import torch
@@ -202,6 +202,8 @@ class _Pass:
     scorecam_batch_size: int
     reshape: Reshape | None
     attentions: list[Tensor]  # (N, heads, T, T) per nn.MultiheadAttention call, in order
+    # d score / d attention weights, same shapes, if a method needs them
+    attention_grads: list[Tensor] = field(default_factory=list)
 
 
 def _given(t: Tensor | None, what: str) -> Tensor:
@@ -221,6 +223,8 @@ class _Method:
         head: the GAP + linear head after the layer (the ``nn.Linear`` calls are recorded).
         extra_passes: runs the model again after the pass (Score-CAM).
         attention: reads the attention weights of every ``nn.MultiheadAttention`` call.
+        attention_grad: also the score's gradient w.r.t. each of them: the graph then starts
+            at the first attention call instead of the target layer (costs memory).
         layer_map: the (N, h, w) map at the layer, or None for a pure input-gradient method.
         combine: (upsampled layer map or None, input gradient or None) -> the returned map;
             None returns the upsampled layer map.
@@ -231,6 +235,7 @@ class _Method:
     head: bool = False
     extra_passes: bool = False
     attention: bool = False
+    attention_grad: bool = False
     layer_map: Callable[[_Pass], Tensor] | None = None
     combine: Callable[[Tensor | None, Tensor | None], Tensor] | None = None
 
@@ -263,32 +268,59 @@ def _input_grad(_up: Tensor | None, g: Tensor | None) -> Tensor:
     return _given(g, "the input gradient")
 
 
+def _token_grid(p: _Pass, method: str) -> Grid:
+    """The target layer's token grid, checked against the tokens the attention mixes."""
+    grid = p.reshape
+    if not p.attentions:
+        raise ModelError(
+            f"{method!r} needs nn.MultiheadAttention layers (torchvision's ViT); "
+            "the model has none that was called"
+        )
+    t = p.attentions[0].shape[-1]
+    if not isinstance(grid, Grid) or grid.layout != "tokens" or grid.extra + grid.numel != t:
+        raise ModelError(
+            f"{method!r}: target_layer {p.name!r} is not a token layer of the "
+            f"{t} tokens the attention mixes; pick one (a ViT's last ln_1)"
+        )
+    return grid
+
+
+def _class_row(relevance: Tensor, grid: Grid) -> Tensor:
+    """The class token's row over the patches (N, h, w); without a class token, the patches'
+    rows are averaged: what all the patches read."""
+    e = grid.extra
+    row = relevance[:, 0, e:] if e else relevance[:, e:, e:].mean(dim=1)
+    return row.reshape(relevance.shape[0], *grid.shape)
+
+
 def _rollout_map(p: _Pass) -> Tensor:
     """Attention rollout (Abnar and Zuidema 2020): the product over layers of the head-mean
     attention with the residual added (0.5 A + 0.5 I, rows renormalised); the class token's row
     over the patches, laid out on the target layer's patch grid. Class-agnostic."""
-    grid = p.reshape
-    if not p.attentions:
-        raise ModelError(
-            "'attention_rollout' needs nn.MultiheadAttention layers (torchvision's ViT); "
-            "the model has none that was called"
-        )
+    grid = _token_grid(p, "attention_rollout")
     n, _, t, _ = p.attentions[0].shape
-    if not isinstance(grid, Grid) or grid.layout != "tokens" or grid.extra + grid.numel != t:
-        raise ModelError(
-            f"'attention_rollout': target_layer {p.name!r} is not a token layer of the "
-            f"{t} tokens the attention mixes; pick one (a ViT's last ln_1)"
-        )
     work = compute_dtype(p.attentions[0].dtype)
     eye = torch.eye(t, dtype=work, device=p.attentions[0].device)
     roll = eye.expand(n, t, t)
     for attn in p.attentions:
         a = 0.5 * attn.to(work).mean(dim=1) + 0.5 * eye
         roll = (a / a.sum(dim=-1, keepdim=True)) @ roll
-    e = grid.extra
-    # Without a class token, the patches' rows are averaged: what all the patches read.
-    row = roll[:, 0, e:] if e else roll[:, e:, e:].mean(dim=1)
-    return row.reshape(n, *grid.shape)
+    return _class_row(roll, grid)
+
+
+def _attention_gradient_map(p: _Pass) -> Tensor:
+    """Gradient-weighted attention rollout (Chefer, Gur and Wolf, ICCV 2021, the rule for
+    self-attention): per block A_bar = mean over heads of relu(dS/dA * A), and
+    R <- R + A_bar @ R from R = I, blocks in call order; the class token's row over the
+    patches. Class-specific through the gradient."""
+    grid = _token_grid(p, "attention_gradient")
+    n, _, t, _ = p.attentions[0].shape
+    work = compute_dtype(p.attentions[0].dtype)
+    rel = torch.eye(t, dtype=work, device=p.attentions[0].device).expand(n, t, t)
+    for attn, grad in zip(p.attentions, p.attention_grads, strict=True):
+        a_bar = (grad.to(work) * attn.to(work)).clamp(min=0).mean(dim=1)
+        rel = rel + a_bar @ rel
+    return _class_row(rel, grid)
 
 
 _METHODS: dict[str, _Method] = {
@@ -301,6 +333,9 @@ _METHODS: dict[str, _Method] = {
     "counterfactual": _Method(layer_grad=True, layer_map=_weighted("counterfactual")),
     "scorecam": _Method(extra_passes=True, layer_map=_scorecam_map),
     "attention_rollout": _Method(attention=True, layer_map=_rollout_map),
+    "attention_gradient": _Method(
+        attention=True, attention_grad=True, layer_map=_attention_gradient_map
+    ),
     "guided_backprop": _Method(input_rule="guided", combine=_input_grad),
     "deconvnet": _Method(input_rule="deconvnet", combine=_input_grad),
     "guided_gradcam": _Method(
@@ -339,8 +374,12 @@ def _run(
         if any(n.head for n in needs):
             _watch_linears(model, cap, linears)
         attentions: list[Tensor] = []
+        live: list[Tensor] | None = None
+        if any(n.attention_grad for n in needs):
+            # The graph starts at the first attention call, and the layer's copy stays on it.
+            live, cap.record_input = [], True
         if any(n.attention for n in needs):
-            _watch_attention(model, cap, attentions)
+            _watch_attention(model, cap, attentions, live=live)
         if rules:
             # A copy, so the user's tensor keeps its requires_grad and its .grad.
             x = x.clone().requires_grad_(True)
@@ -355,6 +394,7 @@ def _run(
         scores, used = _scores(output, targets)
         total = scores.sum()  # images are independent in eval mode: one backward for all
 
+        attention_grads = [] if live is None else _attention_grads(total, live)
         grad = None
         if any(n.layer_grad for n in needs):
             if not total.requires_grad:
@@ -379,7 +419,7 @@ def _run(
         state = _Pass(
             model=model, images=src, grid=grid, grad=grad, output=output, targets=targets,
             used=used, linears=linears, name=name, scorecam_batch_size=scorecam_batch_size,
-            reshape=reshape, attentions=attentions,
+            reshape=reshape, attentions=attentions, attention_grads=attention_grads,
         )  # fmt: skip
         layer_maps: dict[str, Tensor] = {}
         for m, need in zip(methods, needs, strict=True):
@@ -432,25 +472,67 @@ def _watch_linears(
             cap.add_hook(module, record)
 
 
-def _watch_attention(model: nn.Module, cap: Capture, records: list[Tensor]) -> None:
+def _watch_attention(
+    model: nn.Module, cap: Capture, records: list[Tensor], *, live: list[Tensor] | None = None
+) -> None:
     """Record each nn.MultiheadAttention call's per-head weights, without changing the model:
-    a pre-hook asks the call for them (the caller discards the second output anyway)."""
+    a pre-hook asks the call for them (the caller discards the second output anyway).
+
+    With ``live``, the weights are also kept on the graph, which starts at the first call's
+    inputs (detached copies that require grad: the values are the same).
+    """
 
     def ask(
         _module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]
     ) -> tuple[tuple[object, ...], dict[str, object]]:
-        if cap.enabled:
-            kwargs = {**kwargs, "need_weights": True, "average_attn_weights": False}
+        if not cap.enabled:
+            return args, kwargs
+        kwargs = {**kwargs, "need_weights": True, "average_attn_weights": False}
+        if live is not None and not records:
+            leaves: dict[int, Tensor] = {}
+
+            def leaf(v: object) -> object:
+                if not isinstance(v, Tensor) or not v.is_floating_point():
+                    return v
+                # q, k and v are usually one tensor: they stay one leaf.
+                return leaves.setdefault(id(v), v.detach().requires_grad_(True))
+
+            args = tuple(leaf(a) for a in args)
+            qkv = ("query", "key", "value")
+            kwargs = {k: leaf(v) if k in qkv else v for k, v in kwargs.items()}
         return args, kwargs
 
     def record(_module: nn.Module, _args: object, output: object) -> None:
         if cap.enabled and isinstance(output, tuple) and isinstance(output[1], Tensor):
             records.append(output[1].detach())
+            if live is not None:
+                live.append(output[1])
 
     for module in model.modules():
         if isinstance(module, nn.MultiheadAttention):
             cap.handles.append(module.register_forward_pre_hook(ask, with_kwargs=True))
             cap.add_hook(module, record)
+
+
+def _attention_grads(total: Tensor, live: list[Tensor]) -> list[Tensor]:
+    """d total / d each recorded attention weight tensor (N, heads, T, T), in ``compute_dtype``.
+
+    The (N, heads, T, T) tensor nn.MultiheadAttention returns is a view taken after the
+    weights were used; the gradient is the one of the tensor it views, which the values
+    were multiplied with.
+    """
+    if not live:
+        return []
+    sources = [w if w._base is None else w._base for w in live]
+    grads = None
+    if total.requires_grad and all(s.requires_grad for s in sources):
+        grads = torch.autograd.grad(total, sources, retain_graph=True, allow_unused=True)
+    if grads is None or any(g is None for g in grads):
+        raise ModelError(
+            "'attention_gradient': the scores do not depend on the attention weights the "
+            "model's nn.MultiheadAttention calls return"
+        )
+    return [g.reshape(w.shape).to(compute_dtype(w.dtype)) for g, w in zip(grads, live, strict=True)]
 
 
 def explain(

@@ -55,6 +55,8 @@ methods = ["gradcam", "attention_gradient"]
 min_group_size = 2
 bootstrap = 20
 permutations = 20
+[interventions]
+enabled = false
 [trust]
 enabled = false
 [discovery]

@@ -701,6 +701,9 @@ class AuditConfig:
         # A time budget refuses a run before it starts; it never changes a row.
         keep["explain"].pop("max_seconds")
         keep["seed"] = self.stats.seed
+        # The parts also hold discovery's inputs (maps at map_size, features), not its scoring.
+        disc = self.discovery
+        keep["discovery"] = [disc.enabled, disc.map_size, disc.features] if disc.enabled else False
         text = json.dumps(keep, sort_keys=True, default=str)
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 

@@ -236,7 +236,7 @@ def audit(
         t_discovery = time.perf_counter()
         discovered: tuple[list, list] = ([], [])
         if config.discovery.enabled:
-            *discovered, clusters = discover(config, loaded, samples, collected, store, dev)
+            *discovered, clusters = discover(config, loaded, samples, collected, store, dev, layers)
             samples = samples.merge(clusters, on=["model", "id"], how="left")
         del collected
         discovery_s = time.perf_counter() - t_discovery

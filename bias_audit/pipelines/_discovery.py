@@ -11,6 +11,7 @@ per cluster. Memory: ``map_size``² float16 values and one feature vector per im
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -26,6 +27,7 @@ from bias_audit.core.discovery import (
     consistency,
     flag_cluster,
     flip_excess,
+    grow_region,
     hot_region,
     merge_by_region,
     spectral_clusters,
@@ -135,6 +137,8 @@ def _score_class(
     ids,
     view,
     x,
+    clock,
+    grow,
 ) -> tuple[list[dict], np.ndarray]:
     """Cluster one class in one view and score each cluster; (entries, labels over idx).
 
@@ -152,9 +156,11 @@ def _score_class(
     labels = np.full(len(idx), -1, dtype=int)
     if len(use) == 0:
         return [], labels
+    t0 = time.perf_counter()
     clustering = spectral_clusters(
         x[use], max_clusters=d.max_clusters, n_neighbors=d.neighbors, seed=config.stats.seed
     )
+    clock["cluster_s"] += time.perf_counter() - t0
 
     def regions(found: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
         out = []
@@ -174,7 +180,7 @@ def _score_class(
     entries = []
     class_attrs = {a: [attrs[a][i] for i in use] for a in attrs}
     for k, (mean, hot) in enumerate(regions(found)):
-        region = hot
+        region = grow_region(hot, cells=grow)
         members = use[found == k]
         rest = use[found != k]
         if len(rest):
@@ -185,6 +191,7 @@ def _score_class(
             over, enriched = "all images", attribute_enrichment(everyone, attrs)
         enrichment = [asdict(e) for e in enriched]
         cons = consistency(small[members].float(), hot)
+        t0 = time.perf_counter()
         flip, flip_random = _occlude(
             model, ds, _sample(members, d.max_occluded, rng), region, c, config, dev, baseline=True
         )
@@ -194,6 +201,7 @@ def _score_class(
         flip_place, _ = _occlude(model, ds, control, region, c, config, dev, baseline=False)
         own = top_cells(small[control].float(), int(region.sum()))
         flip_own, _ = _occlude(model, ds, control, own, c, config, dev, baseline=False)
+        clock["occlusion_s"] += time.perf_counter() - t0
         excess = flip_excess(flip, flip_random, flip_place, flip_own)
         flagged, reasons = flag_cluster(
             size=len(members),
@@ -236,11 +244,19 @@ def _score_class(
     return entries, labels
 
 
+def _half_cell(map_size: int, layer_side: int) -> int:
+    """Half a layer cell in cells of the ``map_size`` grid, rounded up; 0 when the layer is as
+    fine as the grid."""
+    if layer_side >= map_size:
+        return 0
+    return math.ceil(map_size / max(layer_side, 1) / 2 - 1e-9)
+
+
 def _f(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def discover(config: AuditConfig, loaded, samples: pd.DataFrame, collected, store, dev):
+def discover(config: AuditConfig, loaded, samples: pd.DataFrame, collected, store, dev, layers):
     """Run discovery for every model.
 
     Args:
@@ -248,6 +264,8 @@ def discover(config: AuditConfig, loaded, samples: pd.DataFrame, collected, stor
         loaded: model name -> (model, dataset, plan), as the run loop holds them.
         samples: the samples table (``model``, ``id``, ``label``, ``pred``, groups).
         collected: ``model``, ``id``, ``pred`` and the ``discovery:*`` columns of the parts.
+        layers: model name -> {"layer_shape": [h, w], ...} of the explain pass: the occluded
+            region grows by half a layer cell (see ``grow_region``).
         store: the run's RunStore; ``discovery.parquet`` and ``discovery.json`` are written.
         dev: the device.
 
@@ -258,9 +276,12 @@ def discover(config: AuditConfig, loaded, samples: pd.DataFrame, collected, stor
     """
     entries: list[dict[str, Any]] = []
     tables = []
+    clock = {"cluster_s": 0.0, "occlusion_s": 0.0}
     for name, (model, ds, _plan) in loaded.items():
         mine = collected[collected["model"] == name].set_index("id").loc[list(ds.ids)]
         small, ok, features, preds = _arrays(mine, ds.classes, config.discovery.map_size)
+        shape = layers.get(name, {}).get("layer_shape") or [config.discovery.map_size]
+        grow = _half_cell(config.discovery.map_size, min(int(v) for v in shape[-2:]))
         ok_np = ok.numpy()
         rows = samples[samples["model"] == name].set_index("id").loc[list(ds.ids)]
         correct = rows["correct"].to_numpy(bool)
@@ -296,6 +317,8 @@ def discover(config: AuditConfig, loaded, samples: pd.DataFrame, collected, stor
                     ids=ids,
                     view=view,
                     x=x,
+                    clock=clock,
+                    grow=grow,
                 )
                 entries.extend(got)
                 prefix = "" if view == "map" else "f"
@@ -322,7 +345,9 @@ def discover(config: AuditConfig, loaded, samples: pd.DataFrame, collected, stor
         min_size=config.discovery.min_cluster_size,
     )
     store.write_table("discovery.parquet", clusters)
-    store.write_json("discovery.json", {"clusters": entries, "error_slices": slices})
+    store.write_json(
+        "discovery.json", {"clusters": entries, "error_slices": slices, "timings": clock}
+    )
     summary = [{k: v for k, v in e.items() if k != "mean_map"} for e in entries]
     return summary, slices, clusters
 

@@ -1,76 +1,94 @@
-"""Cost of discovery's clustering against the explain pass, for N images of one model.
+"""Cost of discovery against the streaming explain pass, in a whole audit of N images.
 
-    python benchmarks/discovery_bench.py [--n 1000] [--size 64] [--batch 64] [--arch smallcnn_w8]
+    python benchmarks/discovery_bench.py [--n 1000] [--size 64] [--epochs 1] [--off]
 
-Times (1) explain alone over N random images already in memory (the reference), (2) the
-clustering of the same N maps (16x16) and penultimate features split into two predicted
-classes: spectral_clusters per class and view, as the discovery phase runs them. The floor
-(issue 16): clustering < 10% of the explain pass. The occlusion score is not counted: it is
-a fixed number of forward passes per cluster (``max_occluded`` images, three passes).
+Writes N watermark images (tests/discovery/watermark.py) and a small training set, trains
+smallcnn_w8 for ``--epochs`` at ``--size`` px, then runs one audit (no interventions, trust or
+report) with one torch thread and reads its timings: ``per_model_s`` (the streaming pass,
+which now also keeps discovery's maps and features) and ``discovery_s`` (clustering both views
+of every predicted class and the bounded occlusion scoring). The floor (issue 16): discovery
+< 10% of the explain pass. ``--off`` runs the same audit once more with discovery disabled, for
+the streaming pass's own overhead of keeping the arrays (two audits: twice the time).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bias_audit.core.architectures import build_model  # noqa: E402
-from bias_audit.core.discovery import downsample_maps, spectral_clusters  # noqa: E402
-from bias_audit.core.maps import explain  # noqa: E402
+from bias_audit.core.config import TrainConfig  # noqa: E402
+from bias_audit.pipelines import audit, train_classifier  # noqa: E402
+from tests.discovery.watermark import CLASSES, MEAN, STD, write_watermark  # noqa: E402
+
+
+def _config(root: Path, test: Path, ckpt: Path, size: int, *, discovery: bool) -> Path:
+    path = root / f"audit_{'on' if discovery else 'off'}.toml"
+    path.write_text(
+        f'title = "bench"\n[data]\nmanifest = "{test}"\ngroups = ["watermark"]\n'
+        f"image_size = {size}\nbatch_size = 64\n[stats]\nmin_group_size = 5\nbootstrap = 20\n"
+        "permutations = 20\n[interventions]\nenabled = false\n[trust]\nenabled = false\n"
+        f"[discovery]\nenabled = {'true' if discovery else 'false'}\n"
+        "[report]\nenabled = false\ngallery_per_cell = 0\n"
+        f'[[models]]\nname = "m"\ncheckpoint = "{ckpt}"\n'
+    )
+    return path
+
+
+def _run(config: Path, out: Path) -> tuple[float, float, float, dict]:
+    t0 = time.perf_counter()
+    result = audit(config, out=out, progress=False)
+    wall = time.perf_counter() - t0
+    timings = result.summary["timings"]
+    found = out / "discovery.json"
+    parts = json.loads(found.read_text())["timings"] if found.exists() else {}
+    return float(timings["per_model_s"]["m"]), float(timings["discovery_s"]), wall, parts
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--arch", default="smallcnn_w8")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--off", action="store_true", help="also time the audit without discovery")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    model = build_model(args.arch, num_classes=2).eval()
-    images = torch.randn(
-        args.n, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)
-    )
-    feats: list[torch.Tensor] = []
-    hook = model.fc.register_forward_pre_hook(lambda _m, a: feats.append(a[0].detach()))
-    t0 = time.perf_counter()
-    smalls, preds = [], []
-    for s in range(0, args.n, args.batch):
-        exp = explain(model, images[s : s + args.batch], methods=("gradcam",))
-        smalls.append(downsample_maps(exp.maps["gradcam"], size=16)[0])
-        preds.append(exp.logits.argmax(dim=1))
-    explain_s = time.perf_counter() - t0
-    hook.remove()
-    x_map = torch.cat(smalls).flatten(1).numpy()
-    x_feat = torch.cat([f for f in feats if f.ndim == 2]).numpy()
-    # random init gives one class for nearly all images; split in halves as two classes
-    classes = np.arange(args.n) % 2
-
-    def cluster_all() -> float:
-        t1 = time.perf_counter()
-        for c in (0, 1):
-            idx = np.flatnonzero(classes == c)
-            for x in (x_map, x_feat[: args.n]):
-                spectral_clusters(x[idx], max_clusters=8, n_neighbors=10, seed=0)
-        return time.perf_counter() - t1
-
-    # the first call also pays the process's one-time scipy/scikit-learn start-up
-    cold_s, cluster_s = cluster_all(), cluster_all()
-    print(f"n={args.n} size={args.size} arch={args.arch} threads={torch.get_num_threads()}")
-    print(f"explain pass: {explain_s:.2f} s ({args.n / explain_s:.0f} img/s)")
-    print(
-        f"clustering (2 classes x maps + features): {cluster_s:.2f} s (first call {cold_s:.2f} s)"
-    )
-    print(f"ratio: {cluster_s / explain_s:.1%} (first call {cold_s / explain_s:.1%}; floor < 10%)")
-    print(f"memory kept: maps {x_map.astype(np.float16).nbytes / 1e6:.2f} MB (float16), "
-          f"features {x_feat.nbytes / 1e6:.2f} MB")  # fmt: skip
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        p = {"cross": 0.05, "ring": 0.95}
+        train = write_watermark(root / "train", 400, p_mark=p, seed=args.seed)
+        test = write_watermark(
+            root / "test", args.n, p_mark={"cross": 0.5, "ring": 0.5}, seed=args.seed + 2
+        )
+        cfg = TrainConfig(
+            train_manifest=str(train), arch="smallcnn_w8", image_size=args.size, mean=MEAN,
+            std=STD, epochs=args.epochs, batch_size=32, lr=3e-3, seed=0, out=str(root / "m"),
+            classes=CLASSES,
+        )  # fmt: skip
+        ckpt = train_classifier(cfg, progress=False).checkpoint
+        on = _config(root, test, ckpt, args.size, discovery=True)
+        stream_s, discovery_s, wall, parts = _run(on, root / "run_on")
+        print(f"n={args.n} size={args.size} arch=smallcnn_w8 threads={torch.get_num_threads()}")
+        print(f"streaming pass (explain + discovery's arrays): {stream_s:.2f} s")
+        print(f"discovery phase (clustering + occlusion scoring): {discovery_s:.2f} s")
+        print(f"  of which clustering {parts['cluster_s']:.2f} s "
+              f"({parts['cluster_s'] / stream_s:.1%} of the pass; floor < 10%), "
+              f"occlusion scoring {parts['occlusion_s']:.2f} s")  # fmt: skip
+        print(f"ratio: {discovery_s / stream_s:.1%}; audit wall {wall:.1f} s")
+        if args.off:
+            off = _config(root, test, ckpt, args.size, discovery=False)
+            off_s, _, off_wall, _ = _run(off, root / "run_off")
+            extra = stream_s / off_s - 1
+            print(f"streaming pass without discovery: {off_s:.2f} s (keeping the arrays: "
+                  f"{extra:+.1%}); audit wall {off_wall:.1f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -491,7 +491,10 @@ class DiscoveryConfig(_Section):
     random same-area region in the members; the same region, and each image's own hottest
     cells, in the rest of the class (the other classes when the cluster is the whole class).
     Map clusters of a class whose hot regions overlap by ``merge_iou`` (IoU) are merged first.
-    At most ``max_occluded`` images per cluster (and as many control images) are occluded.
+    The occluded region is the hot region grown by half a cell of the explained layer.
+    ``enabled``, ``map_size`` and ``features`` are part of the resume key: the streaming pass
+    keeps discovery's maps and features in each batch's part. At most ``max_occluded`` images
+    per cluster (and as many control images) are occluded.
     ``fill`` is "mean" by default, not the interventions' blur: a blur leaves a bright mark
     bright enough to be read.
     """
@@ -701,6 +704,9 @@ class AuditConfig:
         # A time budget refuses a run before it starts; it never changes a row.
         keep["explain"].pop("max_seconds")
         keep["seed"] = self.stats.seed
+        # The parts also hold discovery's inputs (maps at map_size, features), not its scoring.
+        disc = self.discovery
+        keep["discovery"] = [disc.enabled, disc.map_size, disc.features] if disc.enabled else False
         text = json.dumps(keep, sort_keys=True, default=str)
         return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 

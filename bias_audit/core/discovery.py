@@ -24,7 +24,9 @@ A cluster is flagged as a candidate shortcut when all four hold (defaults in
   hottest cells, in the rest of the class or, for a whole-class cluster, the other classes),
   is at least ``min_flip_excess``.
 
-Before scoring, map clusters of one class whose hot regions overlap (IoU >= ``merge_iou``) are
+The occluded region is the hot region grown by half a cell of the explained layer
+(:func:`grow_region`); consistency is measured on the hot region itself. Before scoring, map
+clusters of one class whose hot regions overlap (IoU >= ``merge_iou``) are
 merged (:func:`merge_by_region`).
 """
 
@@ -53,6 +55,7 @@ __all__ = [
     "downsample_maps",
     "spectral_clusters",
     "hot_region",
+    "grow_region",
     "merge_by_region",
     "top_cells",
     "attribute_enrichment",
@@ -222,6 +225,20 @@ def hot_region(mean_map: Tensor, *, mass: float = 0.5, min_area: float = 0.05) -
     out = torch.zeros(flat.numel(), dtype=torch.bool)
     out[order[: min(need, flat.numel())]] = True
     return out.view(mean_map.shape)
+
+
+def grow_region(region: Tensor, *, cells: int) -> Tensor:
+    """(h, w) bool: ``region`` grown by ``cells`` cells on every side (a square dilation).
+
+    A class-activation map is computed at its layer's resolution and upsampled, so a place in
+    it is known only to within one layer cell: the hottest cells of a low-resolution map can
+    sit beside the thing they point at and cover only part of it (a watermark half occluded
+    is still read). Growing the region by half a layer cell covers what the map points at.
+    """
+    if cells <= 0:
+        return region
+    grown = F.max_pool2d(region[None, None].float(), 2 * cells + 1, stride=1, padding=cells)
+    return grown[0, 0].bool()
 
 
 def consistency(small: Tensor, region: Tensor) -> float:

@@ -49,7 +49,7 @@ from bias_audit.pipelines._statistics import (
     _holm_all,
     _statistics,
 )
-from bias_audit.pipelines._step import MAP_OK
+from bias_audit.pipelines._step import DISCOVERY_FEATURES, DISCOVERY_MAP, MAP_OK
 from bias_audit.pipelines._stream import _skipped, _stream
 from bias_audit.pipelines._summary import _summary
 from bias_audit.pipelines._trust import run_trust
@@ -228,12 +228,17 @@ def audit(
                              f"{final!r}; an earlier layer can miss or invent a shortcut"),
                 })  # fmt: skip
         samples = pd.concat(frames, ignore_index=True)
+        # discovery's inputs rode in the parts; they are not samples-table columns
+        inputs = [c for c in (DISCOVERY_MAP, DISCOVERY_FEATURES) if c in samples]
+        collected = samples[["model", "id", "pred", *inputs]]
+        samples = samples.drop(columns=inputs)
         # -- discovery: clusters per predicted class, the samples' cluster columns
         t_discovery = time.perf_counter()
         discovered: tuple[list, list] = ([], [])
         if config.discovery.enabled:
-            *discovered, clusters = discover(config, loaded, samples, store, dev, layers)
+            *discovered, clusters = discover(config, loaded, samples, collected, store, dev, layers)
             samples = samples.merge(clusters, on=["model", "id"], how="left")
+        del collected
         discovery_s = time.perf_counter() - t_discovery
         # -- end discovery
         store.write_table("samples.parquet", samples)

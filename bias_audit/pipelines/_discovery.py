@@ -1,14 +1,17 @@
 """The discovery phase: cluster each model's maps and features per predicted class, score the
 clusters by occlusion, and write ``discovery.parquet`` / ``discovery.json``.
 
-A second pass over the dataset (one explain pass per batch, with a hook on the classifier
-head's input for the penultimate features) keeps the streaming step untouched and works the
-same after a resume. Memory: ``map_size``² float16 values and one feature vector per image.
+Its inputs come from the streaming pass: each batch's part holds the downsampled maps and the
+classifier head's input (``discovery:map``, ``discovery:features``, float16), so they resume
+with the part and come back from a Ray actor with the rows; no second pass over the data. Only
+the occlusion scoring reads images again, at most ``max_occluded`` members and as many controls
+per cluster. Memory: ``map_size``² float16 values and one feature vector per image.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -16,25 +19,23 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import DataLoader
 
 from bias_audit.core.config import AuditConfig
 from bias_audit.core.discovery import (
     FlagRule,
     attribute_enrichment,
     consistency,
-    downsample_maps,
     flag_cluster,
     flip_excess,
+    grow_region,
     hot_region,
     merge_by_region,
     spectral_clusters,
     top_cells,
 )
-from bias_audit.core.maps import explain
 from bias_audit.core.metrics import occlusion_effect
 from bias_audit.io.data import collate
+from bias_audit.pipelines._step import DISCOVERY_FEATURES, DISCOVERY_MAP
 
 __all__ = ["CLUSTER", "FEATURE_CLUSTER", "discover"]
 
@@ -45,54 +46,20 @@ FEATURE_CLUSTER = "feature_cluster"
 TYPICAL = 4
 
 
-def _head(model: nn.Module) -> nn.Module | None:
-    """The classifier head: the last ``nn.Linear`` registered (its input is the penultimate
-    representation); None for a model without one."""
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            last = m
-    return last
-
-
-def _collect(model, ds, config: AuditConfig, target_layer: str | None, dev):
-    """(small maps (N, s, s) float16, ok (N,), features (N, D) float32 or None, preds (N,))."""
-    d = config.discovery
-    head = _head(model)
-    feats: list[torch.Tensor] = []
-    seen: list[torch.Tensor] = []
-
-    def record(_m, args) -> None:
-        x = args[0].detach()
-        seen.append(x.flatten(2).mean(dim=2) if x.ndim > 2 else x)
-
-    handle = head.register_forward_pre_hook(record) if (head is not None and d.features) else None
-    smalls, oks, preds = [], [], []
-    loader = DataLoader(ds, batch_size=config.data.batch_size, shuffle=False, collate_fn=collate)
-    try:
-        for batch in loader:
-            seen.clear()
-            targets = batch.labels.to(dev) if config.explain.target == "label" else None
-            exp = explain(
-                model,
-                batch.images.to(dev),
-                methods=config.explain.methods[:1],
-                target_layer=target_layer,
-                targets=targets,
-            )
-            small, ok = downsample_maps(exp.maps[config.explain.methods[0]].cpu(), size=d.map_size)
-            smalls.append(small.half())
-            oks.append(ok)
-            preds.append(exp.logits.argmax(dim=1).cpu())
-            # the explain pass may run the model more than once; the batch's own pass is last
-            hit = [s for s in seen if s.shape[0] == len(batch.ids)]
-            if handle is not None and hit:
-                feats.append(hit[-1].float().cpu())
-    finally:
-        if handle is not None:
-            handle.remove()
-    features = torch.cat(feats).numpy() if feats and len(feats) == len(smalls) else None
-    return torch.cat(smalls), torch.cat(oks), features, torch.cat(preds)
+def _arrays(rows: pd.DataFrame, classes, size: int):
+    """(small maps (N, s, s) float16, ok (N,), features (N, D) float32 or None, preds (N,))
+    from the ``discovery:*`` columns the streaming step wrote, rows in dataset order."""
+    maps = np.frombuffer(b"".join(rows[DISCOVERY_MAP].tolist()), dtype=np.float16)
+    small = torch.from_numpy(maps.reshape(len(rows), size, size).copy())
+    ok = small.float().flatten(1).sum(dim=1) > 0  # a map without mass is stored as zeros
+    blobs = rows[DISCOVERY_FEATURES].tolist()
+    features = None
+    if blobs and all(len(b) == len(blobs[0]) > 0 for b in blobs):
+        flat = np.frombuffer(b"".join(blobs), dtype=np.float16).astype(np.float32)
+        features = flat.reshape(len(rows), -1)
+    index = {c: i for i, c in enumerate(classes)}
+    preds = torch.tensor([index[p] for p in rows["pred"]], dtype=torch.long)
+    return small, ok, features, preds
 
 
 def _occlude(model, ds, idx, region, target, config, dev, *, baseline: bool):
@@ -170,6 +137,8 @@ def _score_class(
     ids,
     view,
     x,
+    clock,
+    grow,
 ) -> tuple[list[dict], np.ndarray]:
     """Cluster one class in one view and score each cluster; (entries, labels over idx).
 
@@ -187,9 +156,11 @@ def _score_class(
     labels = np.full(len(idx), -1, dtype=int)
     if len(use) == 0:
         return [], labels
+    t0 = time.perf_counter()
     clustering = spectral_clusters(
         x[use], max_clusters=d.max_clusters, n_neighbors=d.neighbors, seed=config.stats.seed
     )
+    clock["cluster_s"] += time.perf_counter() - t0
 
     def regions(found: np.ndarray) -> list[tuple[torch.Tensor, torch.Tensor]]:
         out = []
@@ -209,7 +180,7 @@ def _score_class(
     entries = []
     class_attrs = {a: [attrs[a][i] for i in use] for a in attrs}
     for k, (mean, hot) in enumerate(regions(found)):
-        region = hot
+        region = grow_region(hot, cells=grow)
         members = use[found == k]
         rest = use[found != k]
         if len(rest):
@@ -220,6 +191,7 @@ def _score_class(
             over, enriched = "all images", attribute_enrichment(everyone, attrs)
         enrichment = [asdict(e) for e in enriched]
         cons = consistency(small[members].float(), hot)
+        t0 = time.perf_counter()
         flip, flip_random = _occlude(
             model, ds, _sample(members, d.max_occluded, rng), region, c, config, dev, baseline=True
         )
@@ -229,6 +201,7 @@ def _score_class(
         flip_place, _ = _occlude(model, ds, control, region, c, config, dev, baseline=False)
         own = top_cells(small[control].float(), int(region.sum()))
         flip_own, _ = _occlude(model, ds, control, own, c, config, dev, baseline=False)
+        clock["occlusion_s"] += time.perf_counter() - t0
         excess = flip_excess(flip, flip_random, flip_place, flip_own)
         flagged, reasons = flag_cluster(
             size=len(members),
@@ -271,20 +244,30 @@ def _score_class(
     return entries, labels
 
 
+def _half_cell(map_size: int, layer_side: int) -> int:
+    """Half a layer cell in cells of the ``map_size`` grid, rounded up; 0 when the layer is as
+    fine as the grid."""
+    if layer_side >= map_size:
+        return 0
+    return math.ceil(map_size / max(layer_side, 1) / 2 - 1e-9)
+
+
 def _f(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else float(v)
 
 
-def discover(config: AuditConfig, loaded, samples: pd.DataFrame, store, dev, layers):
+def discover(config: AuditConfig, loaded, samples: pd.DataFrame, collected, store, dev, layers):
     """Run discovery for every model.
 
     Args:
         config: the audit config (its ``[discovery]`` section).
         loaded: model name -> (model, dataset, plan), as the run loop holds them.
         samples: the samples table (``model``, ``id``, ``label``, ``pred``, groups).
+        collected: ``model``, ``id``, ``pred`` and the ``discovery:*`` columns of the parts.
+        layers: model name -> {"layer_shape": [h, w], ...} of the explain pass: the occluded
+            region grows by half a layer cell (see ``grow_region``).
         store: the run's RunStore; ``discovery.parquet`` and ``discovery.json`` are written.
         dev: the device.
-        layers: model name -> {"target_layer": ...} resolved by the stream.
 
     Returns:
         ``(entries, clusters)``: one dict per cluster for ``summary["discovery"]`` (without
@@ -293,9 +276,12 @@ def discover(config: AuditConfig, loaded, samples: pd.DataFrame, store, dev, lay
     """
     entries: list[dict[str, Any]] = []
     tables = []
+    clock = {"cluster_s": 0.0, "occlusion_s": 0.0}
     for name, (model, ds, _plan) in loaded.items():
-        layer = layers.get(name, {}).get("target_layer")
-        small, ok, features, preds = _collect(model, ds, config, layer, dev)
+        mine = collected[collected["model"] == name].set_index("id").loc[list(ds.ids)]
+        small, ok, features, preds = _arrays(mine, ds.classes, config.discovery.map_size)
+        shape = layers.get(name, {}).get("layer_shape") or [config.discovery.map_size]
+        grow = _half_cell(config.discovery.map_size, min(int(v) for v in shape[-2:]))
         ok_np = ok.numpy()
         rows = samples[samples["model"] == name].set_index("id").loc[list(ds.ids)]
         correct = rows["correct"].to_numpy(bool)
@@ -331,6 +317,8 @@ def discover(config: AuditConfig, loaded, samples: pd.DataFrame, store, dev, lay
                     ids=ids,
                     view=view,
                     x=x,
+                    clock=clock,
+                    grow=grow,
                 )
                 entries.extend(got)
                 prefix = "" if view == "map" else "f"
@@ -357,7 +345,9 @@ def discover(config: AuditConfig, loaded, samples: pd.DataFrame, store, dev, lay
         min_size=config.discovery.min_cluster_size,
     )
     store.write_table("discovery.parquet", clusters)
-    store.write_json("discovery.json", {"clusters": entries, "error_slices": slices})
+    store.write_json(
+        "discovery.json", {"clusters": entries, "error_slices": slices, "timings": clock}
+    )
     summary = [{k: v for k, v in e.items() if k != "mean_map"} for e in entries]
     return summary, slices, clusters
 

@@ -203,6 +203,9 @@ def _spec(config: AuditConfig, plan: _Plan, ds) -> StepSpec:
         baseline=config.interventions.baseline,
         occlude_regions=config.interventions.regions,
         seed=config.stats.seed,
+        # discovery's inputs come from this pass (no second pass over the data)
+        discovery_size=config.discovery.map_size if config.discovery.enabled else 0,
+        discovery_features=config.discovery.features,
     )
 
 

@@ -10,11 +10,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from bias_audit.core._naming import ROLES, column
+from bias_audit.core.discovery import downsample_maps
 from bias_audit.core.maps import explain
 from bias_audit.core.metrics import occlusion_effect, role_masks, sample_metrics
 
@@ -22,10 +24,28 @@ if TYPE_CHECKING:  # pragma: no cover
     from bias_audit.core.maps import Explanation
     from bias_audit.io.data import Batch
 
-__all__ = ["StepSpec", "audit_batch", "explain_batch", "batch_rows", "method_column", "MAP_OK"]
+__all__ = [
+    "StepSpec",
+    "Explained",
+    "audit_batch",
+    "explain_batch",
+    "batch_rows",
+    "method_column",
+    "head_of",
+    "MAP_OK",
+    "DISCOVERY_MAP",
+    "DISCOVERY_FEATURES",
+]
 
 #: Column: the first method's map has a positive, finite total (else its metrics are NaN).
 MAP_OK = "map_ok"
+#: Part columns for the discovery phase, dropped from the samples table: the first method's
+#: map area-averaged to ``discovery_size``² cells and normalised to sum 1 (all zero for a map
+#: without mass), and the classifier head's input; both float16 bytes, row-major. Kept in the
+#: batch's part, so they share its checksum and its resume, and travel with the rows from a
+#: Ray actor.
+DISCOVERY_MAP = "discovery:map"
+DISCOVERY_FEATURES = "discovery:features"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +68,10 @@ class StepSpec:
         occlude_regions: region names also occluded one by one with the roles (one more pass
             each, two with the baseline): ``flip:<region>``, ``drop:<region>`` ... columns.
         seed: seed of the random patches.
+        discovery_size: side of the downsampled maps kept for discovery (the
+            ``discovery:map`` column); 0 keeps none.
+        discovery_features: also keep the classifier head's input (``discovery:features``,
+            empty bytes for a model without an ``nn.Linear``); only with ``discovery_size``.
     """
 
     model: str
@@ -62,6 +86,28 @@ class StepSpec:
     fill: str = "blur"
     occlude_regions: tuple[str, ...] = ()
     seed: int = 0
+    discovery_size: int = 0
+    discovery_features: bool = False
+
+
+@dataclass(frozen=True)
+class Explained:
+    """What :func:`explain_batch` gives :func:`batch_rows`: the explanation, and the
+    classifier head's input of the same forward pass ((N, D) float, or None when it was not
+    asked for or the model has no ``nn.Linear``)."""
+
+    exp: Explanation
+    features: torch.Tensor | None = None
+
+
+def head_of(model: nn.Module) -> nn.Module | None:
+    """The classifier head: the last ``nn.Linear`` registered (its input is the penultimate
+    representation); None for a model without one."""
+    last = None
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            last = m
+    return last
 
 
 def _numpy(t: torch.Tensor):
@@ -91,24 +137,46 @@ def audit_batch(model: nn.Module, batch: Batch, *, spec: StepSpec) -> pd.DataFra
     return batch_rows(model, batch, explain_batch(model, batch, spec=spec), spec=spec)
 
 
-def explain_batch(model: nn.Module, batch: Batch, *, spec: StepSpec) -> Explanation:
-    """The model half of :func:`audit_batch`: one explain pass -> an ``Explanation``."""
+def explain_batch(model: nn.Module, batch: Batch, *, spec: StepSpec) -> Explained:
+    """The model half of :func:`audit_batch`: one explain pass -> :class:`Explained`.
+
+    With ``spec.discovery_features`` a pre-hook on the head records its input in the same
+    pass: no second pass over the data for discovery.
+    """
 
     device = next(iter(model.parameters()), torch.empty(0)).device
     targets = batch.labels.to(device) if spec.target == "label" else None
-    return explain(
-        model, batch.images.to(device), methods=spec.methods, target_layer=spec.target_layer,
-        targets=targets,
-    )  # fmt: skip
+    head = head_of(model) if spec.discovery_size and spec.discovery_features else None
+    seen: list[torch.Tensor] = []
+
+    def record(_m, args) -> None:
+        x = args[0].detach()
+        # a Linear acts on the last dim: average any token/spatial dims in between
+        seen.append(x.reshape(len(x), -1, x.shape[-1]).mean(dim=1).float().cpu().clone())
+
+    handle = head.register_forward_pre_hook(record) if head is not None else None
+    try:
+        exp = explain(
+            model, batch.images.to(device), methods=spec.methods,
+            target_layer=spec.target_layer, targets=targets,
+        )  # fmt: skip
+    finally:
+        if handle is not None:
+            handle.remove()
+    # The batch's own forward pass is the first of its size: a layer probe runs one image
+    # before it (the same image when the batch has one) and Score-CAM's masked passes after.
+    hit = next((x for x in seen if x.shape[0] == len(batch.ids)), None)
+    return Explained(exp=exp, features=hit)
 
 
-def batch_rows(model: nn.Module, batch: Batch, exp: Explanation, *, spec: StepSpec) -> pd.DataFrame:
+def batch_rows(model: nn.Module, batch: Batch, out: Explained, *, spec: StepSpec) -> pd.DataFrame:
     """The table half of :func:`audit_batch`: metrics (and interventions) -> rows.
 
     Without interventions it never calls ``model``, so it can run beside the next batch's
     :func:`explain_batch`.
     """
 
+    exp = out.exp
     logits = exp.logits.detach()
     probs = torch.softmax(logits.float(), dim=1)
     pred = logits.argmax(dim=1)
@@ -164,10 +232,21 @@ def batch_rows(model: nn.Module, batch: Batch, exp: Explanation, *, spec: StepSp
             data[column("flip_random", role)] = _numpy(occ.flip_random[:, j])
             data[column("drop_random", role)] = _numpy(occ.drop_prob_random[:, j])
     data[MAP_OK] = _numpy(torch.isfinite(total) & (total > 0)).astype(bool)
+    if spec.discovery_size:
+        small, _ = downsample_maps(maps, size=spec.discovery_size)
+        data[DISCOVERY_MAP] = _rows_bytes(small)
+        feats = out.features if spec.discovery_features else None
+        data[DISCOVERY_FEATURES] = _rows_bytes(feats) if feats is not None else [b""] * len(small)
     rows = pd.DataFrame(data)
     rows.attrs["target_layer"] = exp.target_layer
     rows.attrs["layer_shape"] = [int(v) for v in exp.layer_shape]
     return rows
+
+
+def _rows_bytes(x: torch.Tensor) -> list[bytes]:
+    """One float16 bytes value per row of ``x`` (row-major)."""
+    a = np.ascontiguousarray(x.detach().cpu().numpy().astype(np.float16))
+    return [r.tobytes() for r in a.reshape(len(a), -1)]
 
 
 def method_column(name: str, method: str) -> str:

@@ -41,25 +41,26 @@ def _stream(model, ds, batches, pending, spec, store, config, dev, progress) -> 
     pool = None if spec.interventions else ThreadPoolExecutor(max_workers=1)
     previous = None
 
-    def finish(b: int, batch, exp, spec: StepSpec) -> dict[str, Any]:
-        rows = batch_rows(model, batch, exp, spec=spec)
+    def finish(b: int, batch, out, spec: StepSpec) -> dict[str, Any]:
+        rows = batch_rows(model, batch, out, spec=spec)
         store.write_part(spec.model, b, rows)
         if bar is not None:
             bar.update(len(batch))
-        return {"target_layer": exp.target_layer, "layer_shape": list(rows.attrs["layer_shape"])}
+        return {"target_layer": rows.attrs["target_layer"],
+                "layer_shape": list(rows.attrs["layer_shape"])}  # fmt: skip
 
     try:
         for b, batch in zip(pending, source, strict=True):
-            exp = explain_batch(model, batch, spec=spec)
+            out = explain_batch(model, batch, spec=spec)
             if spec.target_layer is None:
                 # Resolve the automatic layer once: explain would probe the model every batch.
-                spec = dataclasses.replace(spec, target_layer=exp.target_layer)
+                spec = dataclasses.replace(spec, target_layer=out.exp.target_layer)
             if pool is None:
-                layer = finish(b, batch, exp, spec)
+                layer = finish(b, batch, out, spec)
                 continue
             if previous is not None:
                 layer = previous.result()
-            previous = pool.submit(finish, b, batch, exp, spec)
+            previous = pool.submit(finish, b, batch, out, spec)
         if previous is not None:
             layer = previous.result()
             previous = None

@@ -3,6 +3,7 @@ columns finds the biased model's shortcut and none in the clean model."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -100,3 +101,36 @@ def test_the_report_shows_discovered_strategies(run):
     assert "no causal or confounder regions are set" in html
     first = html.index("predicted ring · maps", html.index("biased · predicted ring"))
     assert html.index("flagged</strong>", first) < html.index("</table>", first)
+
+
+def test_discovery_inputs_ride_in_the_parts_not_in_the_samples(run):
+    # one explain pass: the step keeps each map (downsampled) and the head's input in its part
+    assert not [c for c in run.samples if c.startswith("discovery:")]
+    part = pd.read_parquet(run.run_dir / "progress" / "biased" / "part-000000.parquet")
+    size = 16  # the [discovery] default map_size
+    maps = np.stack([np.frombuffer(b, dtype=np.float16) for b in part["discovery:map"]])
+    assert maps.shape == (len(part), size * size)
+    sums = maps.astype(np.float32).sum(axis=1)
+    np.testing.assert_allclose(sums[part["map_ok"].to_numpy()], 1.0, atol=0.02)
+    feats = [np.frombuffer(b, dtype=np.float16) for b in part["discovery:features"]]
+    assert len({f.size for f in feats}) == 1 and feats[0].size > 1
+    assert np.isfinite(np.stack(feats).astype(np.float32)).all()
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_held_out_seeds_find_the_watermark_and_nothing_in_the_clean_model(seed, tmp_path):
+    # seeds the method was not tuned on (issue 16): data and models are new for each
+    world = build_world(tmp_path / "w", seed=seed)
+    result = audit(world["config"], out=tmp_path / "r", progress=False)
+    s = result.summary
+    assert _flagged(s, "clean") == [], [e["text"] for e in _flagged(s, "clean")]
+    samples = result.samples
+    biased = samples[samples["model"] == "biased"]
+    marked = biased[(biased["pred"] == "ring") & (biased["watermark"] == "yes")]
+    found = []
+    for e in _flagged(s, "biased"):
+        members = biased[biased[_column(e)] == e["cluster"]]
+        share = (members["watermark"] == "yes").mean()
+        held = members["id"].isin(marked["id"]).sum() / len(marked)
+        found.append((e["class"], share >= 0.8 and held > 0.5))
+    assert ("ring", True) in found, [e["text"] for e in s["discovery"] if e["model"] == "biased"]

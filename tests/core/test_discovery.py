@@ -17,6 +17,7 @@ from bias_audit.core.discovery import (
     downsample_maps,
     flag_cluster,
     flip_excess,
+    grow_region,
     hot_region,
     merge_by_region,
     spectral_clusters,
@@ -158,3 +159,15 @@ def test_flip_excess_and_the_flag_rule():
     ok, why = flag_cluster(size=5, eigengap=math.nan, consistency=0.9, excess=0.1, rule=rule)
     assert not ok
     assert [w.split()[0] for w in why] == ["size", "eigengap", "flip"]
+
+
+def test_grow_region_dilates_by_whole_cells_on_every_side_and_stays_in_the_grid():
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[3, 3] = True
+    region[7, 7] = True
+    grown = grow_region(region, cells=1)
+    assert grown[2:5, 2:5].all() and grown[6:, 6:].all()
+    assert int(grown.sum()) == 9 + 4  # the corner cell grows only inside the grid
+    assert not grown[0].any() and not grown[:, 0].any()
+    assert torch.equal(grow_region(region, cells=0), region)
+    assert (grow_region(region, cells=2) >= grown).all()

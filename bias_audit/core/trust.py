@@ -13,7 +13,7 @@ finding), so a trust check never disagrees with the audit about what a number me
   with ``reset_parameters`` under its own fixed seed, as Quantus' MPRT does, so the fully
   randomised model is the same in both orders and in Quantus.
 * Layer sensitivity: the causal and confounder mass of every method at the target layer and
-  at the spatial layers before it.
+  at the spatial layers before it, all from one forward and one backward pass.
 * Faithfulness: deleting the top-k% most attended pixels against as many random pixels.
 """
 
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from bias_audit.core._naming import CAUSAL, CONFOUNDER
 from bias_audit.core.findings import severity_of
-from bias_audit.core.maps import Explanation, explain, resolve_target_layer
+from bias_audit.core.maps import Explanation, explain, explain_layers, resolve_target_layer
 from bias_audit.core.metrics import attention_mass, occlusion_effect, role_masks
 from bias_audit.core.stats import bootstrap_ci
 from bias_audit.errors import ConfigError, DataError
@@ -251,6 +251,38 @@ def explain_sample(
         target_layer=parts[0].target_layer,
         layer_shape=parts[0].layer_shape,
     )
+
+
+def _explain_layers_sample(
+    model: nn.Module,
+    images: Tensor,
+    methods: tuple[str, ...],
+    layers: Sequence[str],
+    targets: Tensor | None,
+    batch_size: int,
+) -> dict[str, Explanation]:
+    """``explain_layers`` in chunks of ``batch_size`` images, merged per layer."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    parts: list[dict[str, Explanation]] = []
+    for start in range(0, len(images), batch_size):
+        chunk = slice(start, start + batch_size)
+        t = targets[chunk] if targets is not None else None
+        parts.append(explain_layers(model, images[chunk], methods, layers=layers, targets=t))
+    if len(parts) == 1:
+        return parts[0]
+    return {
+        layer: Explanation(
+            logits=torch.cat([p[layer].logits for p in parts]),
+            targets=torch.cat([p[layer].targets for p in parts]),
+            maps=MappingProxyType(
+                {m: torch.cat([p[layer].maps[m] for p in parts]) for m in methods}
+            ),
+            target_layer=first.target_layer,
+            layer_shape=first.layer_shape,
+        )
+        for layer, first in parts[0].items()
+    }
 
 
 def _explained(
@@ -497,7 +529,9 @@ def layer_sensitivity(
 ) -> LayerSensitivity:
     """Attention per role of every method at the target layer and the layers before it.
 
-    One explain pass per layer (every method from it), all on the same images and targets.
+    Every layer's maps come from the same forward pass and one backward pass
+    (:func:`bias_audit.core.maps.explain_layers`, per chunk of ``batch_size`` images), on the
+    same images and targets.
 
     Args:
         model: the classifier (not modified).
@@ -519,24 +553,26 @@ def layer_sensitivity(
     unknown = [x for x in layers or () if x not in known or not x]
     if unknown:
         raise ConfigError(f"layers: the model has no layer named {unknown[0]!r}")
-    first = _explained(model, images, methods, target_layer, targets, explained, batch_size)
+    if explained is not None:
+        # Only the layer and the targets are taken from it: every layer's maps come from the
+        # one multi-layer pass below (the target layer's are the same to float rounding).
+        _explained(model, images, methods, target_layer, targets, explained, batch_size)
+        name, targets = explained.target_layer, explained.targets
+    else:
+        name = resolve_target_layer(model, target_layer, images[:1], None)[0]
     others = (
-        list(layers)
-        if layers is not None
-        else preceding_layers(model, first.target_layer, images, count=count)
+        list(layers) if layers is not None else preceding_layers(model, name, images, count=count)
     )
+    order = [name, *[x for x in others if x != name]]
+    by_layer = _explain_layers_sample(model, images, methods, order, targets, batch_size)
     rows = []
-    for layer in [first.target_layer, *[x for x in others if x != first.target_layer]]:
-        exp = (
-            first
-            if layer == first.target_layer
-            else explain_sample(model, images, methods, layer, first.targets, batch_size)
-        )
+    for layer in order:
+        exp = by_layer[layer]
         shape = f"{exp.layer_shape[0]}x{exp.layer_shape[1]}"
         for m in methods:
             maps = exp.maps[m].cpu()
             for r in _role_rows(maps, masks.cpu(), present.cpu(), regions, roles, seed, n_boot):
-                rows.append({"layer": layer, "is_target": layer == first.target_layer,
+                rows.append({"layer": layer, "is_target": layer == name,
                              "layer_shape": shape, "method": m, **r})  # fmt: skip
     return LayerSensitivity(table=pd.DataFrame(rows))
 

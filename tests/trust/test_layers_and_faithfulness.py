@@ -216,3 +216,19 @@ def test_an_unknown_layer_is_named(hans):
             hans["model"], hans["images"][:4], hans["masks"][:4], hans["present"][:4], REGIONS,
             ROLES, layers=["layer9"],
         )  # fmt: skip
+
+
+def test_every_layer_comes_from_one_backward_pass_per_chunk(hans, monkeypatch):
+    model, images = hans["model"], hans["images"][:20]
+    args = (model, images, hans["masks"][:20], hans["present"][:20], REGIONS, ROLES)
+    calls = []
+    real = torch.autograd.grad
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    t = layer_sensitivity(*args, methods=("gradcam", "layercam"), batch_size=8).table
+    assert t["layer"].nunique() == 3
+    assert len(calls) == 3  # 20 images in chunks of 8: one gradient call per chunk

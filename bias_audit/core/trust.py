@@ -208,11 +208,15 @@ class Randomization:
         table: one row per order x step x method with columns ``order`` ("top_down" or
             "bottom_up"), ``step`` (1..S; S is the fully randomised model, shared by both
             orders), ``modules`` (the modules randomised so far, "first..last"),
-            ``share`` (the share of resettable modules randomised), ``method``,
-            ``spearman``, ``spearman_ci_low``, ``spearman_ci_high``, ``ssim`` (NaN for images
-            under 11 px), ``n_valid``
+            ``share`` (the share of resettable modules randomised), ``method``, ``draws``
+            (random models averaged: ``draws`` at step S, else 1), ``spearman`` (mean over
+            images of the per-image Spearman, itself averaged over the draws),
+            ``spearman_ci_low``, ``spearman_ci_high``, ``spearman_other_image`` (the same with
+            each original map paired with the next image's randomised map: the similarity
+            that layout alone gives; a ``spearman`` near it is positional, not the image's
+            content), ``ssim`` (mean over draws; NaN for images under 11 px), ``n_valid``
             (images whose Spearman is defined: both maps not constant).
-        per_image: (order, step, method) -> (N,) Spearman per image.
+        per_image: (order, step, method) -> (N,) Spearman per image (mean over draws).
     """
 
     table: pd.DataFrame
@@ -323,12 +327,22 @@ def model_randomization(
     n_boot: int = 1000,
     explained: Explanation | None = None,
     batch_size: int = 32,
+    draws: int = 3,
 ) -> Randomization:
     """Adebayo's model-parameter randomisation test, cascading top-down and bottom-up.
 
-    Cost: one explain pass of ``images`` for the original model and ``2 * S - 1`` for the
-    randomised ones (the fully randomised model is shared), with S = the number of groups of
-    :func:`randomization_chunks`. Every map of a step comes from the same pass.
+    Cost: one explain pass of ``images`` for the original model and ``2 * S - 2 + draws`` for
+    the randomised ones (the fully randomised model is shared by both orders), with S = the
+    number of groups of :func:`randomization_chunks`. Every map of a step comes from the same
+    pass.
+
+    The fully randomised model is drawn ``draws`` times (seeds ``seed``, ``seed + 1``, ...; the
+    first is Quantus MPRT's model) and each image's Spearman is averaged over the draws. One
+    random network is a sample of one: its maps tend to carry a fixed layout of their own
+    (padding and stride artefacts, the same for every image), and whether that layout happens
+    to match the original maps' layout moves every image's correlation together, which the
+    bootstrap over images does not see. ``spearman_other_image`` measures that share: the
+    Spearman of each original map with *another* image's randomised map.
 
     Args:
         model: the audited classifier; never modified (each step works on a deep copy).
@@ -343,6 +357,7 @@ def model_randomization(
         explained: the audited model's explanation of ``images`` (same methods, layer and
             targets) when the caller already has it; saves one pass.
         batch_size: images per explain (and occlusion) pass; bounds the memory.
+        draws: random draws of the fully randomised model (earlier steps: one).
 
     Returns:
         A :class:`Randomization`.
@@ -350,6 +365,8 @@ def model_randomization(
     methods = _map_methods(methods)
     if not methods:
         raise ConfigError("methods: no CAM-family method to randomise")
+    if not isinstance(draws, int) or draws < 1:
+        raise ConfigError(f"draws: expected an int >= 1, got {draws!r}")
     original = _explained(model, images, methods, target_layer, targets, explained, batch_size)
     targets = original.targets
     layer = original.target_layer
@@ -360,7 +377,7 @@ def model_randomization(
     total = sum(len(c) for c in chunks)
     rows: list[dict[str, object]] = []
     per_image: dict[tuple[str, int, str], Tensor] = {}
-    shared: dict[str, dict[str, Tensor]] = {}
+    shared: dict[str, list[dict[str, Tensor]]] = {}
     for order in ORDERS:
         sequence = chunks[::-1] if order == "top_down" else chunks
         done: list[str] = []
@@ -368,26 +385,48 @@ def model_randomization(
             done = done + chunk
             full = step == len(sequence)
             if full and shared:
-                maps = shared["maps"]
+                drawn = shared["drawn"]
             else:
-                twin = randomize(model, done, seed=seed)
-                exp = explain_sample(twin, images, methods, layer, targets, batch_size)
-                maps = {m: exp.maps[m] for m in methods}
+                # The fully randomised model is drawn `draws` times (seeds seed, seed + 1, ...):
+                # one random network's maps can share a layout with the original by chance.
+                drawn = []
+                for d in range(draws if full else 1):
+                    twin = randomize(model, done, seed=seed + d)
+                    exp = explain_sample(twin, images, methods, layer, targets, batch_size)
+                    drawn.append({m: exp.maps[m] for m in methods})
                 if full:
-                    shared["maps"] = maps
+                    shared["drawn"] = drawn
             span = f"{done[0]}..{done[-1]}" if len(done) > 1 else done[0]
             for m in methods:
-                rho = _correlate(ranks[m], _centered_ranks(maps[m]))
+                rhos, others, sims = [], [], []
+                for maps in drawn:
+                    rand = _centered_ranks(maps[m])
+                    rhos.append(_correlate(ranks[m], rand))
+                    # each original map against another image's randomised map
+                    others.append(_correlate(ranks[m], np.roll(rand, 1, axis=0)))
+                    if windowed:
+                        sims.append(_nanmean(ssim(original.maps[m], maps[m])))
+                rho = _draw_mean(rhos)
                 per_image[(order, step, m)] = rho
                 lo, hi = bootstrap_ci(rho.numpy(), n_boot=n_boot, seed=seed)
                 rows.append({
                     "order": order, "step": step, "modules": span,
-                    "share": len(done) / total, "method": m,
+                    "share": len(done) / total, "method": m, "draws": len(drawn),
                     "spearman": _nanmean(rho), "spearman_ci_low": lo, "spearman_ci_high": hi,
-                    "ssim": _nanmean(ssim(original.maps[m], maps[m])) if windowed else math.nan,
+                    "spearman_other_image": _nanmean(_draw_mean(others)),
+                    "ssim": float(np.mean(sims)) if sims else math.nan,
                     "n_valid": int(torch.isfinite(rho).sum()),
                 })  # fmt: skip
     return Randomization(table=pd.DataFrame(rows), per_image=per_image)
+
+
+def _draw_mean(rhos: Sequence[Tensor]) -> Tensor:
+    """(N,) mean over draws of per-image correlations, ignoring a draw's NaN (constant map)."""
+    stacked = torch.stack(list(rhos)).double()
+    ok = torch.isfinite(stacked)
+    count = ok.sum(0)
+    total = torch.where(ok, stacked, 0.0).sum(0)
+    return torch.where(count > 0, total / count.clamp(min=1), math.nan)
 
 
 def _nanmean(t: Tensor) -> float:

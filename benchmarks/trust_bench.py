@@ -5,9 +5,11 @@
 
 Times, on generated images already in memory: the main explain pass (Grad-CAM, the [explain]
 default) over ``--n`` images in batches; then, per sample size, the trust checks with the
-[trust] defaults (randomisation in 3 groups top-down and bottom-up, two earlier layers,
-faithfulness at 5/10/20%). The target: at the default sample (64) the checks cost at most the
-main pass over 1,000 images, and their cost follows the sample, not the dataset.
+[trust] defaults, read from ``TrustConfig()`` (randomisation in ``steps`` groups top-down and
+bottom-up with ``draws`` fully randomised models, ``layers_before`` earlier layers from one
+pass, faithfulness at ``fractions``). The target: at the default sample (64) the checks cost
+at most the main pass over 1,000 images (the last line prints the ratio and whether it holds),
+and their cost follows the sample, not the dataset.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bias_audit.core.architectures import build_model  # noqa: E402
+from bias_audit.core.config import TrustConfig  # noqa: E402
 from bias_audit.core.maps import explain  # noqa: E402
 from bias_audit.core.trust import (  # noqa: E402
     explain_sample,
@@ -37,7 +40,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--samples", type=int, nargs="+", default=[32, 64])
+    defaults = TrustConfig()
+    ap.add_argument("--samples", type=int, nargs="+", default=[32, defaults.sample])
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,6 +62,7 @@ def main() -> None:
     main_s = time.perf_counter() - t
     print(f"{args.arch} {args.size}px, {torch.get_num_threads()} threads")
     print(f"main explain pass, {args.n} images: {main_s:.1f} s")
+    ratios: dict[int, float] = {}
     for k in args.samples:
         x = images[:k]
         parts = {}
@@ -66,8 +71,9 @@ def main() -> None:
         parts["explain"] = time.perf_counter() - t
         t = time.perf_counter()
         model_randomization(
-            model, x, methods=("gradcam",), steps=3, explained=exp, batch_size=args.batch
-        )
+            model, x, methods=("gradcam",), steps=defaults.steps, draws=defaults.draws,
+            explained=exp, batch_size=args.batch,
+        )  # fmt: skip
         parts["randomization"] = time.perf_counter() - t
         t = time.perf_counter()
         layer_sensitivity(
@@ -77,18 +83,30 @@ def main() -> None:
             present[:k],
             ("mark", "object"),
             roles,
+            count=defaults.layers_before,
             explained=exp,
             batch_size=args.batch,
         )
         parts["layers"] = time.perf_counter() - t
         t = time.perf_counter()
-        faithfulness(model, x, methods=("gradcam",), explained=exp, batch_size=args.batch)
+        faithfulness(
+            model, x, methods=("gradcam",), fractions=defaults.fractions, explained=exp,
+            batch_size=args.batch,
+        )  # fmt: skip
         parts["faithfulness"] = time.perf_counter() - t
         total = sum(parts.values())
         detail = ", ".join(f"{k2} {v:.1f} s" for k2, v in parts.items())
         print(
             f"trust checks, sample {k}: {total:.1f} s ({total / main_s:.2f} x the main pass; "
             f"{detail})"
+        )
+        ratios[k] = total / main_s
+    if defaults.sample in ratios:
+        r = ratios[defaults.sample]
+        verdict = "holds" if r <= 1.0 else "FAILS"
+        print(
+            f"target (default sample {defaults.sample}, {args.n} images): trust / main = "
+            f"{r:.2f}, at most 1.00: {verdict}"
         )
 
 

@@ -426,7 +426,8 @@ class TrustConfig(_Section):
     not the dataset. ``methods`` are the CAM-family methods checked (empty: those of
     ``[explain]``). ``randomization``: re-initialise the model's modules top-down and bottom-up
     in at most ``steps`` groups and compare the maps (a method whose maps keep a Spearman
-    correlation above ``max_spearman`` after full randomisation is flagged). ``layers``: the
+    correlation above ``max_spearman`` after full randomisation, averaged over ``draws`` random
+    models, is flagged). ``layers``: the
     layers compared with the target layer (empty: the ``layers_before`` spatial layers before
     it). ``faithfulness``: delete the ``fractions`` most attended pixels against as many random
     ones.
@@ -438,6 +439,7 @@ class TrustConfig(_Section):
     methods: tuple[str, ...] = setting((), kind="names", choices=_methods)
     randomization: bool = setting(True, kind="bool")
     steps: int = setting(3, kind="int", minimum=1, maximum=1000)
+    draws: int = setting(3, kind="int", minimum=1, maximum=100)
     max_spearman: float = setting(0.5, kind="float", minimum=0, maximum=1)
     layers: tuple[str, ...] = setting((), kind="names")
     layers_before: int = setting(2, kind="int", minimum=0, maximum=10)

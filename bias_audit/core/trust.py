@@ -13,7 +13,7 @@ finding), so a trust check never disagrees with the audit about what a number me
   with ``reset_parameters`` under its own fixed seed, as Quantus' MPRT does, so the fully
   randomised model is the same in both orders and in Quantus.
 * Layer sensitivity: the causal and confounder mass of every method at the target layer and
-  at the spatial layers before it.
+  at the spatial layers before it, all from one forward and one backward pass.
 * Faithfulness: deleting the top-k% most attended pixels against as many random pixels.
 """
 
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from bias_audit.core._naming import CAUSAL, CONFOUNDER
 from bias_audit.core.findings import severity_of
-from bias_audit.core.maps import Explanation, explain, resolve_target_layer
+from bias_audit.core.maps import Explanation, explain, explain_layers, resolve_target_layer
 from bias_audit.core.metrics import attention_mass, occlusion_effect, role_masks
 from bias_audit.core.stats import bootstrap_ci
 from bias_audit.errors import ConfigError, DataError
@@ -208,11 +208,15 @@ class Randomization:
         table: one row per order x step x method with columns ``order`` ("top_down" or
             "bottom_up"), ``step`` (1..S; S is the fully randomised model, shared by both
             orders), ``modules`` (the modules randomised so far, "first..last"),
-            ``share`` (the share of resettable modules randomised), ``method``,
-            ``spearman``, ``spearman_ci_low``, ``spearman_ci_high``, ``ssim`` (NaN for images
-            under 11 px), ``n_valid``
+            ``share`` (the share of resettable modules randomised), ``method``, ``draws``
+            (random models averaged: ``draws`` at step S, else 1), ``spearman`` (mean over
+            images of the per-image Spearman, itself averaged over the draws),
+            ``spearman_ci_low``, ``spearman_ci_high``, ``spearman_other_image`` (the same with
+            each original map paired with the next image's randomised map: the similarity
+            that layout alone gives; a ``spearman`` near it is positional, not the image's
+            content), ``ssim`` (mean over draws; NaN for images under 11 px), ``n_valid``
             (images whose Spearman is defined: both maps not constant).
-        per_image: (order, step, method) -> (N,) Spearman per image.
+        per_image: (order, step, method) -> (N,) Spearman per image (mean over draws).
     """
 
     table: pd.DataFrame
@@ -253,6 +257,38 @@ def explain_sample(
     )
 
 
+def _explain_layers_sample(
+    model: nn.Module,
+    images: Tensor,
+    methods: tuple[str, ...],
+    layers: Sequence[str],
+    targets: Tensor | None,
+    batch_size: int,
+) -> dict[str, Explanation]:
+    """``explain_layers`` in chunks of ``batch_size`` images, merged per layer."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size: expected an int >= 1, got {batch_size!r}")
+    parts: list[dict[str, Explanation]] = []
+    for start in range(0, len(images), batch_size):
+        chunk = slice(start, start + batch_size)
+        t = targets[chunk] if targets is not None else None
+        parts.append(explain_layers(model, images[chunk], methods, layers=layers, targets=t))
+    if len(parts) == 1:
+        return parts[0]
+    return {
+        layer: Explanation(
+            logits=torch.cat([p[layer].logits for p in parts]),
+            targets=torch.cat([p[layer].targets for p in parts]),
+            maps=MappingProxyType(
+                {m: torch.cat([p[layer].maps[m] for p in parts]) for m in methods}
+            ),
+            target_layer=first.target_layer,
+            layer_shape=first.layer_shape,
+        )
+        for layer, first in parts[0].items()
+    }
+
+
 def _explained(
     model: nn.Module,
     images: Tensor,
@@ -291,12 +327,22 @@ def model_randomization(
     n_boot: int = 1000,
     explained: Explanation | None = None,
     batch_size: int = 32,
+    draws: int = 3,
 ) -> Randomization:
     """Adebayo's model-parameter randomisation test, cascading top-down and bottom-up.
 
-    Cost: one explain pass of ``images`` for the original model and ``2 * S - 1`` for the
-    randomised ones (the fully randomised model is shared), with S = the number of groups of
-    :func:`randomization_chunks`. Every map of a step comes from the same pass.
+    Cost: one explain pass of ``images`` for the original model and ``2 * S - 2 + draws`` for
+    the randomised ones (the fully randomised model is shared by both orders), with S = the
+    number of groups of :func:`randomization_chunks`. Every map of a step comes from the same
+    pass.
+
+    The fully randomised model is drawn ``draws`` times (seeds ``seed``, ``seed + 1``, ...; the
+    first is Quantus MPRT's model) and each image's Spearman is averaged over the draws. One
+    random network is a sample of one: its maps tend to carry a fixed layout of their own
+    (padding and stride artefacts, the same for every image), and whether that layout happens
+    to match the original maps' layout moves every image's correlation together, which the
+    bootstrap over images does not see. ``spearman_other_image`` measures that share: the
+    Spearman of each original map with *another* image's randomised map.
 
     Args:
         model: the audited classifier; never modified (each step works on a deep copy).
@@ -311,6 +357,7 @@ def model_randomization(
         explained: the audited model's explanation of ``images`` (same methods, layer and
             targets) when the caller already has it; saves one pass.
         batch_size: images per explain (and occlusion) pass; bounds the memory.
+        draws: random draws of the fully randomised model (earlier steps: one).
 
     Returns:
         A :class:`Randomization`.
@@ -318,6 +365,8 @@ def model_randomization(
     methods = _map_methods(methods)
     if not methods:
         raise ConfigError("methods: no CAM-family method to randomise")
+    if not isinstance(draws, int) or draws < 1:
+        raise ConfigError(f"draws: expected an int >= 1, got {draws!r}")
     original = _explained(model, images, methods, target_layer, targets, explained, batch_size)
     targets = original.targets
     layer = original.target_layer
@@ -328,7 +377,7 @@ def model_randomization(
     total = sum(len(c) for c in chunks)
     rows: list[dict[str, object]] = []
     per_image: dict[tuple[str, int, str], Tensor] = {}
-    shared: dict[str, dict[str, Tensor]] = {}
+    shared: dict[str, list[dict[str, Tensor]]] = {}
     for order in ORDERS:
         sequence = chunks[::-1] if order == "top_down" else chunks
         done: list[str] = []
@@ -336,26 +385,48 @@ def model_randomization(
             done = done + chunk
             full = step == len(sequence)
             if full and shared:
-                maps = shared["maps"]
+                drawn = shared["drawn"]
             else:
-                twin = randomize(model, done, seed=seed)
-                exp = explain_sample(twin, images, methods, layer, targets, batch_size)
-                maps = {m: exp.maps[m] for m in methods}
+                # The fully randomised model is drawn `draws` times (seeds seed, seed + 1, ...):
+                # one random network's maps can share a layout with the original by chance.
+                drawn = []
+                for d in range(draws if full else 1):
+                    twin = randomize(model, done, seed=seed + d)
+                    exp = explain_sample(twin, images, methods, layer, targets, batch_size)
+                    drawn.append({m: exp.maps[m] for m in methods})
                 if full:
-                    shared["maps"] = maps
+                    shared["drawn"] = drawn
             span = f"{done[0]}..{done[-1]}" if len(done) > 1 else done[0]
             for m in methods:
-                rho = _correlate(ranks[m], _centered_ranks(maps[m]))
+                rhos, others, sims = [], [], []
+                for maps in drawn:
+                    rand = _centered_ranks(maps[m])
+                    rhos.append(_correlate(ranks[m], rand))
+                    # each original map against another image's randomised map
+                    others.append(_correlate(ranks[m], np.roll(rand, 1, axis=0)))
+                    if windowed:
+                        sims.append(_nanmean(ssim(original.maps[m], maps[m])))
+                rho = _draw_mean(rhos)
                 per_image[(order, step, m)] = rho
                 lo, hi = bootstrap_ci(rho.numpy(), n_boot=n_boot, seed=seed)
                 rows.append({
                     "order": order, "step": step, "modules": span,
-                    "share": len(done) / total, "method": m,
+                    "share": len(done) / total, "method": m, "draws": len(drawn),
                     "spearman": _nanmean(rho), "spearman_ci_low": lo, "spearman_ci_high": hi,
-                    "ssim": _nanmean(ssim(original.maps[m], maps[m])) if windowed else math.nan,
+                    "spearman_other_image": _nanmean(_draw_mean(others)),
+                    "ssim": float(np.mean(sims)) if sims else math.nan,
                     "n_valid": int(torch.isfinite(rho).sum()),
                 })  # fmt: skip
     return Randomization(table=pd.DataFrame(rows), per_image=per_image)
+
+
+def _draw_mean(rhos: Sequence[Tensor]) -> Tensor:
+    """(N,) mean over draws of per-image correlations, ignoring a draw's NaN (constant map)."""
+    stacked = torch.stack(list(rhos)).double()
+    ok = torch.isfinite(stacked)
+    count = ok.sum(0)
+    total = torch.where(ok, stacked, 0.0).sum(0)
+    return torch.where(count > 0, total / count.clamp(min=1), math.nan)
 
 
 def _nanmean(t: Tensor) -> float:
@@ -497,7 +568,9 @@ def layer_sensitivity(
 ) -> LayerSensitivity:
     """Attention per role of every method at the target layer and the layers before it.
 
-    One explain pass per layer (every method from it), all on the same images and targets.
+    Every layer's maps come from the same forward pass and one backward pass
+    (:func:`bias_audit.core.maps.explain_layers`, per chunk of ``batch_size`` images), on the
+    same images and targets.
 
     Args:
         model: the classifier (not modified).
@@ -519,24 +592,26 @@ def layer_sensitivity(
     unknown = [x for x in layers or () if x not in known or not x]
     if unknown:
         raise ConfigError(f"layers: the model has no layer named {unknown[0]!r}")
-    first = _explained(model, images, methods, target_layer, targets, explained, batch_size)
+    if explained is not None:
+        # Only the layer and the targets are taken from it: every layer's maps come from the
+        # one multi-layer pass below (the target layer's are the same to float rounding).
+        _explained(model, images, methods, target_layer, targets, explained, batch_size)
+        name, targets = explained.target_layer, explained.targets
+    else:
+        name = resolve_target_layer(model, target_layer, images[:1], None)[0]
     others = (
-        list(layers)
-        if layers is not None
-        else preceding_layers(model, first.target_layer, images, count=count)
+        list(layers) if layers is not None else preceding_layers(model, name, images, count=count)
     )
+    order = [name, *[x for x in others if x != name]]
+    by_layer = _explain_layers_sample(model, images, methods, order, targets, batch_size)
     rows = []
-    for layer in [first.target_layer, *[x for x in others if x != first.target_layer]]:
-        exp = (
-            first
-            if layer == first.target_layer
-            else explain_sample(model, images, methods, layer, first.targets, batch_size)
-        )
+    for layer in order:
+        exp = by_layer[layer]
         shape = f"{exp.layer_shape[0]}x{exp.layer_shape[1]}"
         for m in methods:
             maps = exp.maps[m].cpu()
             for r in _role_rows(maps, masks.cpu(), present.cpu(), regions, roles, seed, n_boot):
-                rows.append({"layer": layer, "is_target": layer == first.target_layer,
+                rows.append({"layer": layer, "is_target": layer == name,
                              "layer_shape": shape, "method": m, **r})  # fmt: skip
     return LayerSensitivity(table=pd.DataFrame(rows))
 

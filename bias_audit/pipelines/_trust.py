@@ -96,6 +96,7 @@ def run_trust(
             rand = model_randomization(
                 model, images, methods=methods, target_layer=layer, targets=targets,
                 steps=cfg.steps, seed=seed, n_boot=n_boot, explained=explained, batch_size=bs,
+                draws=cfg.draws,
             )  # fmt: skip
             frames.append(rand.table.assign(check="randomization", model=name))
         if roles["causal"] or roles["confounder"]:
@@ -134,7 +135,7 @@ def run_trust(
     table = table[first + [c for c in table.columns if c not in first]]
     if "is_target" in table:
         table["is_target"] = table["is_target"].astype("boolean")
-    for col in ("step", "n", "n_valid"):
+    for col in ("step", "n", "n_valid", "draws"):
         if col in table:
             table[col] = table[col].astype("Int64")
     store.write_table("trust.parquet", table)
@@ -144,6 +145,7 @@ def run_trust(
         "seed": seed,
         "methods": list(methods),
         "max_spearman": cfg.max_spearman,
+        "draws": cfg.draws,
         "fractions": list(cfg.fractions),
         "fill": config.interventions.fill,
         "models": per_model,

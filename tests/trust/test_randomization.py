@@ -18,6 +18,7 @@ from bias_audit.core.trust import (
     randomize,
     trust_findings,
 )
+from bias_audit.errors import ConfigError
 from bias_audit.pipelines._trust import state_sha256
 from tests.trust.clever_hans import make_images
 
@@ -102,7 +103,7 @@ def test_agrees_with_quantus_mprt(hans):
 
     ours = model_randomization(
         model, images, methods=("gradcam",), target_layer="features", targets=targets,
-        steps=1000, seed=7,
+        steps=1000, seed=7, draws=1,
     )  # fmt: skip
     metric = quantus.MPRT(
         layer_order="top_down", seed=7, return_last_correlation=True, disable_warnings=True,
@@ -116,31 +117,58 @@ def test_agrees_with_quantus_mprt(hans):
     theirs = float(np.nanmean(np.asarray(scores, dtype=float)))
     t = ours.table
     full = t[(t["order"] == "top_down") & (t["share"] == 1.0)]["spearman"].iloc[0]
-    # The issue asks for 0.05; with the same per-module seeding the models are identical, so
-    # the numbers are equal up to rounding.
+    # The issue asks for 0.05; with the same per-module seeding our first draw is Quantus'
+    # model, so the numbers are equal up to rounding.
     assert full == pytest.approx(theirs, abs=1e-6)
 
 
 @pytest.mark.slow
-def test_resnet18_gradcam_passes_and_an_edge_detector_fails(resnet_hans, sobel_method):
-    """A resnet18 trained briefly on the 64 px watermark case (about 40 s on one core).
+def test_resnet18_gradcam_loses_its_structure_and_an_edge_detector_fails(resnet_hans, sobel_method):
+    """A resnet18 trained briefly on the 64 px watermark case (about 20 s on one core).
 
-    Measured here: Grad-CAM's mean Spearman after full cascading randomisation is 0.30 (the
-    issue hoped for < 0.3; on these synthetic images a random network's Grad-CAM still follows
-    the high-contrast watermark and object, and at 128 px it was 0.55). The test asserts what the
-    check decides: Grad-CAM is not flagged, the edge detector is.
+    One fully randomised network is a sample of one. Measured on this model (layer4 is 2 x 2
+    at 64 px), Grad-CAM's mean Spearman after full randomisation with seeds 0..9 one at a time:
+    0.30, 0.67, 0.41, 0.04, -0.01, 0.19, -0.03, -0.10, -0.12, -0.07 (mean 0.13, sd 0.26
+    between draws); the same with another image's randomised map: mean 0.03. A random
+    network's Grad-CAM has a layout of its own, the same for every image, that matches the
+    trained maps' layout by chance or not; at 128 px: mean 0.20 (sd 0.33), another image's
+    0.17. With ten draws the issue's "< 0.3" holds with two standard errors to spare.
     """
     model = resnet_hans["model"]
     before = state_sha256(model)
     images = resnet_hans["images"]
-    res = model_randomization(model, images, methods=("gradcam", sobel_method), steps=5)
+    res = model_randomization(model, images, methods=("gradcam", sobel_method), steps=5, draws=10)
     assert state_sha256(model) == before
     t = res.table
-    full = t[(t["order"] == "top_down") & (t["share"] == 1.0)].set_index("method")["spearman"]
-    assert full["gradcam"] < 0.5
-    assert full[sobel_method] == pytest.approx(1.0)
+    full = t[(t["order"] == "top_down") & (t["share"] == 1.0)].set_index("method")
+    assert full.loc["gradcam", "draws"] == 10
+    assert full.loc["gradcam", "spearman"] < 0.3
+    assert full.loc[sobel_method, "spearman"] == pytest.approx(1.0)
     found = trust_findings("resnet18", randomization=res)
     assert [(f.code, f.method) for f in found] == [("method_insensitive", sobel_method)]
+
+
+def test_draws_average_the_fully_randomised_models(hans):
+    model, images = hans["model"], hans["images"][:12]
+    kw = {"methods": ("gradcam",), "steps": 2, "n_boot": 10}
+    one = [model_randomization(model, images, seed=s, draws=1, **kw) for s in (3, 4)]
+    two = model_randomization(model, images, seed=3, draws=2, **kw)
+    t = two.table
+    assert t.set_index(["order", "step"])["draws"].to_dict() == {
+        ("top_down", 1): 1, ("top_down", 2): 2, ("bottom_up", 1): 1, ("bottom_up", 2): 2,
+    }  # fmt: skip
+    # the first step is the seed's one draw; the last the per-image mean of the two draws
+    torch.testing.assert_close(
+        two.per_image[("top_down", 1, "gradcam")], one[0].per_image[("top_down", 1, "gradcam")]
+    )
+    a, b = (o.per_image[("top_down", 2, "gradcam")] for o in one)
+    torch.testing.assert_close(two.per_image[("top_down", 2, "gradcam")], (a + b) / 2)
+    full = t[t["step"] == 2].iloc[0]
+    ssims = [o.table[o.table["step"] == 2]["ssim"].iloc[0] for o in one]
+    assert full["ssim"] == pytest.approx(np.mean(ssims))
+    assert -1 <= full["spearman_other_image"] <= 1
+    with pytest.raises(ConfigError, match="draws"):
+        model_randomization(model, images, draws=0, **kw)
 
 
 def test_smallcnn_untrained_is_not_flagged_for_gradcam():

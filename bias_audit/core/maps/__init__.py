@@ -7,7 +7,7 @@ exp.maps["gradcam"]   # (N, H, W) float32 >= 0, not normalised
 
 from __future__ import annotations
 
-from bias_audit.core.maps._explain import METHODS, Explanation, explain
+from bias_audit.core.maps._explain import METHODS, Explanation, explain, explain_layers
 from bias_audit.core.maps._layers import (
     Grid,
     Reshape,
@@ -25,6 +25,7 @@ __all__ = [
     "Grid",
     "Reshape",
     "explain",
+    "explain_layers",
     "gradcam",
     "layer_grid",
     "layer_output",

@@ -16,17 +16,20 @@ from bias_audit.core.maps._guided import Rule, ruled_relu
 class Capture:
     """What the hooks saw during the pass.
 
-    ``activation`` is the target layer's output as a private tensor: the model continues with a
-    copy of it, so an in-place op after the layer cannot change it. In the default mode it is a
-    detached leaf with ``requires_grad=True`` (the graph starts there); with ``record_input``
-    it stays connected to the input (guided methods need the gradient down to the pixels).
+    ``activations[layer]`` is a hooked layer's output (its last call) as a private tensor: the
+    model continues with a copy of it, so an in-place op after the layer cannot change it. In
+    the default mode an output that records no graph (the first hooked layer to run: the
+    parameters are frozen) becomes a detached leaf with ``requires_grad=True`` (the graph starts
+    there) and the later hooked layers stay connected to it, so one ``autograd.grad`` reaches
+    them all; with ``record_input`` every activation stays
+    connected to the input (guided methods need the gradient down to the pixels).
     """
 
     record_input: bool
     enabled: bool = True
-    activation: Tensor | None = None
-    # What the layer returned when it was not a tensor (a tuple, a dict ...): it was called.
-    other_output: object = None
+    activations: dict[nn.Module, Tensor] = field(default_factory=dict)
+    # What a layer returned when it was not a tensor (a tuple, a dict ...): it was called.
+    other_outputs: dict[nn.Module, object] = field(default_factory=dict)
     rule: Rule = field(default_factory=Rule)
     handles: list[RemovableHandle] = field(default_factory=list)
 
@@ -35,20 +38,20 @@ class Capture:
         self.handles.append(module.register_forward_hook(hook))
 
     def hook_layer(self, layer: nn.Module) -> None:
-        """Save the output of ``layer`` (its last call) as ``activation``."""
+        """Save the output of ``layer`` (its last call) as ``activations[layer]``."""
         self.add_hook(layer, self._on_layer)
 
-    def _on_layer(self, _module: nn.Module, _args: object, output: object) -> object:
+    def _on_layer(self, module: nn.Module, _args: object, output: object) -> object:
         if not self.enabled:
             return None
         if not isinstance(output, Tensor):
-            self.other_output = output
+            self.other_outputs[module] = output
             return None
-        if self.record_input:
-            act = output.clone()
+        if self.record_input or output.requires_grad:
+            act = output.clone()  # connected to the input or to an earlier hooked layer
         else:
             act = output.detach().clone().requires_grad_(True)
-        self.activation = act
+        self.activations[module] = act
         # The model goes on with a copy: an in-place op downstream must not touch `act`
         # (and may not touch a leaf that requires grad at all).
         return act.clone()
@@ -96,5 +99,5 @@ def capture(model: nn.Module, *, guided: bool = False) -> Iterator[Capture]:
             p.requires_grad_(flag)
         for module, flag in training:
             module.training = flag
-        cap.activation = None
-        cap.other_output = None
+        cap.activations.clear()
+        cap.other_outputs.clear()

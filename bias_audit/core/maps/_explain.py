@@ -361,6 +361,26 @@ def _run(
     reshape: Reshape | None,
     scorecam_batch_size: int,
 ) -> _Raw:
+    (raw,) = _run_layers(
+        model, images, methods, target_layers=(target_layer,), targets=targets,
+        reshape=reshape, scorecam_batch_size=scorecam_batch_size,
+    )  # fmt: skip
+    return raw
+
+
+def _run_layers(
+    model: nn.Module,
+    images: Tensor,
+    methods: tuple[str, ...],
+    *,
+    target_layers: Sequence[str | nn.Module | None],
+    targets: Tensor | Callable[[Tensor], Tensor] | None,
+    reshape: Reshape | None,
+    scorecam_batch_size: int,
+) -> list[_Raw]:
+    """The maps at each of ``target_layers`` (one ``_Raw`` each, in order) from one forward
+    pass and one ``autograd.grad`` for all layers: the earliest hooked layer's output is the
+    graph's leaf, the later ones stay connected to it (see ``Capture``)."""
     needs = [_METHODS[m] for m in methods]
     rules = list(dict.fromkeys(n.input_rule for n in needs if n.input_rule))
     grad_mode = (torch.inference_mode(False), torch.enable_grad())
@@ -368,8 +388,9 @@ def _run(
         x = images.detach()
         if x.is_inference():
             x = x.clone()
-        name, layer, reshape = resolve_target_layer(model, target_layer, x, reshape)
-        cap.hook_layer(layer)
+        resolved = [resolve_target_layer(model, t, x, reshape) for t in target_layers]
+        for layer in dict.fromkeys(layer for _, layer, _ in resolved):
+            cap.hook_layer(layer)
         linears: list[tuple[nn.Linear, Tensor, Tensor]] = []
         if any(n.head for n in needs):
             _watch_linears(model, cap, linears)
@@ -384,25 +405,34 @@ def _run(
             # A copy, so the user's tensor keeps its requires_grad and its .grad.
             x = x.clone().requires_grad_(True)
         output = model(x)
-        act = cap.activation
-        if act is None:
-            if cap.other_output is not None:
-                layer_output(cap.other_output, name)
-            raise ModelError(f"target_layer {name!r} was not called during the forward pass")
+        acts = []
+        for name, layer, _ in resolved:
+            act = cap.activations.get(layer)
+            if act is None:
+                if layer in cap.other_outputs:
+                    layer_output(cap.other_outputs[layer], name)
+                raise ModelError(f"target_layer {name!r} was not called during the forward pass")
+            acts.append(act)
         # Weights and sums in float32 at least, whatever the model's precision.
-        grid = to_grid(act.detach(), reshape, name).to(compute_dtype(act.dtype))
+        grids = [
+            to_grid(act.detach(), rs, name).to(compute_dtype(act.dtype))
+            for act, (name, _, rs) in zip(acts, resolved, strict=True)
+        ]
         scores, used = _scores(output, targets)
         total = scores.sum()  # images are independent in eval mode: one backward for all
 
         attention_grads = [] if live is None else _attention_grads(total, live)
-        grad = None
+        grads: list[Tensor | None] = [None] * len(resolved)
         if any(n.layer_grad for n in needs):
-            if not total.requires_grad:
-                raise ModelError(f"target_layer {name!r}: the scores do not depend on it")
-            grad = _layer_grad(total, act, retain_graph=bool(rules))
-            if grad is None:
-                raise ModelError(f"target_layer {name!r}: the scores do not depend on it")
-            grad = to_grid(grad, reshape, name)
+            got = (
+                _layer_grad(total, acts, retain_graph=bool(rules))
+                if total.requires_grad
+                else [None] * len(acts)
+            )
+            for i, (g, (name, _, rs)) in enumerate(zip(got, resolved, strict=True)):
+                if g is None:
+                    raise ModelError(f"target_layer {name!r}: the scores do not depend on it")
+                grads[i] = to_grid(g, rs, name)
         input_grads: dict[str, Tensor] = {}
         for j, rule in enumerate(rules):
             cap.rule.mode = rule
@@ -416,44 +446,50 @@ def _run(
         src = images.detach()
         if any(n.extra_passes for n in needs) and src.is_inference():
             src = src.clone()
-        state = _Pass(
-            model=model, images=src, grid=grid, grad=grad, output=output, targets=targets,
-            used=used, linears=linears, name=name, scorecam_batch_size=scorecam_batch_size,
-            reshape=reshape, attentions=attentions, attention_grads=attention_grads,
-        )  # fmt: skip
-        layer_maps: dict[str, Tensor] = {}
-        for m, need in zip(methods, needs, strict=True):
-            if need.layer_map is not None:
-                layer_maps[m] = need.layer_map(state)
-        return _Raw(
-            logits=output.detach().float(),
-            targets=used,
-            layer_maps={k: v.detach().float() for k, v in layer_maps.items()},
-            input_grads={k: v.detach().float() for k, v in input_grads.items()},
-            target_layer=name,
-            layer_shape=(int(grid.shape[2]), int(grid.shape[3])),
-        )
+        raws = []
+        for (name, _, rs), grid, grad in zip(resolved, grids, grads, strict=True):
+            state = _Pass(
+                model=model, images=src, grid=grid, grad=grad, output=output, targets=targets,
+                used=used, linears=linears, name=name, scorecam_batch_size=scorecam_batch_size,
+                reshape=rs, attentions=attentions, attention_grads=attention_grads,
+            )  # fmt: skip
+            layer_maps: dict[str, Tensor] = {}
+            for m, need in zip(methods, needs, strict=True):
+                if need.layer_map is not None:
+                    layer_maps[m] = need.layer_map(state)
+            raws.append(_Raw(
+                logits=output.detach().float(),
+                targets=used,
+                layer_maps={k: v.detach().float() for k, v in layer_maps.items()},
+                input_grads={k: v.detach().float() for k, v in input_grads.items()},
+                target_layer=name,
+                layer_shape=(int(grid.shape[2]), int(grid.shape[3])),
+            ))  # fmt: skip
+        return raws
 
 
-def _layer_grad(total: Tensor, act: Tensor, *, retain_graph: bool) -> Tensor | None:
-    """d total / d act in ``compute_dtype``; None if ``total`` does not depend on ``act``.
+def _layer_grad(
+    total: Tensor, acts: Sequence[Tensor], *, retain_graph: bool
+) -> list[Tensor | None]:
+    """d total / d act for each of ``acts`` in ``compute_dtype``, from one ``autograd.grad``;
+    None for an act that ``total`` does not depend on.
 
     In float16 the gradients of a quiet model fall below its smallest number on their way
     down to the layer and flush to zero. As mixed-precision training scales its loss, the
     backward starts from a large power of two (exact to undo), backing off on overflow.
     """
-    scales = (2.0**14, 2.0**7, 1.0) if act.dtype == torch.float16 else (1.0,)
+    half = any(a.dtype == torch.float16 for a in acts)
+    scales = (2.0**14, 2.0**7, 1.0) if half else (1.0,)
     for i, scale in enumerate(scales):
         last = i == len(scales) - 1
         seed = torch.full_like(total, scale)
-        (grad,) = torch.autograd.grad(
-            total, act, grad_outputs=seed, retain_graph=retain_graph or not last, allow_unused=True
-        )
-        if grad is None:
-            return None
-        grad = grad.to(compute_dtype(grad.dtype))
-        if last or torch.isfinite(grad).all():
-            return grad / scale
+        raw = torch.autograd.grad(
+            total, list(acts), grad_outputs=seed, retain_graph=retain_graph or not last,
+            allow_unused=True,
+        )  # fmt: skip
+        grads = [None if g is None else g.to(compute_dtype(g.dtype)) for g in raw]
+        if last or all(g is None or bool(torch.isfinite(g).all()) for g in grads):
+            return [None if g is None else g / scale for g in grads]
     raise AssertionError("unreachable")
 
 
@@ -596,7 +632,60 @@ def explain(
         reshape=reshape,
         scorecam_batch_size=scorecam_batch_size,
     )
+    return _explanation(raw, methods, (images.shape[-2], images.shape[-1]))
+
+
+def explain_layers(
+    model: nn.Module,
+    images: Tensor,
+    methods: str | Sequence[str] = ("gradcam",),
+    *,
+    layers: Sequence[str | nn.Module | None],
+    targets: Target = None,
+    scorecam_batch_size: int = 32,
+) -> dict[str, Explanation]:
+    """:func:`explain` at several layers from one forward pass and one backward pass.
+
+    Every layer is hooked in the same forward pass; the earliest one's output is where the
+    graph starts and the later ones stay connected to it, so a single ``autograd.grad`` gives
+    the score's gradient at all of them. Each layer's maps equal those of a separate
+    ``explain(..., target_layer=layer)`` call (same targets); the cost is that of one call at
+    the earliest layer. Flags and hooks are restored as by :func:`explain`.
+
+    Args:
+        layers: modules, dotted names or None (the automatic layer), as ``target_layer`` of
+            :func:`explain`; each gets its automatic reshape. Repeats count once.
+        model, images, methods, targets, scorecam_batch_size: as for :func:`explain`.
+
+    Returns:
+        Dotted layer name -> its :class:`Explanation`, in the order of ``layers``.
+
+    Raises:
+        ConfigError, DataError, ModelError: as :func:`explain`; ConfigError for no layers.
+
+    Example:
+        >>> exps = explain_layers(model, images, layers=["layer4", "layer3", "layer2"])
+        >>> exps["layer3"].maps["gradcam"].shape  # (N, H, W)
+    """
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    methods = _check_methods(methods)
+    images = _check_images(images)
+    if isinstance(layers, (str, nn.Module)) or not isinstance(layers, Sequence) or not layers:
+        raise ConfigError(f"layers: expected a non-empty sequence of layers, got {layers!r}")
+    if not isinstance(scorecam_batch_size, int) or scorecam_batch_size < 1:
+        raise ConfigError(f"scorecam_batch_size: expected an int >= 1, got {scorecam_batch_size!r}")
+    checked = _check_targets(targets, images.shape[0])
+    raws = _run_layers(
+        model, images, methods, target_layers=list(layers), targets=checked, reshape=None,
+        scorecam_batch_size=scorecam_batch_size,
+    )  # fmt: skip
     size = (images.shape[-2], images.shape[-1])
+    return {raw.target_layer: _explanation(raw, methods, size) for raw in raws}
+
+
+def _explanation(raw: _Raw, methods: tuple[str, ...], size: tuple[int, int]) -> Explanation:
+    """The returned maps: layer maps upsampled to ``size``, combined with input gradients."""
     up = {k: upsample(v, size) for k, v in raw.layer_maps.items()}
     maps: dict[str, Tensor] = {}
     for m in methods:

@@ -19,9 +19,9 @@ from bias_audit.pipelines._step import StepSpec, batch_rows, explain_batch
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    if not enabled:
+    # A bar redrawn with carriage returns is noise in a log file: only on a terminal.
+    if not enabled or not sys.stderr.isatty():
         return None
-
     return tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr)
 
 

@@ -492,6 +492,9 @@ class DiscoveryConfig(_Section):
     flips at least ``min_flip_excess`` more of its members than the strongest control: a
     random same-area region in the members; the same region, and each image's own hottest
     cells, in the rest of the class (the other classes when the cluster is the whole class).
+    A cluster that is its whole predicted class is flagged only when, the audit having group
+    attributes, one value is ``min_enrichment`` times as common in it as in all images: a
+    model that learned its class looks like one consistent, causal place too.
     Map clusters of a class whose hot regions overlap by ``merge_iou`` (IoU) are merged first.
     The occluded region is the hot region grown by half a cell of the explained layer.
     ``enabled``, ``map_size`` and ``features`` are part of the resume key: the streaming pass
@@ -511,6 +514,7 @@ class DiscoveryConfig(_Section):
     min_eigengap: float = setting(0.05, kind="float", minimum=0, maximum=2)
     min_consistency: float = setting(0.6, kind="float", minimum=0, maximum=1)
     min_flip_excess: float = setting(0.25, kind="float", minimum=0, maximum=1)
+    min_enrichment: float = setting(1.5, kind="float", minimum=1)
     hot_mass: float = setting(0.5, kind="float", above=0, maximum=1)
     min_hot_area: float = setting(0.05, kind="float", minimum=0, maximum=1)
     max_occluded: int = setting(64, kind="int", minimum=1)

@@ -117,6 +117,7 @@ class FlagRule:
     min_eigengap: float
     min_consistency: float
     min_flip_excess: float
+    min_enrichment: float = 1.5
 
 
 def downsample_maps(maps: Tensor, *, size: int = 16) -> tuple[Tensor, Tensor]:
@@ -353,10 +354,30 @@ def merge_by_region(labels: np.ndarray, regions: Sequence[Tensor], *, iou: float
 
 
 def flag_cluster(
-    *, size: int, eigengap: float, consistency: float, excess: float, rule: FlagRule
+    *,
+    size: int,
+    eigengap: float,
+    consistency: float,
+    excess: float,
+    rule: FlagRule,
+    whole_class: bool = False,
+    enrichment: float | None = None,
 ) -> tuple[bool, tuple[str, ...]]:
-    """Whether a cluster is a candidate shortcut, and why not (the failed conditions)."""
+    """Whether a cluster is a candidate shortcut, and why not (the failed conditions).
+
+    A cluster that is its whole class is what any model that has learned the class looks
+    like: one consistent place whose occlusion flips it. Without annotations nothing tells a
+    coat from a watermark there, except the group attributes: when the audit has some
+    (``enrichment``, the largest ratio of a value's share in the cluster to its share in all
+    images), such a cluster is flagged only when a value is ``min_enrichment`` times as common
+    in it. With no attribute (``enrichment`` None) it stays flagged, for a person to look at.
+    """
     why = []
+    if whole_class and enrichment is not None and not enrichment >= rule.min_enrichment:
+        why.append(
+            f"the whole class's strategy, no group value enriched (largest ratio "
+            f"{enrichment:.2f} < {rule.min_enrichment})"
+        )
     if size < rule.min_cluster_size:
         why.append(f"size {size} < {rule.min_cluster_size}")
     if not eigengap >= rule.min_eigengap:

@@ -151,6 +151,7 @@ def _score_class(
         min_eigengap=d.min_eigengap,
         min_consistency=d.min_consistency,
         min_flip_excess=d.min_flip_excess,
+        min_enrichment=d.min_enrichment,
     )
     use = idx[ok[idx]] if view == "map" else idx
     labels = np.full(len(idx), -1, dtype=int)
@@ -209,6 +210,8 @@ def _score_class(
             consistency=cons,
             excess=excess,
             rule=rule,
+            whole_class=not len(rest),
+            enrichment=max((e.ratio for e in enriched), default=None) if attrs else None,
         )
         dist = (small[members].float() - mean).flatten(1).norm(dim=1)
         typical = [ids[int(members[j])] for j in torch.argsort(dist, stable=True)[:TYPICAL]]

@@ -215,9 +215,9 @@ def draw_scene(
     shade = np.linspace(1.08, 0.92, size, dtype=np.float32)[:, None, None]
     scene = ~np.isin(labels, _BIRD_LABELS)
     image = np.where(scene[..., None], image * shade, image)
-    image = image + rng.normal(0.0, cues.noise, image.shape)
-    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
-    return Scene(image=image, labels=labels, label=label, place=place)
+    noisy = image + rng.normal(0.0, cues.noise, image.shape)
+    pixels = np.clip(np.rint(noisy), 0, 255).astype(np.uint8)
+    return Scene(image=pixels, labels=labels, label=label, place=place)
 
 
 # ---------------------------------------------------------------------------------------------

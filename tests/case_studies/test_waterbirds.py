@@ -1,13 +1,11 @@
 """The waterbirds case study: its generator (determinism, masks, proportions), its shipped
-settings and acceptance, and (slow) the quick case study end to end."""
+settings and acceptance. The case study itself (about 4 minutes) is not run here: its
+measured results are case_studies/waterbirds/README.md's table."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -192,24 +190,3 @@ def test_an_expected_file_needs_a_limit_for_the_biased_model(tmp_path):
     (tmp_path / "expected.toml").write_text(text)
     with pytest.raises(ConfigError, match="max_worst_group_accuracy missing"):
         load_expected(tmp_path / "expected.toml")
-
-
-@pytest.mark.slow
-def test_quick_case_study_end_to_end(tmp_path):
-    """The whole quick case study through the CLI: every check judged, --strict's exit code."""
-    out = tmp_path / "wb"
-    cmd = [sys.executable, "-m", "bias_audit", "case-study", "waterbirds", "--quick", "--strict",
-           "--out", str(out), "--threads", "1"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert proc.returncode in (0, 1), proc.stderr
-    info = json.loads((out / "case_study.json").read_text())
-    checks = {(c["model"], c["name"]): c for c in info["checks"]}
-    assert all(c["value"] is not None for c in checks.values())
-    n_failed = sum(not c["passed"] for c in checks.values())
-    assert proc.returncode == (1 if n_failed else 0)
-    assert proc.stdout.count("\n  FAIL ") == n_failed
-    # the worst-group check was judged from the audit's own table
-    groups = pd.read_parquet(out / "audit" / "groups.parquet")
-    erm = groups.query("model == 'erm' and metric == 'accuracy' and cell in @CELLS")
-    assert checks[("erm", "worst-group accuracy")]["value"] == pytest.approx(erm["value"].min())

@@ -189,7 +189,7 @@ PUBLIC = {
     "bias_audit.report": ["ReportData", "load_run", "render_report"],
     "bias_audit.case_studies": [
         "CASE_STUDIES", "AcceptanceCheck", "CaseStudyResult", "check_acceptance",
-        "load_expected", "nurse_doctor", "run_case_study",
+        "load_expected", "nurse_doctor", "run_case_study", "waterbirds",
     ],
     "bias_audit.pipelines": [
         "AuditResult", "Criterion", "StepSpec", "TrainConfig", "TrainResult", "audit",

@@ -7,7 +7,7 @@ models, audit, report and the acceptance checks of ``case_studies/<name>/expecte
 
 from __future__ import annotations
 
-from bias_audit.case_studies import nurse_doctor
+from bias_audit.case_studies import nurse_doctor, waterbirds
 from bias_audit.case_studies._registry import CASE_STUDIES
 from bias_audit.case_studies._runner import (
     AcceptanceCheck,
@@ -25,4 +25,5 @@ __all__ = [
     "load_expected",
     "nurse_doctor",
     "run_case_study",
+    "waterbirds",
 ]

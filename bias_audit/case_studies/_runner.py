@@ -49,7 +49,9 @@ __all__ = [
 ]
 
 #: CLI name -> shipped folder under ``resource_dir("case_studies")``.
-_FOLDERS = {"nurse-doctor": "nurse_doctor"}
+_FOLDERS = {"nurse-doctor": "nurse_doctor", "waterbirds": "waterbirds"}
+#: CLI name -> the audit report's title.
+_TITLES = {"nurse-doctor": "nurse or doctor?", "waterbirds": "landbird or waterbird?"}
 #: Keys the runner sets itself; a train.toml must not.
 _RUNNER_KEYS = ("train_manifest", "out", "val_manifest", "device")
 FINISHED = "case_study.json"
@@ -165,21 +167,31 @@ def load_expected(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
     for section, keys in _EXPECTED_KEYS.items():
         table = expected.get(section)
+        if section in _OPTIONAL_SECTIONS and table is None:
+            continue
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [{section}] missing")
         for key in keys:
             if key not in table:
                 raise ConfigError(f"{path}: [{section}] {key} missing")
+    biased = expected["biased"]
+    if not any(
+        k in biased for k in ("max_accuracy_counter_stereotypical", "max_worst_group_accuracy")
+    ):
+        raise ConfigError(f"{path}: [biased] max_accuracy_counter_stereotypical or "
+                          "max_worst_group_accuracy missing")  # fmt: skip
     return expected
 
 
 _EXPECTED_KEYS = {
     "cells": ("stereotypical", "counter_stereotypical"),
-    "biased": ("model", "min_accuracy_stereotypical", "max_accuracy_counter_stereotypical"),
+    "biased": ("model", "min_accuracy_stereotypical"),
     "debiased": ("models", "min_accuracy_every_cell"),
-    "attention": ("min_confounder_mass_ratio", "max_p_value", "min_causal_minus_confounder"),
+    "attention": ("min_confounder_mass_ratio", "max_p_value"),
     "occlusion": ("min_flip_ratio", "min_flip_difference"),
 }
+#: Sections a case study may leave out (its checks are then skipped).
+_OPTIONAL_SECTIONS = ("occlusion",)
 
 
 def _value(groups: pd.DataFrame, model: str, cell: str, metric: str) -> float:
@@ -239,8 +251,10 @@ def check_acceptance(
 
     A top-level ``margin`` makes every check but the p-values pass only with that much to
     spare. Optional keys: ``[biased] max_balanced_accuracy`` (the mean of the cells'
-    accuracies), ``[occlusion] min_flip_over_random`` (the biased model's flip rate minus that
-    of random patches of the same area), and ``[debiased] min_accuracy_every_cell`` may be a
+    accuracies), ``[biased] max_worst_group_accuracy`` (the lowest cell's; it may replace
+    ``max_accuracy_counter_stereotypical``), the whole ``[occlusion]`` section,
+    ``[occlusion] min_flip_over_random`` (the biased model's flip rate minus that of random
+    patches of the same area), and ``[debiased] min_accuracy_every_cell`` may be a
     table of floors by model.
 
     Returns:
@@ -248,7 +262,7 @@ def check_acceptance(
         NaN and fails its check.
     """
     cells, b, d = expected["cells"], expected["biased"], expected["debiased"]
-    att, occ = expected["attention"], expected["occlusion"]
+    att, occ = expected["attention"], expected.get("occlusion", {})
     m = float(expected.get("margin", 0.0))  # never applied to p-values
     biased = b["model"]
     every = [*cells["stereotypical"], *cells["counter_stereotypical"]]
@@ -257,10 +271,16 @@ def check_acceptance(
         acc = _value(groups, biased, cell, "accuracy")
         limit = b["min_accuracy_stereotypical"]
         out.append(_check(f"accuracy [{cell}]", biased, acc, ">=", limit, m))
-    for cell in cells["counter_stereotypical"]:
+    for cell in cells["counter_stereotypical"] if "max_accuracy_counter_stereotypical" in b else ():
         acc = _value(groups, biased, cell, "accuracy")
         limit = b["max_accuracy_counter_stereotypical"]
         out.append(_check(f"accuracy [{cell}]", biased, acc, "<=", limit, m))
+    if "max_worst_group_accuracy" in b:
+        # the lowest of the cells' accuracies (Sagawa et al.'s worst-group accuracy)
+        accs = [_value(groups, biased, c, "accuracy") for c in every]
+        worst = math.nan if any(math.isnan(x) for x in accs) else min(accs)
+        limit = b["max_worst_group_accuracy"]
+        out.append(_check("worst-group accuracy", biased, worst, "<=", limit, m))
     if "max_balanced_accuracy" in b:
         # the mean of the cells' accuracies: the test split's accuracy were it balanced
         bal = sum(_value(groups, biased, c, "accuracy") for c in every) / len(every)
@@ -290,10 +310,12 @@ def check_acceptance(
         out.append(_check(f"{conf} ratio", pair, ratio, ">=", att["min_confounder_mass_ratio"], m))
         p = _p_value(comparisons, biased, model, conf)
         out.append(_check(f"{conf} paired p", pair, p, "<=", att["max_p_value"]))
-        diff = _value(groups, model, "all", causal) - mass
-        out.append(
-            _check(f"{causal} - {conf}", model, diff, ">", att["min_causal_minus_confounder"], m)
-        )
+        if "min_causal_minus_confounder" in att:
+            diff = _value(groups, model, "all", causal) - mass
+            limit = att["min_causal_minus_confounder"]
+            out.append(_check(f"{causal} - {conf}", model, diff, ">", limit, m))
+        if not occ:
+            continue
         model_flip = _value(groups, model, "all", flip)
         # A debiased model that never flips makes the ratio infinite, which passes.
         if model_flip > 0 or math.isnan(model_flip):
@@ -540,7 +562,7 @@ def _run(
     mode = " (quick)" if quick else ""
     text = audit_config_text(
         (folder / "audit.toml").read_text(encoding="utf-8"),
-        title=f"Case study: nurse or doctor?{mode}",
+        title=f"Case study: {_TITLES.get(name, name)}{mode}",
         image_size=int(data_settings.get("image_size", 64)),
         models=list(configs),
     )

@@ -171,3 +171,18 @@ def test_grow_region_dilates_by_whole_cells_on_every_side_and_stays_in_the_grid(
     assert not grown[0].any() and not grown[:, 0].any()
     assert torch.equal(grow_region(region, cells=0), region)
     assert (grow_region(region, cells=2) >= grown).all()
+
+
+def test_a_whole_class_cluster_needs_an_enriched_group_value_when_the_audit_has_groups():
+    rule = FlagRule(min_cluster_size=5, min_eigengap=0.05, min_consistency=0.6,
+                    min_flip_excess=0.25, min_enrichment=1.5)  # fmt: skip
+    ok = {"size": 50, "eigengap": 0.2, "consistency": 0.9, "excess": 0.6, "rule": rule}
+    # A learned class: one place, causal, no group value concentrated in it.
+    flagged, why = flag_cluster(**ok, whole_class=True, enrichment=1.01)
+    assert not flagged and "whole class" in why[0] and "1.01" in why[0]
+    # A watermark that decides the class: the marked images are twice as common in it.
+    assert flag_cluster(**ok, whole_class=True, enrichment=2.0) == (True, ())
+    # No group attribute to tell them apart: left for a person to judge.
+    assert flag_cluster(**ok, whole_class=True, enrichment=None) == (True, ())
+    # A sub-strategy of its class is judged by the intervention alone.
+    assert flag_cluster(**ok, whole_class=False, enrichment=1.0) == (True, ())

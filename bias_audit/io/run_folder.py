@@ -1,10 +1,14 @@
 """The run folder: atomic writes, refusal to overwrite, and resume state.
 
-Per batch, the rows go to ``progress/<model>/part-<batch:06d>.parquet`` (atomic), then
-``progress/state.json`` records the batch as done (atomic), with the part's SHA-256 and the
-SHA-256 of its row ids. A kill between the two writes only means the batch is recomputed and its
-part replaced, so a resumed run never duplicates rows. On resume every recorded part is checked
-(its bytes, its batch's ids); a part that fails is recomputed rather than trusted.
+Per batch, the rows go to ``progress/<model>/part-<batch:06d>.parquet`` (atomic), then a line
+appended to ``progress/<model>/parts.jsonl`` records the batch as done, with the part's SHA-256
+and the SHA-256 of its row ids. A kill between the two writes only means the batch is recomputed
+and its part replaced, so a resumed run never duplicates rows; a kill in the middle of the
+append leaves a torn last line, which the resume drops. The journal is appended, not rewritten,
+so recording a batch costs the same at the 3,000th batch as at the first (rewriting one JSON
+file of every batch made it grow with the run). ``progress/state.json`` keeps the resume key
+and the bookkeeping. On resume every recorded part is checked (its bytes, its batch's ids); a
+part that fails is recomputed rather than trusted.
 
 A run folder is marked by ``.bias-audit-run`` (written when the run starts): ``force`` replaces
 only a marked folder, and removes only the files a run writes. While a run is going it holds an
@@ -53,7 +57,11 @@ STATE = "state.json"
 MARKER = ".bias-audit-run"
 #: Held (``flock``) for the whole run; never deleted, so every run locks the same file.
 LOCK = ".bias-audit-lock"
-_PART_RE = re.compile(r"part-\d{6}\.parquet|\.part-\d{6}\.parquet\..*\.tmp")
+#: Per model, the completed batches, one JSON line each.
+JOURNAL = "parts.jsonl"
+_PART_RE = re.compile(
+    r"part-\d{6}\.parquet|\.part-\d{6}\.parquet\..*\.tmp|parts\.jsonl|\.parts\.jsonl\..*\.tmp"
+)
 #: Keys a resume must match; anything else in the state is bookkeeping.
 _KEY_FIELDS = ("config_hash", "fingerprint", "batch_size", "models")
 
@@ -86,6 +94,8 @@ class RunStore:
         self.run_dir = Path(run_dir)
         self.progress = self.run_dir / "progress"
         self._state: dict[str, Any] = {}
+        # model -> batch -> {"batch", "n", "ids_sha256", "sha256"}: the journals, in memory
+        self._parts: dict[str, dict[int, dict[str, Any]]] = {}
         self._lock_fd: int | None = None
 
     # -- starting -------------------------------------------------------------------------
@@ -149,12 +159,14 @@ class RunStore:
                         f"started ({field}); pass force=True to start over"
                     )
             self._state = state
+            self._parts = self._load_journals()
             self._write_marker()
             return True
         if busy:
             self._clear()
         self._write_marker()
-        self._state = {**json.loads(json.dumps(key)), "completed": {}, "finished": False}
+        self._state = {**json.loads(json.dumps(key)), "finished": False}
+        self._parts = {}
         self._save_state()
         return False
 
@@ -236,7 +248,34 @@ class RunStore:
     # -- batches ---------------------------------------------------------------------------
     def completed(self, model: str) -> set[int]:
         """Batches of ``model`` whose rows are safely on disk."""
-        return set(self._state.get("completed", {}).get(model, []))
+        return set(self._parts.get(model, {}))
+
+    def journal_path(self, model: str) -> Path:
+        return self.progress / model / JOURNAL
+
+    def _load_journals(self) -> dict[str, dict[int, dict[str, Any]]]:
+        """Every model's journal; a torn last line (a kill in the middle of an append) is cut
+        off the file, so the next append starts on a line of its own."""
+        parts: dict[str, dict[int, dict[str, Any]]] = {}
+        if not self.progress.is_dir():
+            return parts
+        for sub in sorted(self.progress.iterdir()):
+            path = sub / JOURNAL
+            if sub.is_symlink() or not path.is_file():
+                continue
+            data = path.read_bytes()
+            end = data.rfind(b"\n") + 1
+            if end < len(data):
+                with open(path, "r+b") as fh:
+                    fh.truncate(end)
+            records = parts.setdefault(sub.name, {})
+            for line in data[:end].splitlines():
+                try:
+                    rec = json.loads(line)
+                    records[int(rec["batch"])] = rec
+                except (ValueError, KeyError, TypeError):
+                    continue  # not a record: its batch is simply recomputed
+        return parts
 
     def part_path(self, model: str, batch: int) -> Path:
         return self.progress / model / f"part-{batch:06d}.parquet"
@@ -249,18 +288,18 @@ class RunStore:
         data = buf.getvalue()
         with atomic_write(self.part_path(model, batch), "wb") as fh:
             fh.write(data)
-        parts = self._state.setdefault("parts", {}).setdefault(model, {})
-        parts[str(batch)] = {
+        record = {
             "batch": batch,
             "n": len(rows),
             "ids_sha256": _ids_sha256(rows["id"].astype(str).tolist()),
             "sha256": hashlib.sha256(data).hexdigest(),
         }
-        done = self._state.setdefault("completed", {}).setdefault(model, [])
-        if batch not in done:
-            done.append(batch)
-            done.sort()
-        self._save_state()
+        # open() creates the journal with the umask's mode, like every other run file.
+        with open(self.journal_path(model), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._parts.setdefault(model, {})[batch] = record
 
     def verify(self, model: str, batch_ids: list[list[str]]) -> set[int]:
         """Completed batches of ``model`` whose part is intact and holds exactly the ids of its
@@ -274,15 +313,14 @@ class RunStore:
             if b < len(batch_ids) and self._read_part(model, b, batch_ids[b]) is not None
         }
         if good != completed:
-            self._state["completed"][model] = sorted(good)
-            parts = self._state.get("parts", {}).get(model, {})
-            for k in [k for k in parts if int(k) not in good]:
-                del parts[k]
-            self._save_state()
+            kept = {b: r for b, r in self._parts.get(model, {}).items() if b in good}
+            self._parts[model] = kept
+            lines = "".join(json.dumps(kept[b], sort_keys=True) + "\n" for b in sorted(kept))
+            write_text(self.journal_path(model), lines)
         return good
 
     def _read_part(self, model: str, batch: int, ids: list[str]) -> pd.DataFrame | None:
-        record = self._state.get("parts", {}).get(model, {}).get(str(batch))
+        record = self._parts.get(model, {}).get(batch)
         if not isinstance(record, dict) or record.get("ids_sha256") != _ids_sha256(ids):
             return None
         try:

@@ -249,8 +249,8 @@ def test_resume_recomputes_a_part_that_fails_its_check(
     out = tmp_path / "run"
     assert _half_run(slow_config, out, monkeypatch) == 5
     parts = _parts(out)
-    state = json.loads((out / "progress" / "state.json").read_text())
-    rec = state["parts"]["slow"]["1"]
+    journal = (out / "progress" / "slow" / "parts.jsonl").read_text().splitlines()
+    rec = {r["batch"]: r for r in map(json.loads, journal)}[1]
     assert rec["batch"] == 1 and rec["n"] == 4 and len(rec["sha256"]) == 64
     if tamper == "unreadable":
         parts[1].write_bytes(b"\x00" * 10)
@@ -276,10 +276,13 @@ def test_a_part_changed_after_the_check_is_never_merged(slow_config, tmp_path, m
     parts = _parts(out)
     parts[2].write_bytes(parts[0].read_bytes())
     store = RunStore(out)
-    store._state = json.loads((out / "progress" / "state.json").read_text())
+    store.open(json.loads((out / "progress" / "state.json").read_text()), resume=True)
     ids = [f"s{i:03d}" for i in range(N)]
-    with pytest.raises(RunError, match=r"part-000002.parquet: changed since it was written"):
-        store.collect("slow", [ids[i : i + 4] for i in range(0, N, 4)])
+    try:
+        with pytest.raises(RunError, match=r"part-000002.parquet: changed since it was written"):
+            store.collect("slow", [ids[i : i + 4] for i in range(0, N, 4)])
+    finally:
+        store.close()
 
 
 def test_a_second_run_into_a_locked_folder_is_refused_with_the_pid(

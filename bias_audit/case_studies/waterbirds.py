@@ -65,7 +65,7 @@ SKEW = 0.95
 HOME = {"landbird": "land", "waterbird": "water"}
 
 #: Bumped whenever a change to the drawing changes the bytes written for a given seed.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 # label-map values: the scene, then the bird's parts
 _SCENE, _SCENE_MARK = 0, 1
@@ -73,8 +73,8 @@ _BODY, _WING, _HEAD, _BILL, _LEGS, _EYE = 2, 3, 4, 5, 6, 7
 _BIRD_LABELS = (_BODY, _WING, _HEAD, _BILL, _LEGS, _EYE)
 
 _COUNTS = {
-    False: {"train": 1200, "val": 80, "test": 400},
-    True: {"train": 1200, "val": 40, "test": 160},
+    False: {"train": 2400, "val": 80, "test": 400},
+    True: {"train": 2400, "val": 40, "test": 160},
 }
 
 _LAND = ((96, 140, 60), (120, 150, 70), (140, 120, 70), (80, 120, 50), (150, 140, 90))
@@ -110,8 +110,8 @@ class Cues:
                 raise ConfigError(f"cues.{name}: expected a value in [0, 1], got {v!r}")
         if not 0.0 <= self.noise <= 64:
             raise ConfigError(f"cues.noise: expected 0-64, got {self.noise!r}")
-        if not 0.1 <= self.bird_size <= 0.6:
-            raise ConfigError(f"cues.bird_size: expected 0.1-0.6, got {self.bird_size!r}")
+        if not 0.1 <= self.bird_size <= 0.7:
+            raise ConfigError(f"cues.bird_size: expected 0.1-0.7, got {self.bird_size!r}")
 
 
 @dataclass(frozen=True)
@@ -152,13 +152,15 @@ def draw_scene(
         else:
             w = rng.uniform(0.08, 0.2) * big
             d.arc([x, y, x + w, y + w * 0.3], 200, 340, fill=_SCENE_MARK, width=s)
-    # the bird, facing right or left (drawn facing right, mirrored after)
+    # the bird, on a layer of its own, facing right or left (drawn facing right, mirrored after),
+    # then pasted whole at a random place inside the frame
     water = label == "waterbird"
     k = cues.shape
+    bird_layer = Image.new("L", (2 * big, 2 * big), _SCENE)
+    d = ImageDraw.Draw(bird_layer)
     body_l = cues.bird_size * big * rng.uniform(0.85, 1.15)
-    body_h = body_l * rng.uniform(0.5, 0.62)
-    cx = rng.uniform(0.3, 0.7) * big
-    cy = rng.uniform(0.45, 0.65) * big
+    body_h = body_l * rng.uniform(0.6, 0.72)
+    cx = cy = big
     d.ellipse([cx - body_l / 2, cy - body_h / 2, cx + body_l / 2, cy + body_h / 2], fill=_BODY)
     # neck: a waterbird's is longer (the head sits higher and further forward)
     neck = body_l * (0.25 + 0.3 * k * water + rng.uniform(-0.05, 0.05))
@@ -191,7 +193,13 @@ def draw_scene(
             for dx in (-fw, 0.0, fw):
                 d.line([foot, (foot[0] + dx, foot[1] + s)], fill=_LEGS, width=s)
     if rng.random() < 0.5:
-        lab = lab.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        bird_layer = bird_layer.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    x0, y0, x1, y1 = bird_layer.getbbox() or (0, 0, 1, 1)
+    bird_img = bird_layer.crop((x0, y0, x1, y1))
+    # a random position with the whole bird in the frame (centred if it is wider than the frame)
+    px = int(rng.uniform(0, max(big - (x1 - x0), 0))) if x1 - x0 < big else (big - (x1 - x0)) // 2
+    py = int(rng.uniform(0, max(big - (y1 - y0), 0))) if y1 - y0 < big else (big - (y1 - y0)) // 2
+    lab.paste(bird_img, (px, py), bird_img.point(lambda v: 255 if v != _SCENE else 0))
     labels = np.asarray(lab.resize((size, size), Image.Resampling.NEAREST), dtype=np.uint8)
 
     # colours

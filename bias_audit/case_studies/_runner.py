@@ -308,8 +308,10 @@ def check_acceptance(
         mass = _value(groups, model, "all", conf)
         ratio = biased_mass / mass if mass > 0 else math.nan
         out.append(_check(f"{conf} ratio", pair, ratio, ">=", att["min_confounder_mass_ratio"], m))
-        p = _p_value(comparisons, biased, model, conf)
-        out.append(_check(f"{conf} paired p", pair, p, "<=", att["max_p_value"]))
+        # The test is two-sided: a biased model significantly BELOW the debiased one must fail
+        # this check too, not only the ratio's.
+        p = _p_value(comparisons, biased, model, conf) if biased_mass > mass else 1.0
+        out.append(_check(f"{conf} paired p, biased above", pair, p, "<=", att["max_p_value"]))
         if "min_causal_minus_confounder" in att:
             diff = _value(groups, model, "all", causal) - mass
             limit = att["min_causal_minus_confounder"]

@@ -89,7 +89,9 @@ def test_acceptance_passes_at_the_limits():
     got = by_key(checks)
     ratio = got[("biased vs debiased_data", "mass:confounder ratio")]
     assert ratio.value == pytest.approx(2.0) and ratio.op == ">="
-    assert got[("biased vs debiased_data", "mass:confounder paired p")].value == 0.0009
+    assert (
+        got[("biased vs debiased_data", "mass:confounder paired p, biased above")].value == 0.0009
+    )
     assert got[("debiased_data", "mass:causal - mass:confounder")].value == pytest.approx(0.45)
     assert got[("biased vs debiased_data", f"{FLIP} ratio")].value == pytest.approx(3.0)
     diff = got[("biased vs debiased_data", f"{FLIP} difference")]
@@ -116,8 +118,8 @@ def test_acceptance_fails_each_criterion_by_name():
         ("biased", "accuracy [male / nurse]"),
         ("debiased_penalty", "accuracy [female / doctor]"),
         ("biased vs debiased_data", "mass:confounder ratio"),
-        ("biased vs debiased_data", "mass:confounder paired p"),
-        ("biased vs debiased_penalty", "mass:confounder paired p"),
+        ("biased vs debiased_data", "mass:confounder paired p, biased above"),
+        ("biased vs debiased_penalty", "mass:confounder paired p, biased above"),
         ("debiased_penalty", "mass:causal - mass:confounder"),
         ("biased vs debiased_data", f"{FLIP} ratio"),
         ("biased vs debiased_data", f"{FLIP} difference"),
@@ -161,7 +163,7 @@ def test_margin_balanced_accuracy_floors_by_model_and_flip_over_random():
     assert over.value == pytest.approx(0.13) and over.limit == 0.10
     assert got[("biased vs debiased_data", "mass:confounder ratio")].value == pytest.approx(2.03)
     # p-values get no margin: .0009 passes .001
-    assert got[("biased vs debiased_data", "mass:confounder paired p")].margin == 0.0
+    assert got[("biased vs debiased_data", "mass:confounder paired p, biased above")].margin == 0.0
     # Inside the margin fails, though within the limit; each floor is the model's own.
     acc["biased"]["male / nurse"] = 0.73  # <= .75 but not <= .72; balanced .82 still passes
     acc["debiased_penalty"]["male / doctor"] = 0.905  # above .88, not by .03
@@ -298,7 +300,11 @@ def test_quick_case_study_end_to_end(tmp_path):
     assert all(checks[("debiased_data", f"accuracy [{c}]")]["passed"] for c in CELLS)
     for cell in ("female / doctor", "male / nurse"):
         assert checks[("biased", f"accuracy [{cell}]")]["passed"]
-    for name in ("mass:confounder ratio", "mass:confounder paired p", f"{FLIP} ratio"):
+    for name in (
+        "mass:confounder ratio",
+        "mass:confounder paired p, biased above",
+        f"{FLIP} ratio",
+    ):
         assert checks[("biased vs debiased_data", name)]["passed"], name
     assert checks[("debiased_data", "mass:causal - mass:confounder")]["passed"]
     # the acceptance was judged from the audit's own tables
@@ -339,3 +345,16 @@ def test_generator_options_build_cues_and_name_bad_keys():
         generator_options({"cues": {"bread": 0.3}}, nurse_doctor)
     with pytest.raises(ConfigError, match=r"\[data.cues\]: Cues.hair_male"):
         generator_options({"cues": {"hair_male": [1.0]}}, nurse_doctor)
+
+
+def test_a_significant_difference_in_the_wrong_direction_fails_the_p_check():
+    # The paired test is two-sided: a biased model significantly below the debiased one has
+    # a tiny p too, and must not pass the "significantly above" check.
+    expected = load_expected(SHIPPED / "expected.toml")
+    expected["margin"] = 0.0
+    acc, overall = passing()
+    overall["debiased_data"]["mass:confounder"] = 2 * overall["biased"]["mass:confounder"]
+    checks = by_key(check_acceptance(*tables(acc, overall, p=1e-9), expected))
+    check = checks[("biased vs debiased_data", "mass:confounder paired p, biased above")]
+    assert check.value == 1.0 and not check.passed
+    assert checks[("biased vs debiased_penalty", "mass:confounder paired p, biased above")].passed

@@ -111,7 +111,7 @@ def test_acceptance_fails_each_criterion_by_name():
     overall["debiased_penalty"]["mass:causal"] = 0.05  # causal == confounder: not greater
     overall["debiased_data"][FLIP] = 0.44  # diff .01, ratio 1.02
     del overall["debiased_penalty"][FLIP]  # missing: NaN fails
-    checks = check_acceptance(*tables(acc, overall, p=0.002), expected)
+    checks = check_acceptance(*tables(acc, overall, p=0.02), expected)
     failed = {(c.model, c.name) for c in checks if not c.passed}
     assert failed == {
         ("biased", "accuracy [female / nurse]"),

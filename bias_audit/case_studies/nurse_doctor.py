@@ -141,6 +141,8 @@ class Cues:
         opening: half width of the coat's open front, as a share of the image at scale 1.
         dark_hair: share of people with dark hair; the others draw from all hair colours.
         strands: size of the long-hair strands falling over the shoulders (1 = shoulder length).
+        hair_volume: width of long hair around the head (1 = the first design); wider hair is a
+            bold gender cue away from the garment, whose region it does not touch.
         button_shade: brightness of the coat's buttons relative to the coat.
         nurse_collar: share of scrub tops with a wrap collar drawn like a coat's lapels.
         nurse_placket: share of scrub tops with a placket line down the front.
@@ -174,6 +176,7 @@ class Cues:
     nurse_placket: float = 0.6
     dark_hair: float = 1.0
     strands: float = 1.8
+    hair_volume: float = 1.0
     stethoscope_doctor: float = 0.3
     stethoscope_nurse: float = 0.2
     clutter: tuple[int, int] = (4, 9)
@@ -190,6 +193,10 @@ class Cues:
         if not 0 < self.stethoscope_size <= 2:
             raise ConfigError(
                 f"Cues.stethoscope_size: expected a scale in (0, 2], got {self.stethoscope_size!r}"
+            )
+        if not 0.5 <= self.hair_volume <= 3:
+            raise ConfigError(
+                f"Cues.hair_volume: expected a width in [0.5, 3], got {self.hair_volume!r}"
             )
         if not 0 < self.strands <= 3:
             raise ConfigError(f"Cues.strands: expected a size in (0, 3], got {self.strands!r}")
@@ -339,8 +346,8 @@ def draw_portrait(
     if style == "long":
         length = u(0.22, 0.36) * s
         back = [
-            (hcx - hrx * 1.35, hy),
-            (hcx + hrx * 1.35, hy),
+            (hcx - hrx * 1.35 * cues.hair_volume, hy),
+            (hcx + hrx * 1.35 * cues.hair_volume, hy),
             (hcx + hrx * 1.5, sy + length),
             (hcx - hrx * 1.5, sy + length),
         ]
@@ -480,7 +487,7 @@ def draw_portrait(
 
     # --- head: hair volume behind the face, then the face, then the fringe ---
     if style in ("long", "bob", "short", "bun"):
-        grow = {"long": 1.22, "bob": 1.22, "short": 1.1, "bun": 1.08}[style]
+        grow = {"long": 1.22 * cues.hair_volume, "bob": 1.22, "short": 1.1, "bun": 1.08}[style]
         d.polygon(P(_ellipse(hcx, hy - 0.025 * s, hrx * grow, hry * 1.08, tilt)), fill=_HAIR)
     if style == "bob":
         sides = [

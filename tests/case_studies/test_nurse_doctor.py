@@ -256,6 +256,8 @@ def test_bad_cues_and_portrait_arguments_are_named():
         nd.Cues(pale_scrubs=1.5)
     with pytest.raises(ConfigError, match="strands"):
         nd.Cues(strands=0.0)
+    with pytest.raises(ConfigError, match="hair_volume"):
+        nd.Cues(hair_volume=0.2)
     with pytest.raises(ConfigError, match="hair_male"):
         nd.Cues(hair_male=(0.5, 0.5, 0.5, 0.0, 0.0))
     rng = np.random.default_rng(0)
@@ -272,3 +274,15 @@ def test_default_counts():
     # --quick trains on the same amounts (the shortcut depends on them) and tests on fewer
     assert all(quick[s] == full[s] for s in ("train_biased", "train_balanced"))
     assert all(quick[s] < full[s] for s in ("val", "test"))
+
+
+def test_hair_volume_widens_long_hair_only():
+    def hair(style_p, volume):
+        cues = nd.Cues(hair_female=style_p, hair_volume=volume)
+        rng = np.random.default_rng(3)
+        p = nd.draw_portrait(rng, label="nurse", gender="female", size=64, cues=cues)
+        return int(nd.region_masks(p.labels)["hair"].sum())
+
+    long_hair, bob = (1.0, 0.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0, 0.0)
+    assert hair(long_hair, 2.0) > hair(long_hair, 1.0)
+    assert hair(bob, 2.0) == hair(bob, 1.0)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from scipy.sparse.linalg import eigsh
 from sklearn.cluster import KMeans
 from sklearn.neighbors import kneighbors_graph
+from threadpoolctl import threadpool_limits
 from torch import Tensor
 
 from bias_audit.errors import DataError
@@ -165,6 +166,15 @@ def spectral_clusters(
     n = len(x)
     if n < max(2 * n_neighbors, 4) or max_clusters < 2:
         return Clustering(labels=np.zeros(n, dtype=int), n_clusters=1)
+    # One BLAS/OpenMP thread: a class's problem is small, and the thread pools' start-up and
+    # spinning cost 50x the work on 2 busy cores (3.0 s against 55 ms for 500 images, measured),
+    # for the same labels.
+    with threadpool_limits(1):
+        return _spectral(x, max_clusters=max_clusters, n_neighbors=n_neighbors, seed=seed)
+
+
+def _spectral(x: np.ndarray, *, max_clusters: int, n_neighbors: int, seed: int) -> Clustering:
+    n = len(x)
     knn = kneighbors_graph(x, n_neighbors=n_neighbors, mode="connectivity", include_self=False)
     a = ((knn + knn.T) * 0.5).tocsr()
     deg = np.asarray(a.sum(axis=1)).ravel()

@@ -55,11 +55,11 @@ def make_world(root: Path, n: int, size: int, arch: str) -> Path:
     return root / "manifest.csv"
 
 
-def config(root: Path, batch: int, size: int, interventions: bool) -> AuditConfig:
+def config(root: Path, batch: int, size: int, interventions: bool, workers: int = 0) -> AuditConfig:
     return AuditConfig.from_dict(
         {
             "data": {"manifest": "manifest.csv", "groups": ["gender"], "image_size": size,
-                     "batch_size": batch},
+                     "batch_size": batch, "num_workers": workers},
             "regions": {"causal": ["coat"], "confounder": ["hair"]},
             "stats": {"bootstrap": 100, "permutations": 100, "min_group_size": 5},
             "interventions": {"enabled": interventions},
@@ -78,6 +78,7 @@ def main() -> None:
     p.add_argument("--arch", default="smallcnn")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--workers", type=int, default=0, help="[data] num_workers of the run")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,7 +97,7 @@ def main() -> None:
             return time.perf_counter() - t
 
         def run(interventions: bool, r: int) -> tuple[float, float]:
-            res = audit(config(root, a.batch, a.size, interventions),
+            res = audit(config(root, a.batch, a.size, interventions, a.workers),
                         out=root / f"run{interventions}{r}", progress=False)  # fmt: skip
             return res.summary["timings"]["per_model_s"]["m"], res.summary["timings"]["total_s"]
 
@@ -131,7 +132,7 @@ def main() -> None:
 
     ips = lambda s: a.n / s  # noqa: E731
     print(f"audit bench: arch={a.arch} n={a.n} size={a.size} batch={a.batch} "
-          f"threads={a.threads} (best of {a.repeats})")  # fmt: skip
+          f"threads={a.threads} workers={a.workers} (best of {a.repeats})")  # fmt: skip
     print(f"  explain alone (tensors in memory):    {ips(t_explain):8.1f} img/s")
     print(f"  audit stream, interventions off:      {ips(off_stream):8.1f} img/s "
           f"(median ratio to explain: {100 * ratio:.0f}%; floor 80%)")  # fmt: skip

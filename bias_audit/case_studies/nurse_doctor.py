@@ -19,10 +19,6 @@ for nurses too. ``stethoscope`` is empty (an empty manifest cell) where none is 
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -32,8 +28,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bias_audit.errors import ConfigError, DataError
-from bias_audit.io._files import write_json, write_text
+from bias_audit.case_studies._generated import (
+    check_generator_args,
+    generate_once,
+    png,
+    resolve_counts,
+    sample_rng,
+    shuffled,
+    write_manifest,
+)
+from bias_audit.errors import ConfigError
 
 __all__ = [
     "CLASSES",
@@ -627,35 +631,7 @@ def _cells(split: str, n: int) -> list[tuple[str, str]]:
 
 
 def _resolve_counts(n: int | Mapping[str, int] | None, quick: bool) -> dict[str, int]:
-    counts = default_counts(quick=quick)
-    if n is None:
-        return counts
-    if isinstance(n, int) and not isinstance(n, bool):
-        return dict.fromkeys(SPLITS, n)
-    if isinstance(n, Mapping):
-        unknown = sorted(set(n) - set(SPLITS))
-        if unknown:
-            raise ConfigError(f"n: unknown split {unknown[0]!r}; expected some of {SPLITS}")
-        counts.update(n)
-        for split, k in counts.items():
-            if not isinstance(k, int) or isinstance(k, bool) or k < 4:
-                raise ConfigError(f"n[{split!r}]: expected an int >= 4, got {k!r}")
-        return counts
-    raise ConfigError(f"n: expected None, an int or a mapping split -> int, got {n!r}")
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    # compress_level 1: about 3x faster than the default for a few % more bytes
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    # One independent stream per image: an image depends only on (seed, split, index),
-    # never on how many images come before it or on the other splits' sizes.
-    split_key = int.from_bytes(hashlib.sha256(split.encode()).digest()[:4], "little")
-    return np.random.default_rng(np.random.SeedSequence([seed, split_key, index]))
+    return resolve_counts(n, default_counts(quick=quick), SPLITS)
 
 
 def _write_split(root: Path, split: str, n: int, *, seed: int, size: int, cues: Cues) -> Path:
@@ -663,22 +639,21 @@ def _write_split(root: Path, split: str, n: int, *, seed: int, size: int, cues: 
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     cells = _cells(split, n)
-    order = np.random.default_rng(np.random.SeedSequence([seed, len(split), n])).permutation(n)
     rows = []
-    for i, j in enumerate(order):
+    for i, j in enumerate(shuffled(seed, split, n)):
         label, gender = cells[j]
         p = draw_portrait(
-            _sample_rng(seed, split, i), label=label, gender=gender, size=size, cues=cues
+            sample_rng(seed, split, i), label=label, gender=gender, size=size, cues=cues
         )
         sid = f"{split}-{i:05d}"
         image = f"images/{sid}.png"
         # Plain writes: the manifest, written last and atomically, is what marks a split done.
-        (folder / image).write_bytes(_png(p.image))
+        (folder / image).write_bytes(png(p.image))
         row = {"id": sid, "image": image, "label": label, "gender": gender}
         for region, mask in region_masks(p.labels).items():
             if mask.any():
                 rel = f"masks/{sid}_{region}.png"
-                (folder / rel).write_bytes(_png(mask.astype(np.uint8) * 255))
+                (folder / rel).write_bytes(png(mask.astype(np.uint8) * 255))
                 row[f"mask:{region}"] = rel
             else:
                 row[f"mask:{region}"] = ""
@@ -694,13 +669,7 @@ def _write_split(root: Path, split: str, n: int, *, seed: int, size: int, cues: 
         "skin_tone",
         "split",
     ]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    manifest = folder / "manifest.csv"
-    write_text(manifest, buf.getvalue())
-    return manifest
+    return write_manifest(folder, columns, rows)
 
 
 def generate(
@@ -746,10 +715,7 @@ def generate(
         DataError: ``out_dir`` holds a complete data set made with other parameters and
             ``force`` is False.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
-        raise ConfigError(f"image_size: expected an int >= 32, got {image_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed: expected an int >= 0, got {seed!r}")
+    check_generator_args(seed=seed, image_size=image_size)
     cues = Cues() if cues is None else cues
     counts = _resolve_counts(n, quick)
     for split, k in counts.items():
@@ -763,27 +729,8 @@ def generate(
         "counts": counts,
         "cues": asdict(cues),
     }
-    params = json.loads(json.dumps(params))  # tuples -> lists, as they come back from disk
-    stamp = root / "generator.json"
-    manifests = {split: root / split / "manifest.csv" for split in SPLITS}
-    if stamp.exists() and not force:
-        try:
-            previous = json.loads(stamp.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise DataError(f"{stamp}: unreadable ({err}); pass force=True to regenerate") from err
-        if previous == params and all(p.exists() for p in manifests.values()):
-            return manifests
-        if previous != params:
-            changed = sorted(k for k in params if previous.get(k) != params[k])
-            raise DataError(
-                f"{root}: holds a data set generated with other parameters "
-                f"({', '.join(changed)}); pass force=True to overwrite it"
-            )
-    # A stamp is only written once everything else is: its absence means "incomplete, redo".
-    if stamp.exists():
-        stamp.unlink()
-    root.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
+
+    def write(split: str) -> None:
         _write_split(root, split, counts[split], seed=seed, size=image_size, cues=cues)
-    write_json(stamp, params)
-    return manifests
+
+    return generate_once(root, params, SPLITS, write, force=force)

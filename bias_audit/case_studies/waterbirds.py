@@ -22,10 +22,6 @@ tests the findings read.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -34,8 +30,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bias_audit.errors import ConfigError, DataError
-from bias_audit.io._files import write_json, write_text
+from bias_audit.case_studies._generated import (
+    check_generator_args,
+    generate_once,
+    png,
+    resolve_counts,
+    sample_rng,
+    shuffled,
+    write_manifest,
+)
+from bias_audit.errors import ConfigError
 
 __all__ = [
     "CLASSES",
@@ -253,34 +257,7 @@ def _cells(split: str, n: int) -> list[tuple[str, str]]:
 
 
 def _resolve_counts(n: int | Mapping[str, int] | None, quick: bool) -> dict[str, int]:
-    counts = default_counts(quick=quick)
-    if n is None:
-        return counts
-    if isinstance(n, int) and not isinstance(n, bool):
-        counts = dict.fromkeys(SPLITS, n)
-    elif isinstance(n, Mapping):
-        unknown = sorted(set(n) - set(SPLITS))
-        if unknown:
-            raise ConfigError(f"n: unknown split {unknown[0]!r}; expected some of {SPLITS}")
-        counts.update(n)
-    else:
-        raise ConfigError(f"n: expected None, an int or a mapping split -> int, got {n!r}")
-    for split, k in counts.items():
-        if not isinstance(k, int) or isinstance(k, bool) or k < 4:
-            raise ConfigError(f"n[{split!r}]: expected an int >= 4, got {k!r}")
-    return counts
-
-
-def _png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
-
-
-def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    # one stream per image: an image depends only on (seed, split, index)
-    split_key = int.from_bytes(hashlib.sha256(split.encode()).digest()[:4], "little")
-    return np.random.default_rng(np.random.SeedSequence([seed, split_key, index]))
+    return resolve_counts(n, default_counts(quick=quick), SPLITS)
 
 
 def _write_split(root: Path, split: str, n: int, *, seed: int, size: int, cues: Cues) -> Path:
@@ -288,28 +265,21 @@ def _write_split(root: Path, split: str, n: int, *, seed: int, size: int, cues: 
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     cells = _cells(split, n)
-    order = np.random.default_rng(np.random.SeedSequence([seed, len(split), n])).permutation(n)
     rows = []
-    for i, j in enumerate(order):
+    for i, j in enumerate(shuffled(seed, split, n)):
         label, place = cells[j]
-        sc = draw_scene(_sample_rng(seed, split, i), label=label, place=place, size=size, cues=cues)
+        sc = draw_scene(sample_rng(seed, split, i), label=label, place=place, size=size, cues=cues)
         sid = f"{split}-{i:05d}"
         row = {"id": sid, "image": f"images/{sid}.png", "label": label, "place": place}
-        (folder / row["image"]).write_bytes(_png(sc.image))
+        (folder / row["image"]).write_bytes(png(sc.image))
         for region, mask in region_masks(sc.labels).items():
             rel = f"masks/{sid}_{region}.png"
-            (folder / rel).write_bytes(_png(mask.astype(np.uint8) * 255))
+            (folder / rel).write_bytes(png(mask.astype(np.uint8) * 255))
             row[f"mask:{region}"] = rel
         row["split"] = split
         rows.append(row)
     columns = ["id", "image", "label", "place", *(f"mask:{r}" for r in REGIONS), "split"]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    manifest = folder / "manifest.csv"
-    write_text(manifest, buf.getvalue())  # written last, atomically: the split is done
-    return manifest
+    return write_manifest(folder, columns, rows)
 
 
 def generate(
@@ -336,38 +306,18 @@ def generate(
         DataError: ``out_dir`` holds a complete data set made with other parameters and
             ``force`` is False.
     """
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 32:
-        raise ConfigError(f"image_size: expected an int >= 32, got {image_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed: expected an int >= 0, got {seed!r}")
+    check_generator_args(seed=seed, image_size=image_size)
     cues = Cues() if cues is None else cues
     counts = _resolve_counts(n, quick)
     for split, k in counts.items():
         _cells(split, k)  # validate every split before writing anything
     root = Path(out_dir)
-    params = json.loads(json.dumps({
+    params = {
         "generator": "waterbirds", "version": GENERATOR_VERSION, "seed": seed,
         "image_size": image_size, "counts": counts, "cues": asdict(cues),
-    }))  # fmt: skip
-    stamp = root / "generator.json"
-    manifests = {split: root / split / "manifest.csv" for split in SPLITS}
-    if stamp.exists() and not force:
-        try:
-            previous = json.loads(stamp.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise DataError(f"{stamp}: unreadable ({err}); pass force=True to regenerate") from err
-        if previous == params and all(p.exists() for p in manifests.values()):
-            return manifests
-        if previous != params:
-            changed = sorted(k for k in params if previous.get(k) != params[k])
-            raise DataError(
-                f"{root}: holds a data set generated with other parameters "
-                f"({', '.join(changed)}); pass force=True to overwrite it"
-            )
-    if stamp.exists():
-        stamp.unlink()
-    root.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
+    }  # fmt: skip
+
+    def write(split: str) -> None:
         _write_split(root, split, counts[split], seed=seed, size=image_size, cues=cues)
-    write_json(stamp, params)
-    return manifests
+
+    return generate_once(root, params, SPLITS, write, force=force)

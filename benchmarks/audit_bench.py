@@ -29,6 +29,7 @@ from bias_audit.core.maps import explain  # noqa: E402
 from bias_audit.io.checkpoints import CheckpointMeta, load_model, save_checkpoint  # noqa: E402
 from bias_audit.io.data import collate, load_manifest  # noqa: E402
 from bias_audit.pipelines import StepSpec, audit, audit_batch  # noqa: E402
+from bias_audit.pipelines._step import batch_rows, explain_batch  # noqa: E402
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 
@@ -130,6 +131,23 @@ def main() -> None:
         off_calls = len(calls)
         h.remove()
 
+        # CPU per image of the stream's three parts, one after the other (process time, all
+        # threads): what the run must overlap with explain.
+        def cpu_ms(work) -> float:
+            t = time.process_time()
+            work()
+            return 1000 * (time.process_time() - t) / a.n
+
+        off = StepSpec(**{**spec.__dict__, "interventions": False, "discovery_size": 16,
+                          "discovery_features": True})  # fmt: skip
+        exps = [explain_batch(model, b, spec=off) for b in batches]
+        cpu = {
+            "decode": cpu_ms(lambda: [ds[j] for j in range(a.n)]),
+            "explain": cpu_ms(lambda: [explain_batch(model, b, spec=off) for b in batches]),
+            "metrics": cpu_ms(lambda: [batch_rows(model, b, e, spec=off)
+                                       for b, e in zip(batches, exps, strict=True)]),
+        }  # fmt: skip
+
     ips = lambda s: a.n / s  # noqa: E731
     print(f"audit bench: arch={a.arch} n={a.n} size={a.size} batch={a.batch} "
           f"threads={a.threads} workers={a.workers} (best of {a.repeats})")  # fmt: skip
@@ -143,6 +161,7 @@ def main() -> None:
         f"interventions and baseline = false (one per role), {on_calls} with the random-patch "
         "baseline (one more per role)"
     )
+    print("  CPU per image (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items()))
 
 
 if __name__ == "__main__":

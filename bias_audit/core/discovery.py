@@ -168,8 +168,8 @@ def spectral_clusters(
     if n < max(2 * n_neighbors, 4) or max_clusters < 2:
         return Clustering(labels=np.zeros(n, dtype=int), n_clusters=1)
     # One BLAS/OpenMP thread: a class's problem is small, and the thread pools' start-up and
-    # spinning cost 50x the work on 2 busy cores (3.0 s against 55 ms for 500 images, measured),
-    # for the same labels.
+    # spinning cost twice the work on an idle 2-core machine and 50x on a busy one, for the
+    # same labels (benchmarks/clustering_bench.py).
     with _threads().limit(limits=1):
         return _spectral(x, max_clusters=max_clusters, n_neighbors=n_neighbors, seed=seed)
 

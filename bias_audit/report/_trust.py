@@ -136,30 +136,25 @@ def trust_figures(summary: Mapping[str, Any]) -> list[FigureSpec]:
     trust = summary.get("trust") or {}
     if not trust.get("enabled"):
         return []
+    charts = (
+        (_randomization_figure, "fig-trust-randomization", "Model-parameter randomisation",
+         "Similarity (Spearman) between each method's maps on the trained model and on copies "
+         "whose layers are re-initialised from the logits down (solid) or from the input up "
+         "(dashed). Maps that explain the model must move away from 1; the dotted line is the "
+         "level above which a method is flagged."),
+        (_layer_figure, "fig-trust-layers", "Confounder attention by layer",
+         "Share of each method's map on confounder regions (95% bootstrap interval) at the "
+         "audited layer (first) and the spatial layers before it."),
+        (_faithfulness_figure, "fig-trust-faithfulness",
+         "Faithfulness: deleting the most attended pixels",
+         "Drop of the explained class's probability when the most attended pixels (solid) or "
+         "as many random pixels (dotted) are filled. A faithful map's pixels matter more."),
+    )  # fmt: skip
     out = []
-    fig = _randomization_figure(trust)
-    if fig:
-        out.append(FigureSpec(
-            "fig-trust-randomization", "Model-parameter randomisation",
-            "Similarity (Spearman) between each method's maps on the trained model and on copies "
-            "whose layers are re-initialised from the logits down (solid) or from the input up "
-            "(dashed). Maps that explain the model must move away from 1; the dotted line is the "
-            "level above which a method is flagged.", fig,
-        ))  # fmt: skip
-    fig = _layer_figure(trust)
-    if fig:
-        out.append(FigureSpec(
-            "fig-trust-layers", "Confounder attention by layer",
-            "Share of each method's map on confounder regions (95% bootstrap interval) at the "
-            "audited layer (first) and the spatial layers before it.", fig,
-        ))  # fmt: skip
-    fig = _faithfulness_figure(trust)
-    if fig:
-        out.append(FigureSpec(
-            "fig-trust-faithfulness", "Faithfulness: deleting the most attended pixels",
-            "Drop of the explained class's probability when the most attended pixels (solid) or "
-            "as many random pixels (dotted) are filled. A faithful map's pixels matter more.", fig,
-        ))  # fmt: skip
+    for build, fig_id, title, caption in charts:
+        fig = build(trust)
+        if fig:
+            out.append(FigureSpec(fig_id, title, caption, fig))
     return out
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +121,26 @@ def write_config(
     path = world["root"] / name
     path.write_text(text)
     return path
+
+
+def part_files(out: Path, model: str = "slow") -> list[Path]:
+    """The part files a run has written for ``model`` so far."""
+    return sorted((out / "progress" / model).glob("part-*.parquet"))
+
+
+def kill_after_parts(args: list[str], out: Path, env: dict[str, str], *, at: int = 3,
+                     timeout: float = 120) -> None:  # fmt: skip
+    """Run ``bias-audit ARGS`` and SIGKILL it once it has written ``at`` parts."""
+    proc = subprocess.Popen([sys.executable, "-m", "bias_audit", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + timeout
+        while len(part_files(out)) < at:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, f"the run never wrote {at} batches"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

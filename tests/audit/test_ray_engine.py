@@ -8,11 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -21,7 +18,7 @@ from bias_audit.cli import _build_parser, _interrupted, _with_run_flags
 from bias_audit.core.config import AuditConfig
 from bias_audit.errors import ConfigError
 from bias_audit.pipelines import audit
-from tests.audit.conftest import N, write_config
+from tests.audit.conftest import N, kill_after_parts, part_files, write_config
 from tests.audit.test_resume import SLOW
 from tests.audit.test_run import REPO, _env
 
@@ -171,10 +168,6 @@ def test_ray_gives_the_local_samples_findings_and_gallery(
         assert (a["target_layer"], a["layer_shape"]) == (b["target_layer"], b["layer_shape"])
 
 
-def _parts(out: Path) -> list[Path]:
-    return sorted((out / "progress" / "slow").glob("part-*.parquet"))
-
-
 @pytest.mark.slow
 def test_a_killed_ray_run_resumes_without_duplicates(ray_cluster, world, tmp_path):
     slow = world["root"] / "slow_ray.toml"
@@ -183,22 +176,8 @@ def test_a_killed_ray_run_resumes_without_duplicates(ray_cluster, world, tmp_pat
     out = tmp_path / "run"
     args = ["run", str(slow), "--out", str(out), "-q", "--engine", "ray", "--workers", "2"]
     # joins the test's Ray (loopback), whose actors sleep 0.5 s per batch
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bias_audit", *args, "--address", ray_cluster],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 90
-        while len(_parts(out)) < 3:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the run never wrote 3 batches"
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert 3 <= len(_parts(out)) < N // 4, "the run was not killed in the middle"
+    kill_after_parts([*args, "--address", ray_cluster], out, _env(), timeout=90)
+    assert 3 <= len(part_files(out)) < N // 4, "the run was not killed in the middle"
     # the parts the store recorded as done, by inode: a recomputed part is a new file
     journal = (out / "progress" / "slow" / "parts.jsonl").read_text().splitlines()
     completed = sorted({json.loads(line)["batch"] for line in journal})

@@ -17,7 +17,7 @@ from bias_audit.cli import main
 from bias_audit.core.config import AuditConfig
 from bias_audit.errors import RunError
 from bias_audit.pipelines import audit
-from tests.audit.conftest import N
+from tests.audit.conftest import N, kill_after_parts, part_files
 from tests.audit.test_run import _env
 
 # One slow model (plain state_dict: arch and classes from the config), small batches.
@@ -64,34 +64,17 @@ def reference(slow_config, tmp_path_factory) -> pd.DataFrame:
     return audit(slow_config, out=out, progress=False).samples
 
 
-def _parts(out: Path) -> list[Path]:
-    return sorted((out / "progress" / "slow").glob("part-*.parquet"))
-
-
 @pytest.mark.slow
 def test_resume_after_kill(slow_config, reference, tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bias_audit", "run", str(slow_config), "--out", str(out), "-q"],
-        env=_env(BIAS_AUDIT_TEST_DELAY="0.4"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while len(_parts(out)) < 3:
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the run never wrote 3 batches"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    done = len(_parts(out))
+    args = ["run", str(slow_config), "--out", str(out), "-q"]
+    kill_after_parts(args, out, _env(BIAS_AUDIT_TEST_DELAY="0.4"))
+    done = len(part_files(out))
     assert 3 <= done < N // 4, "the run was not killed in the middle"
     assert not (out / "summary.json").exists()
     # without --resume, the half-done folder is not overwritten
     assert main(["run", str(slow_config), "--out", str(out), "-q"]) == 2
-    assert len(_parts(out)) == done
+    assert len(part_files(out)) == done
     # resume: only the missing batches run (counted), and the rows equal an uninterrupted run
     calls = []
     original = run_module.explain_batch
@@ -128,7 +111,7 @@ def test_ctrl_c_leaves_complete_batches_and_says_how_to_resume(
     assert main(["run", str(slow_config), "--out", str(out), "-q"]) == 130
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--resume" in err and str(out) in err
-    assert len(_parts(out)) == 3
+    assert len(part_files(out)) == 3
     # atomic writes: no temporary file is left behind anywhere
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     monkeypatch.setattr(run_module, "explain_batch", original)
@@ -183,7 +166,7 @@ def test_a_failing_batch_stops_the_run_and_keeps_earlier_parts(slow_config, tmp_
     monkeypatch.setattr(run_module, "batch_rows", failing)
     with pytest.raises(RunError, match="batch 2 broke"):
         audit(slow_config, out=tmp_path / "r", progress=False)
-    assert len(_parts(tmp_path / "r")) == 2
+    assert len(part_files(tmp_path / "r")) == 2
 
 
 @pytest.mark.slow
@@ -196,7 +179,7 @@ def test_real_sigint_exits_130_with_one_line(slow_config, reference, tmp_path):
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while len(_parts(out)) < 2:
+        while len(part_files(out)) < 2:
             assert proc.poll() is None, proc.stderr.read()
             assert time.monotonic() < deadline, "the run never wrote 2 batches"
             time.sleep(0.05)
@@ -227,7 +210,7 @@ def _half_run(slow_config, out: Path, monkeypatch) -> int:
     with pytest.raises(KeyboardInterrupt):
         audit(slow_config, out=out, progress=False)
     monkeypatch.setattr(run_module, "explain_batch", original)
-    return len(_parts(out))
+    return len(part_files(out))
 
 
 def _counting(monkeypatch) -> list[int]:
@@ -248,7 +231,7 @@ def test_resume_recomputes_a_part_that_fails_its_check(
 ):
     out = tmp_path / "run"
     assert _half_run(slow_config, out, monkeypatch) == 5
-    parts = _parts(out)
+    parts = part_files(out)
     journal = (out / "progress" / "slow" / "parts.jsonl").read_text().splitlines()
     rec = {r["batch"]: r for r in map(json.loads, journal)}[1]
     assert rec["batch"] == 1 and rec["n"] == 4 and len(rec["sha256"]) == 64
@@ -273,7 +256,7 @@ def test_a_part_changed_after_the_check_is_never_merged(slow_config, tmp_path, m
 
     out = tmp_path / "run"
     audit(slow_config, out=out, progress=False)
-    parts = _parts(out)
+    parts = part_files(out)
     parts[2].write_bytes(parts[0].read_bytes())
     store = RunStore(out)
     store.open(json.loads((out / "progress" / "state.json").read_text()), resume=True)
@@ -299,7 +282,7 @@ def test_a_second_run_into_a_locked_folder_is_refused_with_the_pid(
     holder.open(key, resume=True)  # a running audit holds the lock
     try:
         state_before = (out / "progress" / "state.json").read_bytes()
-        n_parts = len(_parts(out))
+        n_parts = len(part_files(out))
         for flags in (["--force"], ["--resume"]):
             code = main(["run", str(slow_config), "--out", str(out), "-q", *flags])
             err = capsys.readouterr().err
@@ -307,7 +290,7 @@ def test_a_second_run_into_a_locked_folder_is_refused_with_the_pid(
             assert f"in use by another running audit (pid {os.getpid()}" in err
         # the force run wiped nothing of the running audit's progress
         assert (out / "progress" / "state.json").read_bytes() == state_before
-        assert len(_parts(out)) == n_parts
+        assert len(part_files(out)) == n_parts
     finally:
         holder.close()
     # released: the next run goes ahead
@@ -324,7 +307,7 @@ def test_two_simultaneous_runs_one_is_refused(slow_config, tmp_path):
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not _parts(out):
+        while not part_files(out):
             assert first.poll() is None, first.stderr.read()
             assert time.monotonic() < deadline
             time.sleep(0.05)

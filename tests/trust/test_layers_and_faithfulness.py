@@ -230,17 +230,9 @@ def test_an_unknown_layer_is_named(hans):
         )  # fmt: skip
 
 
-def test_every_layer_comes_from_one_backward_pass_per_chunk(hans, monkeypatch):
+def test_every_layer_comes_from_one_backward_pass_per_chunk(hans, grad_calls):
     model, images = hans["model"], hans["images"][:20]
     args = (model, images, hans["masks"][:20], hans["present"][:20], REGIONS, ROLES)
-    calls = []
-    real = torch.autograd.grad
-
-    def counting(*a, **k):
-        calls.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(torch.autograd, "grad", counting)
     t = layer_sensitivity(*args, methods=("gradcam", "layercam"), batch_size=8).table
     assert t["layer"].nunique() == 3
-    assert len(calls) == 3  # 20 images in chunks of 8: one gradient call per chunk
+    assert len(grad_calls) == 3  # 20 images in chunks of 8: one gradient call per chunk

@@ -426,11 +426,11 @@ class TrustConfig(_Section):
     not the dataset. ``methods`` are the CAM-family methods checked (empty: those of
     ``[explain]``). ``randomization``: re-initialise the model's modules top-down and bottom-up
     in at most ``steps`` groups and compare the maps (a method whose maps keep a Spearman
-    correlation above ``max_spearman`` after full randomisation, averaged over ``draws`` random
-    models, is flagged). ``layers``: the
-    layers compared with the target layer (empty: the ``layers_before`` spatial layers before
-    it). ``faithfulness``: delete the ``fractions`` most attended pixels against as many random
-    ones.
+    correlation above ``max_spearman`` after full randomisation is flagged; the sample is spread
+    over ``draws`` independent random draws, so the mean is not one random network's layout).
+    ``layers``: the layers compared with the target layer (empty: the ``layers_before`` spatial
+    layers before it). ``faithfulness``: delete the ``fractions`` most attended pixels against
+    as many random ones.
     """
 
     SECTION: ClassVar[str] = "trust"
@@ -439,7 +439,7 @@ class TrustConfig(_Section):
     methods: tuple[str, ...] = setting((), kind="names", choices=_methods)
     randomization: bool = setting(True, kind="bool")
     steps: int = setting(3, kind="int", minimum=1, maximum=1000)
-    draws: int = setting(3, kind="int", minimum=1, maximum=100)
+    draws: int = setting(8, kind="int", minimum=1, maximum=1000)
     max_spearman: float = setting(0.5, kind="float", minimum=0, maximum=1)
     layers: tuple[str, ...] = setting((), kind="names")
     layers_before: int = setting(2, kind="int", minimum=0, maximum=10)

@@ -190,14 +190,62 @@ def randomize(model: nn.Module, modules: Sequence[str], *, seed: int = 0) -> nn.
     random state is restored afterwards.
     """
     twin = copy.deepcopy(model)
-    found = dict(twin.named_modules())
+    _reset(twin, modules, seed)
+    return twin
+
+
+def _reset(model: nn.Module, modules: Sequence[str], seed: int) -> None:
+    found = dict(model.named_modules())
     with torch.random.fork_rng(devices=[]):
         for name in modules:
             if name not in found or not hasattr(found[name], "reset_parameters"):
                 raise ConfigError(f"randomize: the model has no resettable module {name!r}")
             torch.manual_seed(seed + 1)
             found[name].reset_parameters()
-    return twin
+
+
+def _own_tensors(module: nn.Module) -> list[Tensor]:
+    """The parameters and buffers a module holds itself (not its children's)."""
+    return [*module.parameters(recurse=False), *module.buffers(recurse=False)]
+
+
+class _Twin:
+    """One working copy of a model whose modules switch between the original weights and one
+    random draw's by copying tensors, instead of a deep copy and a reset for every step.
+
+    A draw's weights are made once (every resettable module reset under the draw's seed, as
+    :func:`randomize` does), so a step costs only the copy of the modules that change.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = copy.deepcopy(model)
+        self._random = copy.deepcopy(model)
+        orig, twin, rand = (dict(m.named_modules()) for m in (model, self.model, self._random))
+        self._tensors = {
+            n: list(zip(_own_tensors(twin[n]), _own_tensors(orig[n]), _own_tensors(rand[n]),
+                        strict=True))
+            for n, _ in _resettable(model)
+        }  # fmt: skip
+        # per module: the draw whose weights it holds (None: the original's)
+        self._holds: dict[str, int | None] = dict.fromkeys(self._tensors)
+        self._draw = 0
+
+    def draw(self, seed: int) -> None:
+        """Make the random weights of draw ``seed``; the next :meth:`use` applies them."""
+        _reset(self._random, list(self._tensors), seed)
+        self._draw += 1
+
+    @torch.no_grad()
+    def use(self, randomised: Sequence[str]) -> nn.Module:
+        """The working copy with exactly ``randomised`` holding the current draw's weights."""
+        want = set(randomised)
+        for name, groups in self._tensors.items():
+            target = self._draw if name in want else None
+            if self._holds[name] != target:
+                for dst, original, random in groups:
+                    dst.copy_(random if target is not None else original)
+                self._holds[name] = target
+        return self.model
 
 
 @dataclass(frozen=True)
@@ -209,14 +257,14 @@ class Randomization:
             "bottom_up"), ``step`` (1..S; S is the fully randomised model, shared by both
             orders), ``modules`` (the modules randomised so far, "first..last"),
             ``share`` (the share of resettable modules randomised), ``method``, ``draws``
-            (random models averaged: ``draws`` at step S, else 1), ``spearman`` (mean over
-            images of the per-image Spearman, itself averaged over the draws),
-            ``spearman_ci_low``, ``spearman_ci_high``, ``spearman_other_image`` (the same with
-            each original map paired with the next image's randomised map: the similarity
-            that layout alone gives; a ``spearman`` near it is positional, not the image's
-            content), ``ssim`` (mean over draws; NaN for images under 11 px), ``n_valid``
-            (images whose Spearman is defined: both maps not constant).
-        per_image: (order, step, method) -> (N,) Spearman per image (mean over draws).
+            (independent random draws the sample was spread over), ``spearman`` (mean over
+            images of the per-image Spearman), ``spearman_ci_low``, ``spearman_ci_high``,
+            ``spearman_other_image`` (the same with each original map paired with another
+            image's map from the same random draw: the similarity that layout alone gives; a
+            ``spearman`` near it is positional, not the image's content), ``ssim`` (mean over
+            images; NaN for images under 11 px), ``n_valid`` (images whose Spearman is
+            defined: both maps not constant).
+        per_image: (order, step, method) -> (N,) Spearman per image.
     """
 
     table: pd.DataFrame
@@ -315,6 +363,13 @@ def _explained(
     return explained
 
 
+def _draw_parts(n: int, draws: int) -> list[Tensor]:
+    """Image indices per random draw: image ``i`` is explained by draw ``i % draws``."""
+    if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
+        raise ConfigError(f"draws: expected an int >= 1, got {draws!r}")
+    return [torch.arange(d, n, draws) for d in range(min(draws, n))]
+
+
 def model_randomization(
     model: nn.Module,
     images: Tensor,
@@ -327,25 +382,27 @@ def model_randomization(
     n_boot: int = 1000,
     explained: Explanation | None = None,
     batch_size: int = 32,
-    draws: int = 3,
+    draws: int = 8,
 ) -> Randomization:
     """Adebayo's model-parameter randomisation test, cascading top-down and bottom-up.
 
-    Cost: one explain pass of ``images`` for the original model and ``2 * S - 2 + draws`` for
-    the randomised ones (the fully randomised model is shared by both orders), with S = the
-    number of groups of :func:`randomization_chunks`. Every map of a step comes from the same
-    pass.
+    Cost: one explain pass of ``images`` for the original model (none when ``explained`` is
+    given) and ``2 * S - 1`` for the randomised ones (the fully randomised model is shared by
+    both orders), with S = the number of groups of :func:`randomization_chunks`, whatever
+    ``draws`` is. Every map of a step comes from the same pass.
 
-    The fully randomised model is drawn ``draws`` times (seeds ``seed``, ``seed + 1``, ...; the
-    first is Quantus MPRT's model) and each image's Spearman is averaged over the draws. One
-    random network is a sample of one: its maps tend to carry a fixed layout of their own
-    (padding and stride artefacts, the same for every image), and whether that layout happens
-    to match the original maps' layout moves every image's correlation together, which the
-    bootstrap over images does not see. ``spearman_other_image`` measures that share: the
-    Spearman of each original map with *another* image's randomised map.
+    The sample is spread over ``draws`` independent random draws: image ``i`` is explained by
+    draw ``i % draws`` at every step (seeds ``seed``, ``seed + 1``, ...; draw 0 is Quantus
+    MPRT's model, so with ``draws = 1`` the numbers are Quantus'). One random network is a
+    sample of one: its maps carry a layout of their own (padding and stride artefacts, the
+    same for every image), and whether that layout happens to match the original maps' moves
+    every image's correlation together, which a bootstrap over images does not see. Spread
+    over several draws, the mean over images is also a mean over networks, for no extra pass.
+    ``spearman_other_image`` measures the layout's share: the Spearman of each original map
+    with another image's map from the same draw.
 
     Args:
-        model: the audited classifier; never modified (each step works on a deep copy).
+        model: the audited classifier; never modified (the steps work on a copy).
         images: (N, C, H, W), as the model takes them.
         methods: CAM-family methods (guided ones are skipped).
         target_layer: as for ``explain``.
@@ -356,8 +413,8 @@ def model_randomization(
         n_boot: bootstrap resamples of the Spearman interval.
         explained: the audited model's explanation of ``images`` (same methods, layer and
             targets) when the caller already has it; saves one pass.
-        batch_size: images per explain (and occlusion) pass; bounds the memory.
-        draws: random draws of the fully randomised model (earlier steps: one).
+        batch_size: images per explain pass; bounds the memory.
+        draws: independent random draws the images are spread over (at most N are used).
 
     Returns:
         A :class:`Randomization`.
@@ -365,8 +422,7 @@ def model_randomization(
     methods = _map_methods(methods)
     if not methods:
         raise ConfigError("methods: no CAM-family method to randomise")
-    if not isinstance(draws, int) or draws < 1:
-        raise ConfigError(f"draws: expected an int >= 1, got {draws!r}")
+    parts = _draw_parts(len(images), draws)
     original = _explained(model, images, methods, target_layer, targets, explained, batch_size)
     targets = original.targets
     layer = original.target_layer
@@ -375,58 +431,55 @@ def model_randomization(
     windowed = min(images.shape[-2:]) >= _SSIM_WIN
     chunks = randomization_chunks(model, steps)
     total = sum(len(c) for c in chunks)
+    plan: list[tuple[str, int, list[str]]] = []
+    for order in ORDERS:
+        done: list[str] = []
+        for step, chunk in enumerate(chunks[::-1] if order == "top_down" else chunks, start=1):
+            done = done + chunk
+            plan.append((order, step, done))
+    last = len(chunks)
+    drawn = {
+        (order, step): {m: torch.full_like(original.maps[m], math.nan) for m in methods}
+        for order, step, _ in plan
+    }
+    twin = _Twin(model)
+    for d, idx in enumerate(parts):
+        twin.draw(seed + d)
+        on = idx.to(images.device)
+        for order, step, done in plan:
+            if order != "top_down" and step == last:
+                continue  # the fully randomised model: top-down's last step already has it
+            exp = explain_sample(twin.use(done), images[on], methods, layer, targets[on],
+                                 batch_size)  # fmt: skip
+            for m in methods:
+                drawn[(order, step)][m][on] = exp.maps[m]
+    for order in ORDERS[1:]:
+        drawn[(order, last)] = drawn[(ORDERS[0], last)]
+    # each image's "other image": the next one explained by the same draw (none when alone)
+    other = torch.empty(len(images), dtype=torch.long)
+    other[torch.cat(parts)] = torch.cat([idx.roll(1) for idx in parts])
+    alone = other == torch.arange(len(images))
     rows: list[dict[str, object]] = []
     per_image: dict[tuple[str, int, str], Tensor] = {}
-    shared: dict[str, list[dict[str, Tensor]]] = {}
-    for order in ORDERS:
-        sequence = chunks[::-1] if order == "top_down" else chunks
-        done: list[str] = []
-        for step, chunk in enumerate(sequence, start=1):
-            done = done + chunk
-            full = step == len(sequence)
-            if full and shared:
-                drawn = shared["drawn"]
-            else:
-                # The fully randomised model is drawn `draws` times (seeds seed, seed + 1, ...):
-                # one random network's maps can share a layout with the original by chance.
-                drawn = []
-                for d in range(draws if full else 1):
-                    twin = randomize(model, done, seed=seed + d)
-                    exp = explain_sample(twin, images, methods, layer, targets, batch_size)
-                    drawn.append({m: exp.maps[m] for m in methods})
-                if full:
-                    shared["drawn"] = drawn
-            span = f"{done[0]}..{done[-1]}" if len(done) > 1 else done[0]
-            for m in methods:
-                rhos, others, sims = [], [], []
-                for maps in drawn:
-                    rand = _centered_ranks(maps[m])
-                    rhos.append(_correlate(ranks[m], rand))
-                    # each original map against another image's randomised map
-                    others.append(_correlate(ranks[m], np.roll(rand, 1, axis=0)))
-                    if windowed:
-                        sims.append(_nanmean(ssim(original.maps[m], maps[m])))
-                rho = _draw_mean(rhos)
-                per_image[(order, step, m)] = rho
-                lo, hi = bootstrap_ci(rho.numpy(), n_boot=n_boot, seed=seed)
-                rows.append({
-                    "order": order, "step": step, "modules": span,
-                    "share": len(done) / total, "method": m, "draws": len(drawn),
-                    "spearman": _nanmean(rho), "spearman_ci_low": lo, "spearman_ci_high": hi,
-                    "spearman_other_image": _nanmean(_draw_mean(others)),
-                    "ssim": float(np.mean(sims)) if sims else math.nan,
-                    "n_valid": int(torch.isfinite(rho).sum()),
-                })  # fmt: skip
+    for order, step, done in plan:
+        span = f"{done[0]}..{done[-1]}" if len(done) > 1 else done[0]
+        for m in methods:
+            maps = drawn[(order, step)][m]
+            rand = _centered_ranks(maps)
+            rho = _correlate(ranks[m], rand)
+            others = _correlate(ranks[m], rand[other.numpy()])
+            others[alone] = math.nan
+            per_image[(order, step, m)] = rho
+            lo, hi = bootstrap_ci(rho.numpy(), n_boot=n_boot, seed=seed)
+            sim = _nanmean(ssim(original.maps[m], maps)) if windowed else math.nan
+            rows.append({
+                "order": order, "step": step, "modules": span,
+                "share": len(done) / total, "method": m, "draws": len(parts),
+                "spearman": _nanmean(rho), "spearman_ci_low": lo, "spearman_ci_high": hi,
+                "spearman_other_image": _nanmean(others), "ssim": sim,
+                "n_valid": int(torch.isfinite(rho).sum()),
+            })  # fmt: skip
     return Randomization(table=pd.DataFrame(rows), per_image=per_image)
-
-
-def _draw_mean(rhos: Sequence[Tensor]) -> Tensor:
-    """(N,) mean over draws of per-image correlations, ignoring a draw's NaN (constant map)."""
-    stacked = torch.stack(list(rhos)).double()
-    ok = torch.isfinite(stacked)
-    count = ok.sum(0)
-    total = torch.where(ok, stacked, 0.0).sum(0)
-    return torch.where(count > 0, total / count.clamp(min=1), math.nan)
 
 
 def _nanmean(t: Tensor) -> float:
@@ -499,9 +552,13 @@ class LayerSensitivity:
             role present and a valid map), ``verdict`` (severity of the
             confounder-attention finding these numbers would give, or "none"; for the causal
             role always "").
+        explained: the target layer's explanation from the multi-layer pass (the same maps as
+            ``explain`` to float rounding), for the other checks to reuse instead of a pass of
+            their own.
     """
 
     table: pd.DataFrame
+    explained: Explanation | None = None
 
 
 def _role_rows(
@@ -613,7 +670,7 @@ def layer_sensitivity(
             for r in _role_rows(maps, masks.cpu(), present.cpu(), regions, roles, seed, n_boot):
                 rows.append({"layer": layer, "is_target": layer == name,
                              "layer_shape": shape, "method": m, **r})  # fmt: skip
-    return LayerSensitivity(table=pd.DataFrame(rows))
+    return LayerSensitivity(table=pd.DataFrame(rows), explained=by_layer[name])
 
 
 # -- faithfulness ----------------------------------------------------------------------------

@@ -87,33 +87,37 @@ def run_trust(
         targets = batch.labels.to(dev) if config.explain.target == "label" else None
         layer = layers.get(name, {}).get("target_layer") or plan.target_layer
         before = state_sha256(model)
-        # One explain pass of the audited model serves the three checks.
         bs = config.data.batch_size
-        explained = explain_sample(model, images, methods, layer, targets, bs)
-        layer = explained.target_layer
+        # One explain pass of the audited model serves the three checks: the layer check's
+        # multi-layer pass when it runs (its target-layer maps), else a pass of its own.
         rand = lay = faith = None
+        if roles["causal"] or roles["confounder"]:
+            lay = layer_sensitivity(
+                model, images, batch.masks, batch.present, batch.regions, roles,
+                methods=methods, target_layer=layer, layers=cfg.layers or None,
+                count=cfg.layers_before, targets=targets, seed=seed, n_boot=n_boot,
+                batch_size=bs,
+            )  # fmt: skip
+        if lay is not None and lay.explained is not None:
+            explained = lay.explained
+        else:
+            explained = explain_sample(model, images, methods, layer, targets, bs)
+        layer = explained.target_layer
         if cfg.randomization:
             rand = model_randomization(
                 model, images, methods=methods, target_layer=layer, targets=targets,
                 steps=cfg.steps, seed=seed, n_boot=n_boot, explained=explained, batch_size=bs,
                 draws=cfg.draws,
             )  # fmt: skip
-            frames.append(rand.table.assign(check="randomization", model=name))
-        if roles["causal"] or roles["confounder"]:
-            lay = layer_sensitivity(
-                model, images, batch.masks, batch.present, batch.regions, roles,
-                methods=methods, target_layer=layer, layers=cfg.layers or None,
-                count=cfg.layers_before, targets=targets, seed=seed, n_boot=n_boot,
-                explained=explained, batch_size=bs,
-            )  # fmt: skip
-            frames.append(lay.table.assign(check="layers", model=name))
         if cfg.faithfulness:
             faith = faithfulness(
                 model, images, methods=methods, target_layer=layer, targets=targets,
                 fractions=cfg.fractions, fill=config.interventions.fill, seed=seed,
                 n_boot=n_boot, explained=explained, batch_size=bs,
             )  # fmt: skip
-            frames.append(faith.table.assign(check="faithfulness", model=name))
+        for check, res in (("randomization", rand), ("layers", lay), ("faithfulness", faith)):
+            if res is not None:
+                frames.append(res.table.assign(check=check, model=name))
         if state_sha256(model) != before:  # a bug here, never the user's input
             raise ModelError(f"model {name!r}: the trust checks changed the audited model")
         found = trust_findings(

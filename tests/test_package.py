@@ -162,9 +162,9 @@ PUBLIC = {
         "BiasAuditError", "CheckpointError", "ConfigError", "DataError", "ModelError", "RunError",
     ],
     "bias_audit.core.maps": [
-        "Explanation", "Grid", "METHODS", "Reshape", "explain", "explain_layers", "gradcam",
-        "layer_grid", "layer_output", "normalize_maps", "overlay", "resolve_target_layer",
-        "to_grid",
+        "Explanation", "Grid", "METHODS", "Reshape", "explain", "explain_layers", "fast_layout",
+        "gradcam", "layer_grid", "layer_output", "normalize_maps", "overlay",
+        "resolve_target_layer", "to_grid",
     ],
     "bias_audit.core.metrics": [
         "FILLS", "METRICS", "Occlusion", "area_fraction", "attention_mass", "boxes_from_masks",

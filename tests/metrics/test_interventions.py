@@ -2,6 +2,7 @@ import pytest
 import torch
 from torch import nn
 
+from bias_audit.core.maps import fast_layout
 from bias_audit.core.metrics import occlusion_effect, random_patches
 from bias_audit.errors import ConfigError, DataError, ModelError
 
@@ -95,6 +96,7 @@ def test_given_logits_are_not_recomputed_and_mode_is_restored(gen):
     images, masks = _spots(gen, n=4)
     model = SpotModel().train()
     logits = model(images).detach()
+    fast_layout(model, images)  # the one-image layout probe, once per model and input shape
     model.calls = 0
     occ = occlusion_effect(model, images, masks, torch.ones(4, dtype=torch.long), logits=logits)
     assert model.calls == 4  # 2 masks + 2 baselines, no clean pass

@@ -11,6 +11,7 @@ from bias_audit.core.maps._explain import METHODS, Explanation, explain, explain
 from bias_audit.core.maps._layers import (
     Grid,
     Reshape,
+    fast_layout,
     layer_grid,
     layer_output,
     resolve_target_layer,
@@ -26,6 +27,7 @@ __all__ = [
     "Reshape",
     "explain",
     "explain_layers",
+    "fast_layout",
     "gradcam",
     "layer_grid",
     "layer_output",

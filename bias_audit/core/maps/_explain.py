@@ -15,6 +15,7 @@ from bias_audit.core.maps._capture import Capture, capture
 from bias_audit.core.maps._layers import (
     Grid,
     Reshape,
+    fast_layout,
     layer_output,
     resolve_target_layer,
     to_grid,
@@ -389,6 +390,7 @@ def _run_layers(
         if x.is_inference():
             x = x.clone()
         resolved = [resolve_target_layer(model, t, x, reshape) for t in target_layers]
+        x = fast_layout(model, x)
         for layer in dict.fromkeys(layer for _, layer, _ in resolved):
             cap.hook_layer(layer)
         linears: list[tuple[nn.Linear, Tensor, Tensor]] = []

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.transforms.v2 import functional as TF
 
+from bias_audit.core.maps import fast_layout
 from bias_audit.errors import ConfigError, DataError, ModelError
 
 __all__ = ["FILLS", "Occlusion", "occlusion_effect", "random_patches"]
@@ -110,7 +111,7 @@ def _effects(
         # Only images with a non-empty mask are run: an empty mask changes nothing.
         idx = torch.nonzero(todo).squeeze(1)
         sel = m[idx, None].to(images.device)
-        occluded = torch.where(sel, fill[idx], images[idx])
+        occluded = fast_layout(model, torch.where(sel, fill[idx], images[idx]))
         out = model(occluded).float().cpu()
         drop_logit[idx, j] = clean_logit[idx] - out[torch.arange(len(idx)), targets[idx]]
         drop_prob[idx, j] = (
@@ -174,7 +175,7 @@ def occlusion_effect(
     model.eval()
     try:
         with torch.inference_mode():
-            clean = model(images) if logits is None else logits
+            clean = model(fast_layout(model, images)) if logits is None else logits
             clean = clean.detach().float().cpu()
             if clean.ndim != 2 or clean.shape[0] != n:
                 name = "logits" if logits is not None else "model output"

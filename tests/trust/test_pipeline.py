@@ -73,7 +73,7 @@ def test_trust_can_be_turned_off(world, tmp_path):
 
 def test_config_section_defaults_and_errors(world):
     t = TrustConfig()
-    assert (t.enabled, t.sample, t.steps, t.fractions) == (True, 64, 3, (0.05, 0.1, 0.2))
+    assert (t.enabled, t.sample, t.steps, t.fractions) == (True, 64, 2, (0.05, 0.1, 0.2))
     base = {"data": {"manifest": str(world["manifest"])},
             "models": [{"name": "a", "checkpoint": str(world["biased"])}]}  # fmt: skip
     assert AuditConfig.from_dict(base).trust == t

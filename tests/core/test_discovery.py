@@ -9,7 +9,9 @@ import pytest
 import torch
 from sklearn.cluster import SpectralClustering
 from sklearn.metrics import adjusted_rand_score
+from sklearn.neighbors import kneighbors_graph
 
+from bias_audit.core import discovery
 from bias_audit.core.discovery import (
     FlagRule,
     attribute_enrichment,
@@ -87,6 +89,15 @@ def test_sparse_solver_path_agrees_with_the_blobs():
     got = spectral_clusters(x, max_clusters=5, n_neighbors=10, seed=0)
     assert got.n_clusters == 3
     assert adjusted_rand_score(truth, got.labels) == 1.0
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(500, 256, 10), (60, 8, 5), (31, 512, 10)])
+def test_knn_graph_is_scikit_learns(n, d, k):
+    x = np.random.default_rng(n).standard_normal((n, d)) * np.linspace(0.5, 2, d)
+    ours = discovery._knn_graph(x, k)
+    ref = kneighbors_graph(x, n_neighbors=k, mode="connectivity", include_self=False)
+    assert ours.shape == ref.shape and (ours != ref).nnz == 0
+    assert (ours.sum(axis=1) == k).all() and ours.diagonal().sum() == 0
 
 
 def test_too_few_points_give_one_cluster():

@@ -53,8 +53,10 @@ def tables(acc: dict[str, dict[str, float]], overall: dict[str, dict[str, float]
     return pd.DataFrame(rows), comparisons
 
 
-# The occlusion criterion's column: the shipped [occlusion] region (a region or a role).
+# The occlusion criterion's column: the shipped [occlusion] region (a region or a role), and its
+# random-patch baseline.
 FLIP = "flip:" + load_expected(SHIPPED / "expected.toml")["occlusion"]["region"]
+RANDOM = FLIP.replace("flip:", "flip_random:")
 
 
 def passing():
@@ -64,9 +66,10 @@ def passing():
         "debiased_penalty": dict.fromkeys(CELLS, 0.90),
     }
     overall = {
-        "biased": {"mass:confounder": 0.30, "mass:causal": 0.2, FLIP: 0.45},
-        "debiased_data": {"mass:confounder": 0.15, "mass:causal": 0.6, FLIP: 0.15},
-        "debiased_penalty": {"mass:confounder": 0.05, "mass:causal": 0.5, FLIP: 0.0},
+        # flips .45 - .35 = .10 over random patches: the shipped limit
+        "biased": {"mass:confounder": 0.30, "mass:causal": 0.2, FLIP: 0.45, RANDOM: 0.35},
+        "debiased_data": {"mass:confounder": 0.15, "mass:causal": 0.6, FLIP: 0.15, RANDOM: 0.1},
+        "debiased_penalty": {"mass:confounder": 0.05, "mass:causal": 0.5, FLIP: 0.0, RANDOM: 0.1},
     }
     return acc, overall
 
@@ -81,10 +84,10 @@ def test_acceptance_passes_at_the_limits():
     expected["margin"] = 0.0
     acc, overall = passing()
     checks = check_acceptance(*tables(acc, overall, p=0.0009), expected)
-    # 4 biased cells and its balanced accuracy, 4 cells x 2 debiased models, 5
-    # attention/occlusion checks per debiased model; the occlusion checks read the column of
-    # [occlusion] region (FLIP)
-    assert len(checks) == 5 + 8 + 10
+    # 4 biased cells and its balanced accuracy, 4 cells x 2 debiased models, the biased model's
+    # flips over random patches, 5 attention/occlusion checks per debiased model; the occlusion
+    # checks read the column of [occlusion] region (FLIP)
+    assert len(checks) == 5 + 8 + 1 + 10
     assert all(c.passed for c in checks), [c.line for c in checks if not c.passed]
     got = by_key(checks)
     ratio = got[("biased vs debiased_data", "mass:confounder ratio")]
@@ -96,6 +99,8 @@ def test_acceptance_passes_at_the_limits():
     assert got[("biased vs debiased_data", f"{FLIP} ratio")].value == pytest.approx(3.0)
     diff = got[("biased vs debiased_data", f"{FLIP} difference")]
     assert diff.value == pytest.approx(0.30)
+    over = got[("biased", f"{FLIP} - random patch")]
+    assert over.value == pytest.approx(0.10) and over.limit == 0.10
     # a debiased model that never flips: infinite ratio, which passes
     assert math.isinf(got[("biased vs debiased_penalty", f"{FLIP} ratio")].value)
 
@@ -111,12 +116,14 @@ def test_acceptance_fails_each_criterion_by_name():
     overall["debiased_penalty"]["mass:causal"] = 0.05  # causal == confounder: not greater
     overall["debiased_data"][FLIP] = 0.44  # diff .01, ratio 1.02
     del overall["debiased_penalty"][FLIP]  # missing: NaN fails
+    overall["biased"][RANDOM] = 0.36  # flips .09 over random patches
     checks = check_acceptance(*tables(acc, overall, p=0.02), expected)
     failed = {(c.model, c.name) for c in checks if not c.passed}
     assert failed == {
         ("biased", "accuracy [female / nurse]"),
         ("biased", "accuracy [male / nurse]"),
         ("debiased_penalty", "accuracy [female / doctor]"),
+        ("biased", f"{FLIP} - random patch"),
         ("biased vs debiased_data", "mass:confounder ratio"),
         ("biased vs debiased_data", "mass:confounder paired p, biased above"),
         ("biased vs debiased_penalty", "mass:confounder paired p, biased above"),
@@ -289,7 +296,7 @@ def test_quick_case_study_end_to_end(tmp_path):
     assert (out / "audit.toml").read_text() == (out / "audit" / "config.toml").read_text()
     info = json.loads((out / "case_study.json").read_text())
     checks = {(c["model"], c["name"]): c for c in info["checks"]}
-    assert len(checks) == 23 and all(c["value"] is not None for c in checks.values())
+    assert len(checks) == 24 and all(c["value"] is not None for c in checks.values())
     # --strict: exit 1 exactly when a check failed, each failure printed
     n_failed = sum(not c["passed"] for c in checks.values())
     assert proc.returncode == (1 if n_failed else 0)
@@ -307,6 +314,7 @@ def test_quick_case_study_end_to_end(tmp_path):
     ):
         assert checks[("biased vs debiased_data", name)]["passed"], name
     assert checks[("debiased_data", "mass:causal - mass:confounder")]["passed"]
+    assert checks[("biased", f"{FLIP} - random patch")]["passed"]
     # the acceptance was judged from the audit's own tables
     groups = pd.read_parquet(out / "audit" / "groups.parquet")
     acc = groups.query("model == 'biased' and cell == 'male / nurse' and metric == 'accuracy'")

@@ -158,3 +158,53 @@ def test_uint8_fast_path_matches_float_resize(gen):
         assert fast.dtype == torch.float32
         # uint8 rounding: at most one level, i.e. 1/255 before dividing by std
         assert (fast - ref).abs().max() <= 1.0 / 255 / 0.2 + 1e-6
+
+
+def _torch_transform(image, g, mean, std):
+    """transform_image written with torch operations alone (its arithmetic before it moved to
+    numpy): resize, scale, normalise, place, flip."""
+    from bias_audit.io.data._transform import _window
+
+    if image.dtype == torch.uint8:
+        pixels = image[None].contiguous(memory_format=torch.channels_last)
+        resized = (
+            F.interpolate(
+                pixels, size=(g.rh, g.rw), mode="bilinear", align_corners=False, antialias=True
+            )[0]
+            .float()
+            .div_(255.0)
+        )
+    else:
+        resized = F.interpolate(
+            image[None].float(), size=(g.rh, g.rw), mode="bilinear", align_corners=False,
+            antialias=True,
+        )[0]  # fmt: skip
+    resized = (resized - mean[:, None, None]) / std[:, None, None]
+    out = resized.new_zeros((image.shape[0], g.size, g.size))
+    (dy0, dy1, sy0, sy1), (dx0, dx1, sx0, sx1) = (
+        _window(g.oy, g.rh, g.size),
+        _window(g.ox, g.rw, g.size),
+    )
+    out[:, dy0:dy1, dx0:dx1] = resized[:, sy0:sy1, sx0:sx1]
+    return out.flip(-1) if g.flip else out
+
+
+def test_numpy_arithmetic_is_torchs_to_the_bit(gen):
+    """The image arithmetic runs in numpy (one thread, beside the explain pass); float32 IEEE
+    operations give torch's values exactly, for every geometry, dtype and augmentation."""
+    from bias_audit.io.data._transform import plan_geometry, transform_image
+
+    rng = np.random.default_rng(3)
+    for i in range(60):
+        h, w = (int(v) for v in rng.integers(9, 200, 2))
+        image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen)
+        if i % 3 == 0:
+            image = image.float() / 255
+        mean = torch.tensor(rng.uniform(0.2, 0.6, 3), dtype=torch.float32)
+        std = torch.tensor(rng.uniform(0.1, 0.4, 3), dtype=torch.float32)
+        size = int(rng.integers(8, 128))
+        g = plan_geometry(w, h, size, ("crop", "letterbox")[i % 2],
+                          generator=gen if i % 4 == 0 else None)  # fmt: skip
+        ours = transform_image(image, g, mean, std)
+        assert ours.dtype == torch.float32 and ours.is_contiguous()
+        assert torch.equal(ours, _torch_transform(image, g, mean, std)), (i, h, w, g)

@@ -99,30 +99,26 @@ def transform_image(image: Tensor, geometry: Geometry, mean: Tensor, std: Tensor
         # torch's uint8 channels-last kernel is ~9x faster than float on CPU; its rounding
         # to whole levels (< 1/255) is far below what a classifier notices.
         pixels = image[None].contiguous(memory_format=torch.channels_last)
-        resized = F.interpolate(
-            pixels, size=(g.rh, g.rw), mode="bilinear", align_corners=False, antialias=True
-        )[0].numpy()
-        scaled = resized.astype(np.float32) / np.float32(255.0)
+        resized = (
+            F.interpolate(
+                pixels, size=(g.rh, g.rw), mode="bilinear", align_corners=False, antialias=True
+            )[0]
+            .float()
+            .div_(255.0)
+        )
     else:
-        scaled = F.interpolate(
+        resized = F.interpolate(
             image[None].float(), size=(g.rh, g.rw), mode="bilinear", align_corners=False,
             antialias=True,
-        )[0].numpy()  # fmt: skip
-    # The arithmetic and the placement in numpy, one thread: an image is too small for torch's
-    # threads to pay off, and the decoding thread must not take a core from the explain pass
-    # (float32 IEEE operations, so the values are torch's to the bit).
-    m = mean.numpy().astype(np.float32)[:, None, None]
-    s = std.numpy().astype(np.float32)[:, None, None]
-    normalised = (scaled - m) / s
-    out = np.zeros((image.shape[0], g.size, g.size), dtype=np.float32)
+        )[0]  # fmt: skip
+    resized = (resized - mean[:, None, None]) / std[:, None, None]
+    out = resized.new_zeros((image.shape[0], g.size, g.size))
     (dy0, dy1, sy0, sy1), (dx0, dx1, sx0, sx1) = (
         _window(g.oy, g.rh, g.size),
         _window(g.ox, g.rw, g.size),
     )
-    out[:, dy0:dy1, dx0:dx1] = normalised[:, sy0:sy1, sx0:sx1]
-    if g.flip:
-        out = out[:, :, ::-1]
-    return torch.from_numpy(np.ascontiguousarray(out))
+    out[:, dy0:dy1, dx0:dx1] = resized[:, sy0:sy1, sx0:sx1]
+    return out.flip(-1) if g.flip else out
 
 
 def _window(offset: int, extent: int, size: int) -> tuple[int, int, int, int]:

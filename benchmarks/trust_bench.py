@@ -1,7 +1,7 @@
 """Cost of the trust checks against the main explain pass over a test set.
 
     python benchmarks/trust_bench.py [--arch resnet18] [--size 112] [--n 1000] [--batch 32]
-                                     [--samples 32 64] [--repeats 3]
+                                     [--samples 32 64] [--repeats 3] [--steps 2]
 
 Times, on generated images already in memory (each figure the median of ``--repeats`` runs):
 the main explain pass (Grad-CAM, the [explain] default) over ``--n`` images in batches; then,
@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, nargs="+", default=[32, defaults.sample])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=defaults.steps, help="[trust] steps")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -79,7 +80,7 @@ def main() -> None:
         parts["layers"] = time.perf_counter() - t
         t = time.perf_counter()
         model_randomization(
-            model, x, methods=("gradcam",), steps=defaults.steps, draws=defaults.draws,
+            model, x, methods=("gradcam",), steps=args.steps, draws=defaults.draws,
             explained=exp, batch_size=args.batch,
         )  # fmt: skip
         parts["randomization"] = time.perf_counter() - t

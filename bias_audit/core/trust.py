@@ -450,49 +450,50 @@ def model_randomization(
             done = done + chunk
             plan.append((order, step, done))
     last = len(chunks)
+
+    def model_of(order: str, step: int) -> tuple[str, int]:
+        # Both orders end on the same fully randomised model: top-down's last step.
+        return (ORDERS[0], last) if step == last else (order, step)
+
+    models = {model_of(order, step): done for order, step, done in plan}
     drawn = {
-        (order, step): {m: torch.full_like(original.maps[m], math.nan) for m in methods}
-        for order, step, _ in plan
+        key: {m: torch.full_like(original.maps[m], math.nan) for m in methods} for key in models
     }
     twin = _Twin(model)
     for d, idx in enumerate(parts):
         twin.draw(seed + d)
         on = idx.to(images.device)
-        for order, step, done in plan:
-            if order != "top_down" and step == last:
-                continue  # the fully randomised model: top-down's last step already has it
+        for key, done in models.items():
             exp = explain_sample(twin.use(done), images[on], methods, layer, targets[on],
                                  batch_size)  # fmt: skip
             for m in methods:
-                drawn[(order, step)][m][on] = exp.maps[m]
-    for order in ORDERS[1:]:
-        drawn[(order, last)] = drawn[(ORDERS[0], last)]
+                drawn[key][m][on] = exp.maps[m]
     # each image's "other image": the next one explained by the same draw (none when alone)
     other = torch.empty(len(images), dtype=torch.long)
     other[torch.cat(parts)] = torch.cat([idx.roll(1) for idx in parts])
     alone = other == torch.arange(len(images))
+    measured: dict[tuple[tuple[str, int], str], tuple[Tensor, dict[str, object]]] = {}
+    for key in models:
+        for m in methods:
+            maps = drawn[key][m]
+            rand = _centered_ranks(maps)
+            rho = _correlate(ranks[m], rand)
+            others = _correlate(ranks[m], rand[other.numpy()])
+            others[alone] = math.nan
+            lo, hi = bootstrap_ci(rho.numpy(), n_boot=n_boot, seed=seed)
+            measured[(key, m)] = rho, {
+                "spearman": _nanmean(rho), "spearman_ci_low": lo, "spearman_ci_high": hi,
+                "spearman_other_image": _nanmean(others),
+                "ssim": _nanmean(ssim(original.maps[m], maps)) if windowed else math.nan,
+                "n_valid": int(torch.isfinite(rho).sum()),
+            }  # fmt: skip
     rows: list[dict[str, object]] = []
     per_image: dict[tuple[str, int, str], Tensor] = {}
-    measured: dict[tuple[int, str], dict[str, object]] = {}  # per model (by its maps) x method
     for order, step, done in plan:
         span = f"{done[0]}..{done[-1]}" if len(done) > 1 else done[0]
         for m in methods:
-            maps = drawn[(order, step)][m]
-            key = (id(maps), m)
-            if key not in measured:  # the fully randomised model's maps are shared
-                rand = _centered_ranks(maps)
-                rho = _correlate(ranks[m], rand)
-                others = _correlate(ranks[m], rand[other.numpy()])
-                others[alone] = math.nan
-                lo, hi = bootstrap_ci(rho.numpy(), n_boot=n_boot, seed=seed)
-                measured[key] = {
-                    "rho": rho, "spearman": _nanmean(rho), "spearman_ci_low": lo,
-                    "spearman_ci_high": hi, "spearman_other_image": _nanmean(others),
-                    "ssim": _nanmean(ssim(original.maps[m], maps)) if windowed else math.nan,
-                    "n_valid": int(torch.isfinite(rho).sum()),
-                }  # fmt: skip
-            values = dict(measured[key])
-            per_image[(order, step, m)] = values.pop("rho")  # type: ignore[assignment]
+            rho, values = measured[(model_of(order, step), m)]
+            per_image[(order, step, m)] = rho
             rows.append({
                 "order": order, "step": step, "modules": span,
                 "share": len(done) / total, "method": m, "draws": len(parts), **values,

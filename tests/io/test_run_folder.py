@@ -33,13 +33,18 @@ def test_recording_a_batch_appends_one_line_and_leaves_the_state_file_alone(tmp_
         assert store.completed("m") == set(range(40))
 
 
-def test_a_resume_cuts_a_torn_last_line_and_keeps_the_batches_before_it(tmp_path):
-    run = tmp_path / "run"
+def _three_parts(run) -> RunStore:
+    """A finished store of batches 0-2 of model "m" (closed)."""
     with RunStore(run) as store:
         store.open(KEY)
         for b in range(3):
             store.write_part("m", b, _rows(b))
-        journal = store.journal_path("m")
+    return store
+
+
+def test_a_resume_cuts_a_torn_last_line_and_keeps_the_batches_before_it(tmp_path):
+    run = tmp_path / "run"
+    journal = _three_parts(run).journal_path("m")
     # A kill in the middle of the append of batch 3.
     with open(journal, "a") as fh:
         fh.write('{"batch": 3, "n": 2, "ids_sha')
@@ -56,11 +61,8 @@ def test_a_resume_cuts_a_torn_last_line_and_keeps_the_batches_before_it(tmp_path
 
 def test_a_part_that_fails_its_check_leaves_the_journal(tmp_path):
     run = tmp_path / "run"
-    with RunStore(run) as store:
-        store.open(KEY)
-        for b in range(3):
-            store.write_part("m", b, _rows(b))
-        store.part_path("m", 1).write_bytes(store.part_path("m", 0).read_bytes())
+    store = _three_parts(run)
+    store.part_path("m", 1).write_bytes(store.part_path("m", 0).read_bytes())
     with RunStore(run) as store:
         store.open(KEY, resume=True)
         assert store.verify("m", _ids(3)) == {0, 2}

@@ -14,6 +14,7 @@ import pandas as pd
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from bias_audit.core._threads import one_thread_here
 from bias_audit.io.data import collate
 from bias_audit.pipelines._step import StepSpec, batch_rows, explain_batch
 
@@ -38,7 +39,11 @@ def _stream(model, ds, batches, pending, spec, store, config, dev, progress) -> 
     # Without interventions the table half of the step never touches the model, so a second
     # thread measures and stores batch k while batch k+1 is explained. Parts are still written
     # one at a time and in order; an interrupt waits for the part being written.
-    pool = None if spec.interventions else ThreadPoolExecutor(max_workers=1)
+    pool = (
+        None
+        if spec.interventions
+        else ThreadPoolExecutor(max_workers=1, initializer=one_thread_here)
+    )
     previous = None
 
     def finish(b: int, batch, out, spec: StepSpec) -> dict[str, Any]:
@@ -101,6 +106,7 @@ class _Prefetch:
         return False
 
     def _fill(self, iterable) -> None:
+        one_thread_here()
         try:
             for item in iterable:
                 if not self._put(item):

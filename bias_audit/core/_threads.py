@@ -12,7 +12,7 @@ __all__ = ["one_thread_here"]
 
 
 @functools.cache
-def _openmp():
+def _openmp() -> ctypes.CDLL | None:
     # torch's count is one setting for the process, but OpenMP keeps the team size per thread:
     # the runtime torch loaded (its own libgomp in the wheels) answers for this thread only.
     if not sys.platform.startswith("linux"):

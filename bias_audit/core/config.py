@@ -496,6 +496,8 @@ class DiscoveryConfig(_Section):
     attributes, one value is ``min_enrichment`` times as common in it as in all images: a
     model that learned its class looks like one consistent, causal place too.
     Map clusters of a class whose hot regions overlap by ``merge_iou`` (IoU) are merged first.
+    A class that holds one group value ``min_enrichment`` times as often as all images, and
+    none of whose map clusters is flagged, is scored once more as one whole-class cluster.
     The occluded region is the hot region grown by half a cell of the explained layer.
     ``enabled``, ``map_size`` and ``features`` are part of the resume key: the streaming pass
     keeps discovery's maps and features in each batch's part. At most ``max_occluded`` images
@@ -515,7 +517,7 @@ class DiscoveryConfig(_Section):
     min_consistency: float = setting(0.6, kind="float", minimum=0, maximum=1)
     min_flip_excess: float = setting(0.25, kind="float", minimum=0, maximum=1)
     min_enrichment: float = setting(1.5, kind="float", minimum=1)
-    hot_mass: float = setting(0.5, kind="float", above=0, maximum=1)
+    hot_mass: float = setting(0.3, kind="float", above=0, maximum=1)
     min_hot_area: float = setting(0.05, kind="float", minimum=0, maximum=1)
     max_occluded: int = setting(64, kind="int", minimum=1)
     fill: str = setting("mean", kind="str", choices=FILLS)

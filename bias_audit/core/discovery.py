@@ -27,7 +27,10 @@ A cluster is flagged as a candidate shortcut when all four hold (defaults in
 The occluded region is the hot region grown by half a cell of the explained layer
 (:func:`grow_region`); consistency is measured on the hot region itself. Before scoring, map
 clusters of one class whose hot regions overlap (IoU >= ``merge_iou``) are
-merged (:func:`merge_by_region`).
+merged (:func:`merge_by_region`). A class that holds one group value ``min_enrichment`` times as
+often as all images, none of whose clusters is flagged, is scored once more as one whole-class
+cluster (the pipeline does it): a shortcut deciding the whole class is what every cut of it
+needs, so each cut's rest-of-class controls flip as well.
 """
 
 from __future__ import annotations

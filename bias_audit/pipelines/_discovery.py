@@ -96,7 +96,10 @@ def _sample(idx: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
 
 def _text(entry: dict[str, Any]) -> str:
     where = f"{entry['model']}: cluster {entry['cluster']} ({entry['size']} images predicted "
-    where += f"{entry['class']!r}, accuracy {entry['accuracy']:.0%})"
+    where += f"{entry['class']!r}, accuracy {entry['accuracy']:.0%}"
+    if entry.get("merged_from"):
+        where += f"; its {entry['merged_from']} map clusters scored as one, none stood out alone"
+    where += ")"
     top = max(entry["enrichment"], key=lambda e: e["ratio"], default=None)
     enriched = ""
     if top is not None and top["ratio"] >= 1.5:
@@ -176,75 +179,129 @@ def _score_class(
         # are not (a colour, a texture), so the same hot region does not make them one.
         found = merge_by_region(found, [r for _, r in regions(found)], iou=d.merge_iou)
     pos = {int(i): j for j, i in enumerate(idx)}
-    labels[[pos[int(i)] for i in use]] = found
-    rng = np.random.default_rng(config.stats.seed)
-    entries = []
     class_attrs = {a: [attrs[a][i] for i in use] for a in attrs}
-    for k, (mean, hot) in enumerate(regions(found)):
-        region = grow_region(hot, cells=grow)
-        members = use[found == k]
-        rest = use[found != k]
-        if len(rest):
-            over, enriched = "the class", attribute_enrichment(found == k, class_attrs)
-        else:
-            # The whole class: against itself nothing is enriched, so compare with all images.
-            everyone = np.isin(np.arange(len(ids)), members)
-            over, enriched = "all images", attribute_enrichment(everyone, attrs)
-        enrichment = [asdict(e) for e in enriched]
-        cons = consistency(small[members].float(), hot)
-        t0 = time.perf_counter()
-        flip, flip_random = _occlude(
-            model, ds, _sample(members, d.max_occluded, rng), region, c, config, dev, baseline=True
-        )
-        # the controls come from the rest of the class, or the other classes for a whole-class
-        # cluster; see flip_excess
-        control = _sample(rest if len(rest) else others, d.max_occluded, rng)
-        flip_place, _ = _occlude(model, ds, control, region, c, config, dev, baseline=False)
-        own = top_cells(small[control].float(), int(region.sum()))
-        flip_own, _ = _occlude(model, ds, control, own, c, config, dev, baseline=False)
-        clock["occlusion_s"] += time.perf_counter() - t0
-        excess = flip_excess(flip, flip_random, flip_place, flip_own)
-        flagged, reasons = flag_cluster(
-            size=len(members),
-            eigengap=clustering.eigengap,
-            consistency=cons,
-            excess=excess,
-            rule=rule,
-            whole_class=not len(rest),
-            enrichment=max((e.ratio for e in enriched), default=None) if attrs else None,
-        )
-        dist = (small[members].float() - mean).flatten(1).norm(dim=1)
-        typical = [ids[int(members[j])] for j in torch.argsort(dist, stable=True)[:TYPICAL]]
-        tag = f"{cls}/{k}" if view == "map" else f"{cls}/f{k}"
-        entry = {
-            "model": name,
-            "class": cls,
-            "view": view,
-            "cluster": tag,
-            "size": int(len(members)),
-            "class_size": int(len(use)),
-            "accuracy": float(np.mean(labels_ok[members])),
-            "n_clusters": int(found.max()) + 1,
-            "n_spectral": clustering.n_clusters,
-            "eigengap": _f(clustering.eigengap),
-            "consistency": _f(cons),
-            "hot_area": float(region.float().mean()),
-            "flip": _f(flip),
-            "flip_random": _f(flip_random),
-            "control": "rest of the class" if len(rest) else "other classes",
-            "flip_place": _f(flip_place),
-            "flip_own": _f(flip_own),
-            "intervention_score": _f(excess),
-            "flagged": bool(flagged),
-            "reasons": list(reasons),
-            "enrichment": enrichment,
-            "enrichment_over": over,
-            "typical": typical,
-            "mean_map": [[round(float(v), 6) for v in row] for row in mean.tolist()],
-        }
-        entry["text"] = _text(entry)
-        entries.append(entry)
+
+    def score(found: np.ndarray, merged: int) -> list[dict]:
+        rng = np.random.default_rng(config.stats.seed)
+        return [
+            _score_cluster(
+                model,
+                ds,
+                config,
+                dev,
+                rule=rule,
+                name=name,
+                cls=cls,
+                c=c,
+                view=view,
+                k=k,
+                mean=mean,
+                hot=hot,
+                grow=grow,
+                members=use[found == k],
+                rest=use[found != k],
+                others=others,
+                small=small,
+                labels_ok=labels_ok,
+                attrs=attrs,
+                class_attrs=class_attrs,
+                in_class=found == k,
+                ids=ids,
+                clustering=clustering,
+                n_clusters=int(found.max()) + 1,
+                rng=rng,
+                clock=clock,
+                merged=merged,
+            )  # fmt: skip
+            for k, (mean, hot) in enumerate(regions(found))
+        ]
+
+    entries = score(found, merged=0)
+    if view == "map" and len(entries) > 1 and not any(e["flagged"] for e in entries):
+        everyone = np.isin(np.arange(len(ids)), use)
+        ratio = max((e.ratio for e in attribute_enrichment(everyone, attrs)), default=0.0)
+        if ratio >= rule.min_enrichment:
+            # The class is predicted for one group value far more often than the data holds
+            # it, and no cut of it stands out: a shortcut deciding the whole class (a gender
+            # cue for "nurse") is what every cluster of it needs, so each one's controls (the
+            # rest of the class) flip as well. Score the class whole, against the other
+            # classes, as a class that is one cluster is scored.
+            merged = len(entries)
+            found = np.zeros_like(found)
+            entries = score(found, merged=merged)
+    labels[[pos[int(i)] for i in use]] = found
     return entries, labels
+
+
+def _score_cluster(
+    model, ds, config, dev, *, rule, name, cls, c, view, k, mean, hot, grow, members, rest,
+    others, small, labels_ok, attrs, class_attrs, in_class, ids, clustering, n_clusters, rng,
+    clock, merged,
+) -> dict[str, Any]:  # fmt: skip
+    """One cluster's entry: enrichment, consistency, the occlusions and the flag."""
+    d = config.discovery
+    region = grow_region(hot, cells=grow)
+    if len(rest):
+        over, enriched = "the class", attribute_enrichment(in_class, class_attrs)
+    else:
+        # The whole class: against itself nothing is enriched, so compare with all images.
+        everyone = np.isin(np.arange(len(ids)), members)
+        over, enriched = "all images", attribute_enrichment(everyone, attrs)
+    enrichment = [asdict(e) for e in enriched]
+    cons = consistency(small[members].float(), hot)
+    t0 = time.perf_counter()
+    flip, flip_random = _occlude(
+        model, ds, _sample(members, d.max_occluded, rng), region, c, config, dev, baseline=True
+    )
+    # the controls come from the rest of the class, or the other classes for a whole-class
+    # cluster; see flip_excess
+    control = _sample(rest if len(rest) else others, d.max_occluded, rng)
+    flip_place, _ = _occlude(model, ds, control, region, c, config, dev, baseline=False)
+    own = top_cells(small[control].float(), int(region.sum()))
+    flip_own, _ = _occlude(model, ds, control, own, c, config, dev, baseline=False)
+    clock["occlusion_s"] += time.perf_counter() - t0
+    excess = flip_excess(flip, flip_random, flip_place, flip_own)
+    flagged, reasons = flag_cluster(
+        size=len(members),
+        eigengap=clustering.eigengap,
+        consistency=cons,
+        excess=excess,
+        rule=rule,
+        whole_class=not len(rest),
+        enrichment=max((e.ratio for e in enriched), default=None) if attrs else None,
+    )
+    dist = (small[members].float() - mean).flatten(1).norm(dim=1)
+    typical = [ids[int(members[j])] for j in torch.argsort(dist, stable=True)[:TYPICAL]]
+    tag = f"{cls}/{k}" if view == "map" else f"{cls}/f{k}"
+    entry = {
+        "model": name,
+        "class": cls,
+        "view": view,
+        "cluster": tag,
+        "size": int(len(members)),
+        "class_size": int(len(members) + len(rest)),
+        "accuracy": float(np.mean(labels_ok[members])),
+        "n_clusters": n_clusters,
+        "merged_from": int(merged),
+        "n_spectral": clustering.n_clusters,
+        "eigengap": _f(clustering.eigengap),
+        "consistency": _f(cons),
+        "hot_area": float(region.float().mean()),
+        "flip": _f(flip),
+        "flip_random": _f(flip_random),
+        "control": "rest of the class" if len(rest) else "other classes",
+        "flip_place": _f(flip_place),
+        "flip_own": _f(flip_own),
+        "intervention_score": _f(excess),
+        "flagged": bool(flagged),
+        "reasons": list(reasons),
+        "enrichment": enrichment,
+        "enrichment_over": over,
+        "typical": typical,
+        "mean_map": [[round(float(v), 6) for v in row] for row in mean.tolist()],
+    }
+    entry["text"] = _text(entry)
+    return entry
 
 
 def _half_cell(map_size: int, layer_side: int) -> int:

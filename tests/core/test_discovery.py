@@ -197,3 +197,27 @@ def test_a_whole_class_cluster_needs_an_enriched_group_value_when_the_audit_has_
     assert flag_cluster(**ok, whole_class=True, enrichment=None) == (True, ())
     # A sub-strategy of its class is judged by the intervention alone.
     assert flag_cluster(**ok, whole_class=False, enrichment=1.0) == (True, ())
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_kmeans_matches_scikit_learn(k):
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+
+    from bias_audit.core.discovery import kmeans
+
+    rng = np.random.default_rng(k)
+    # points on the unit sphere near k well-spread directions, as the spectral embedding is
+    centres = np.linalg.qr(rng.standard_normal((k, k)))[0]
+    x = np.repeat(centres, 60, axis=0) + 0.15 * rng.standard_normal((60 * k, k))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ours = kmeans(x, k, seed=0)
+    ref = KMeans(n_clusters=k, n_init=10, random_state=0).fit(x)
+    assert adjusted_rand_score(ours, ref.labels_) == 1.0
+    assert np.array_equal(ours, kmeans(x, k, seed=0))  # the same seed, the same labels
+    # on structureless points, no worse a local optimum than scikit-learn's best of ten
+    noise = rng.standard_normal((300, k))
+    labels = kmeans(noise, k, seed=1)
+    inertia = sum(((noise[labels == j] - noise[labels == j].mean(0)) ** 2).sum() for j in range(k))
+    ref_noise = KMeans(n_clusters=k, n_init=10, random_state=0).fit(noise)
+    assert inertia <= ref_noise.inertia_ * 1.02

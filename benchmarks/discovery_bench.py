@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--off", action="store_true", help="also time the audit without discovery")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the audit")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -74,6 +75,7 @@ def main() -> None:
             classes=CLASSES,
         )  # fmt: skip
         ckpt = train_classifier(cfg, progress=False).checkpoint
+        torch.set_num_threads(args.threads)
         on = _config(root, test, ckpt, args.size, discovery=True)
         stream_s, discovery_s, wall, parts = _run(on, root / "run_on")
         print(f"n={args.n} size={args.size} arch=smallcnn_w8 threads={torch.get_num_threads()}")

@@ -57,6 +57,9 @@ def test_the_biased_model_has_a_flagged_strategy_on_face_and_hair(case):
     pd.testing.assert_series_equal(clusters, seen.samples.set_index("id")["cluster"])
     by_cluster = mass.groupby(clusters).mean()
     for e in flagged:
+        # the shortcut decides the whole class: scored whole, enriched in women
+        assert e["class"] == "nurse" and e["size"] == e["class_size"], e["text"]
+        assert "gender = 'female'" in e["text"]
         others = by_cluster.drop(e["cluster"])
         assert len(others) > 0
         assert by_cluster[e["cluster"]] >= 2 * others.max(), by_cluster.to_dict()

@@ -183,38 +183,80 @@ def _score_class(
 
     def score(found: np.ndarray, merged: int) -> list[dict]:
         rng = np.random.default_rng(config.stats.seed)
-        return [
-            _score_cluster(
+        entries = []
+        for k, (mean, hot) in enumerate(regions(found)):
+            members = use[found == k]
+            rest = use[found != k]
+            region = grow_region(hot, cells=grow)
+            if len(rest):
+                over, enriched = "the class", attribute_enrichment(found == k, class_attrs)
+            else:
+                # The whole class: against itself nothing is enriched; compare with all images.
+                everyone = np.isin(np.arange(len(ids)), members)
+                over, enriched = "all images", attribute_enrichment(everyone, attrs)
+            enrichment = [asdict(e) for e in enriched]
+            cons = consistency(small[members].float(), hot)
+            t0 = time.perf_counter()
+            flip, flip_random = _occlude(
                 model,
                 ds,
+                _sample(members, d.max_occluded, rng),
+                region,
+                c,
                 config,
                 dev,
+                baseline=True,
+            )
+            # the controls come from the rest of the class, or the other classes for a
+            # whole-class cluster; see flip_excess
+            control = _sample(rest if len(rest) else others, d.max_occluded, rng)
+            flip_place, _ = _occlude(model, ds, control, region, c, config, dev, baseline=False)
+            own = top_cells(small[control].float(), int(region.sum()))
+            flip_own, _ = _occlude(model, ds, control, own, c, config, dev, baseline=False)
+            clock["occlusion_s"] += time.perf_counter() - t0
+            excess = flip_excess(flip, flip_random, flip_place, flip_own)
+            flagged, reasons = flag_cluster(
+                size=len(members),
+                eigengap=clustering.eigengap,
+                consistency=cons,
+                excess=excess,
                 rule=rule,
-                name=name,
-                cls=cls,
-                c=c,
-                view=view,
-                k=k,
-                mean=mean,
-                hot=hot,
-                grow=grow,
-                members=use[found == k],
-                rest=use[found != k],
-                others=others,
-                small=small,
-                labels_ok=labels_ok,
-                attrs=attrs,
-                class_attrs=class_attrs,
-                in_class=found == k,
-                ids=ids,
-                clustering=clustering,
-                n_clusters=int(found.max()) + 1,
-                rng=rng,
-                clock=clock,
-                merged=merged,
-            )  # fmt: skip
-            for k, (mean, hot) in enumerate(regions(found))
-        ]
+                whole_class=not len(rest),
+                enrichment=max((e.ratio for e in enriched), default=None) if attrs else None,
+            )
+            dist = (small[members].float() - mean).flatten(1).norm(dim=1)
+            typical = [ids[int(members[j])] for j in torch.argsort(dist, stable=True)[:TYPICAL]]
+            tag = f"{cls}/{k}" if view == "map" else f"{cls}/f{k}"
+            entry = {
+                "model": name,
+                "class": cls,
+                "view": view,
+                "cluster": tag,
+                "size": int(len(members)),
+                "class_size": int(len(use)),
+                "accuracy": float(np.mean(labels_ok[members])),
+                "n_clusters": int(found.max()) + 1,
+                "merged_from": int(merged),
+                "n_spectral": clustering.n_clusters,
+                "eigengap": _f(clustering.eigengap),
+                "consistency": _f(cons),
+                "hot_area": float(region.float().mean()),
+                "flip": _f(flip),
+                "flip_random": _f(flip_random),
+                "control": "rest of the class" if len(rest) else "other classes",
+                "flip_place": _f(flip_place),
+                "flip_own": _f(flip_own),
+                "intervention_score": _f(excess),
+                "flagged": bool(flagged),
+                "reasons": list(reasons),
+                "enrichment": enrichment,
+                "enrichment_over": over,
+                "typical": typical,
+                "mean_map": [[round(float(v), 6) for v in row] for row in mean.tolist()],
+            }
+            entry["text"] = _text(entry)
+            entries.append(entry)
+        return entries
 
     entries = score(found, merged=0)
     if view == "map" and len(entries) > 1 and not any(e["flagged"] for e in entries):
@@ -231,77 +273,6 @@ def _score_class(
             entries = score(found, merged=merged)
     labels[[pos[int(i)] for i in use]] = found
     return entries, labels
-
-
-def _score_cluster(
-    model, ds, config, dev, *, rule, name, cls, c, view, k, mean, hot, grow, members, rest,
-    others, small, labels_ok, attrs, class_attrs, in_class, ids, clustering, n_clusters, rng,
-    clock, merged,
-) -> dict[str, Any]:  # fmt: skip
-    """One cluster's entry: enrichment, consistency, the occlusions and the flag."""
-    d = config.discovery
-    region = grow_region(hot, cells=grow)
-    if len(rest):
-        over, enriched = "the class", attribute_enrichment(in_class, class_attrs)
-    else:
-        # The whole class: against itself nothing is enriched, so compare with all images.
-        everyone = np.isin(np.arange(len(ids)), members)
-        over, enriched = "all images", attribute_enrichment(everyone, attrs)
-    enrichment = [asdict(e) for e in enriched]
-    cons = consistency(small[members].float(), hot)
-    t0 = time.perf_counter()
-    flip, flip_random = _occlude(
-        model, ds, _sample(members, d.max_occluded, rng), region, c, config, dev, baseline=True
-    )
-    # the controls come from the rest of the class, or the other classes for a whole-class
-    # cluster; see flip_excess
-    control = _sample(rest if len(rest) else others, d.max_occluded, rng)
-    flip_place, _ = _occlude(model, ds, control, region, c, config, dev, baseline=False)
-    own = top_cells(small[control].float(), int(region.sum()))
-    flip_own, _ = _occlude(model, ds, control, own, c, config, dev, baseline=False)
-    clock["occlusion_s"] += time.perf_counter() - t0
-    excess = flip_excess(flip, flip_random, flip_place, flip_own)
-    flagged, reasons = flag_cluster(
-        size=len(members),
-        eigengap=clustering.eigengap,
-        consistency=cons,
-        excess=excess,
-        rule=rule,
-        whole_class=not len(rest),
-        enrichment=max((e.ratio for e in enriched), default=None) if attrs else None,
-    )
-    dist = (small[members].float() - mean).flatten(1).norm(dim=1)
-    typical = [ids[int(members[j])] for j in torch.argsort(dist, stable=True)[:TYPICAL]]
-    tag = f"{cls}/{k}" if view == "map" else f"{cls}/f{k}"
-    entry = {
-        "model": name,
-        "class": cls,
-        "view": view,
-        "cluster": tag,
-        "size": int(len(members)),
-        "class_size": int(len(members) + len(rest)),
-        "accuracy": float(np.mean(labels_ok[members])),
-        "n_clusters": n_clusters,
-        "merged_from": int(merged),
-        "n_spectral": clustering.n_clusters,
-        "eigengap": _f(clustering.eigengap),
-        "consistency": _f(cons),
-        "hot_area": float(region.float().mean()),
-        "flip": _f(flip),
-        "flip_random": _f(flip_random),
-        "control": "rest of the class" if len(rest) else "other classes",
-        "flip_place": _f(flip_place),
-        "flip_own": _f(flip_own),
-        "intervention_score": _f(excess),
-        "flagged": bool(flagged),
-        "reasons": list(reasons),
-        "enrichment": enrichment,
-        "enrichment_over": over,
-        "typical": typical,
-        "mean_map": [[round(float(v), 6) for v in row] for row in mean.tolist()],
-    }
-    entry["text"] = _text(entry)
-    return entry
 
 
 def _half_cell(map_size: int, layer_side: int) -> int:

@@ -197,16 +197,8 @@ def _score_class(
             enrichment = [asdict(e) for e in enriched]
             cons = consistency(small[members].float(), hot)
             t0 = time.perf_counter()
-            flip, flip_random = _occlude(
-                model,
-                ds,
-                _sample(members, d.max_occluded, rng),
-                region,
-                c,
-                config,
-                dev,
-                baseline=True,
-            )
+            sample = _sample(members, d.max_occluded, rng)
+            flip, flip_random = _occlude(model, ds, sample, region, c, config, dev, baseline=True)
             # the controls come from the rest of the class, or the other classes for a
             # whole-class cluster; see flip_excess
             control = _sample(rest if len(rest) else others, d.max_occluded, rng)
